@@ -1,0 +1,246 @@
+"""params.yaml parsed once into typed, validated configs.
+
+Every check lives here so a typo fails in seconds, before any model or stage output is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import UserError
+
+TINY_LLAMA = "tiny-llama"
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+    revision: str = "fe8a4ea1ffedaf415f4da2f062534de366a451e6"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "openai/gsm8k"
+    config: str = "main"
+    revision: str = "740312add88f781978c0658806c59bc2815b9866"
+    train_size: int = 200
+    eval_size: int = 100
+    train_offset: int = 0
+    eval_offset: int = 0
+    # 0 keeps the published order; any other value shuffles each split with that seed before slicing.
+    shuffle_seed: int = 0
+
+    def validate(self) -> None:
+        _positive("data.train_size", self.train_size)
+        _positive("data.eval_size", self.eval_size)
+        _non_negative("data.train_offset", self.train_offset)
+        _non_negative("data.eval_offset", self.eval_offset)
+        _non_negative("data.shuffle_seed", self.shuffle_seed)
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    def validate(self) -> None:
+        _positive("lora.r", self.r)
+        _positive("lora.alpha", self.alpha)
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise UserError("lora.target_modules must name at least one module, e.g. [q_proj, v_proj]")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    # auto: bfloat16 on a GPU that supports it, else float32 (fp16 compute with 4-bit can give NaN losses).
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    micro_batch_size: int = 16
+    grad_accum: int = 1
+    max_length: int = 512
+    seed: int = 42
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    gradient_checkpointing: bool = False
+    # Sort micro-batches by length so padding is small; the effective batch is unchanged.
+    group_by_length: bool = True
+    logging_steps: int = 1
+    save_steps: int = 50
+
+    def validate(self) -> None:
+        if not self.learning_rate > 0:
+            raise UserError(f"train.learning_rate must be > 0, got {self.learning_rate}")
+        if not self.epochs > 0:
+            raise UserError(f"train.epochs must be > 0, got {self.epochs}")
+        _positive("train.micro_batch_size", self.micro_batch_size)
+        _positive("train.grad_accum", self.grad_accum)
+        if self.max_length < 16:
+            raise UserError(f"train.max_length must be >= 16, got {self.max_length}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise UserError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        _non_negative("train.weight_decay", self.weight_decay)
+        _positive("train.logging_steps", self.logging_steps)
+        _positive("train.save_steps", self.save_steps)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 32
+    max_new_tokens: int = 256
+    # Precision both base and tuned are evaluated in; auto = bfloat16 on GPU, float32 on CPU.
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    # Merge check: the merge stage fails when mean KL(merged || adapter-on-4-bit) exceeds this.
+    merge_kl_threshold: float = 0.05
+    merge_check_size: int = 16
+    report_samples: int = 10
+
+    def validate(self) -> None:
+        _positive("eval.batch_size", self.batch_size)
+        _positive("eval.max_new_tokens", self.max_new_tokens)
+        if not self.merge_kl_threshold > 0:
+            raise UserError(f"eval.merge_kl_threshold must be > 0, got {self.merge_kl_threshold}")
+        _positive("eval.merge_check_size", self.merge_check_size)
+        _non_negative("eval.report_samples", self.report_samples)
+
+
+@dataclass(frozen=True)
+class Params:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        for section in dataclasses.fields(self):
+            validate = getattr(getattr(self, section.name), "validate", None)
+            if validate:
+                validate()
+
+
+def _positive(name: str, value: int | float) -> None:
+    if not value > 0:
+        raise UserError(f"{name} must be > 0, got {value}")
+
+
+def _non_negative(name: str, value: int | float) -> None:
+    if value < 0:
+        raise UserError(f"{name} must be >= 0, got {value}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, list):
+            return [_coerce(f"{key}[{i}]", item, item_tp) for i, item in enumerate(value)]
+    elif origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(key, value, option)
+            except UserError:
+                continue
+    elif tp is float:
+        # YAML reads 2e-4 (no dot) as a string; accept it as the number users meant.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is str:
+        if isinstance(value, str) and value:
+            return value
+    else:
+        raise TypeError(f"unsupported annotation {tp!r} for {key}")
+    raise UserError(f"{key} must be {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{prefix or 'params'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise UserError(
+            f"unknown param {where}{unknown[0]}; allowed {prefix or 'sections'}: {', '.join(names)}"
+        )
+    kwargs = {}
+    for name in names:
+        if name not in raw:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, raw[name], key)
+        else:
+            kwargs[name] = _coerce(key, raw[name], tp)
+    return cls(**kwargs)
+
+
+def parse_params(raw: Any) -> Params:
+    params = _build(Params, raw, "")
+    params.validate()
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise UserError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from None
+    return parse_params(raw)
+
+
+def params_as_dict(params: Params) -> dict[str, Any]:
+    return dataclasses.asdict(params)

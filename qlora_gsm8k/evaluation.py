@@ -1,0 +1,222 @@
+"""Evaluation: response-token perplexity, batched greedy generation, GSM8K scoring, paired statistics,
+generation health and the merge check. Every number is defined once here."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .gsm8k import Example, extract_flexible, extract_strict, is_correct
+from .prompts import IGNORE_INDEX, encode_examples, encode_prompt, pad_batch
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _by_length(rows: list, length) -> list[int]:
+    """Indices sorted longest first: batches of similar length waste little padding."""
+    return sorted(range(len(rows)), key=lambda i: -length(rows[i]))
+
+
+@torch.no_grad()
+def response_nll(model, tokenizer, examples: list[Example], batch_size: int, max_length: int) -> dict:
+    """Sum of next-token NLL over response tokens (given the prompt) and their count.
+
+    Padding and prompt carry label -100; logits at position t predict token t+1. The total is
+    summed, never averaged per batch, so any batch size gives the same perplexity."""
+    encoded, kept = encode_examples(tokenizer, examples, max_length)
+    order = _by_length(encoded, lambda e: len(e.input_ids))
+    total_nll = torch.zeros((), dtype=torch.float64)
+    total_tokens = 0
+    per_sample_ppl = []
+    model.eval()
+    dev = next(model.parameters()).device
+    for batch_idx in tqdm(_batches(order, batch_size), desc="perplexity", unit="batch"):
+        batch = pad_batch([encoded[i] for i in batch_idx], tokenizer.pad_token_id)
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        shift_logits = logits[:, :-1].float()
+        shift_labels = batch["labels"][:, 1:]
+        nll = F.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.size(-1)),
+            shift_labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
+        ).view(shift_labels.shape)
+        mask = shift_labels != IGNORE_INDEX
+        sample_nll = (nll * mask).sum(dim=1).double().cpu()
+        sample_tokens = mask.sum(dim=1).cpu()
+        total_nll += sample_nll.sum()
+        total_tokens += int(sample_tokens.sum())
+        per_sample_ppl += torch.exp(sample_nll / sample_tokens.clamp(min=1)).tolist()
+    mean_nll = float(total_nll) / max(total_tokens, 1)
+    return {
+        "perplexity": math.exp(mean_nll),
+        "mean_nll": mean_nll,
+        "tokens": total_tokens,
+        "examples": len(encoded),
+        "dropped_too_long": len(examples) - len(kept),
+        # Labelled as what it is: a mean of per-sample perplexities, NOT the corpus perplexity.
+        "mean_per_sample_perplexity": sum(per_sample_ppl) / max(len(per_sample_ppl), 1),
+    }
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    new_tokens: int
+    hit_token_cap: bool
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, questions: list[str], batch_size: int, max_new_tokens: int):
+    """Greedy, batched, left-padded generation that stops at EOS; returns results in input order."""
+    prompts = [encode_prompt(tokenizer, q) for q in questions]
+    order = _by_length(prompts, len)
+    results: list[Generation | None] = [None] * len(prompts)
+    model.eval()
+    dev = next(model.parameters()).device
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    for batch_idx in tqdm(_batches(order, batch_size), desc="generate", unit="batch"):
+        width = max(len(prompts[i]) for i in batch_idx)
+        ids = torch.full((len(batch_idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(batch_idx):
+            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]) :] = 1
+        out = model.generate(
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+        )
+        new = out[:, width:].cpu()
+        for row, i in enumerate(batch_idx):
+            tokens = new[row].tolist()
+            stopped = eos_id in tokens
+            if stopped:
+                tokens = tokens[: tokens.index(eos_id)]
+            else:
+                tokens = [t for t in tokens if t != pad_id]
+            results[i] = Generation(
+                text=tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                new_tokens=len(tokens) + int(stopped),
+                hit_token_cap=not stopped,
+            )
+    return results
+
+
+def repetition_rate(text: str, n: int = 4) -> float:
+    """Share of word n-grams that repeat an earlier n-gram of the same output (0 = none)."""
+    words = text.split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def score_generations(examples: list[Example], generations: list[Generation]) -> tuple[list[dict], dict]:
+    """Per-row records and summary: exact match (strict/flexible), format gap and health."""
+    rows = []
+    for example, gen in zip(examples, generations, strict=True):
+        strict, flexible = extract_strict(gen.text), extract_flexible(gen.text)
+        reference = example.number
+        rows.append(
+            {
+                "index": example.index,
+                "output": gen.text,
+                "number_strict": strict,
+                "number_flexible": flexible,
+                "correct_strict": is_correct(strict, reference),
+                "correct_flexible": is_correct(flexible, reference),
+                "new_tokens": gen.new_tokens,
+                "hit_token_cap": gen.hit_token_cap,
+                "repetition_rate": repetition_rate(gen.text),
+            }
+        )
+    n = max(len(rows), 1)
+    strict_acc = sum(r["correct_strict"] for r in rows) / n
+    flexible_acc = sum(r["correct_flexible"] for r in rows) / n
+    summary = {
+        "exact_match_strict": strict_acc,
+        "exact_match_flexible": flexible_acc,
+        # How much accuracy is lost only to answer format (no '#### N' line).
+        "format_gap": flexible_acc - strict_acc,
+        "format_compliance": sum(r["number_strict"] is not None for r in rows) / n,
+        "hit_token_cap_rate": sum(r["hit_token_cap"] for r in rows) / n,
+        "repetition_rate": sum(r["repetition_rate"] for r in rows) / n,
+        "mean_new_tokens": sum(r["new_tokens"] for r in rows) / n,
+        "examples": len(rows),
+    }
+    return rows, summary
+
+
+def mcnemar_exact_p(wrong_to_right: int, right_to_wrong: int) -> float:
+    """Two-sided exact McNemar test: binomial test of the discordant pairs against p = 0.5."""
+    n = wrong_to_right + right_to_wrong
+    if n == 0:
+        return 1.0
+    k = min(wrong_to_right, right_to_wrong)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def bootstrap_diff_ci(base: list[bool], tuned: list[bool], samples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% paired-bootstrap interval for accuracy(tuned) - accuracy(base)."""
+    import random
+
+    rng = random.Random(seed)
+    n = len(base)
+    if n == 0:
+        return (0.0, 0.0)
+    diffs = []
+    for _ in range(samples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        diffs.append(sum(tuned[i] - base[i] for i in idx) / n)
+    diffs.sort()
+    return diffs[int(0.025 * samples)], diffs[int(0.975 * samples) - 1]
+
+
+def paired_comparison(base_correct: list[bool], tuned_correct: list[bool]) -> dict:
+    w2r = sum((not b) and t for b, t in zip(base_correct, tuned_correct, strict=True))
+    r2w = sum(b and (not t) for b, t in zip(base_correct, tuned_correct, strict=True))
+    n = max(len(base_correct), 1)
+    low, high = bootstrap_diff_ci(base_correct, tuned_correct)
+    return {
+        "flips_wrong_to_right": w2r,
+        "flips_right_to_wrong": r2w,
+        "both_right": sum(b and t for b, t in zip(base_correct, tuned_correct, strict=True)),
+        "both_wrong": sum((not b) and (not t) for b, t in zip(base_correct, tuned_correct, strict=True)),
+        "accuracy_diff": (sum(tuned_correct) - sum(base_correct)) / n,
+        "accuracy_diff_ci95_low": low,
+        "accuracy_diff_ci95_high": high,
+        "mcnemar_p": mcnemar_exact_p(w2r, r2w),
+    }
+
+
+@torch.no_grad()
+def mean_kl(model_p, model_q, tokenizer, examples: list[Example], batch_size: int, max_length: int) -> dict:
+    """Mean over response tokens of KL(P || Q) between the next-token distributions of two models."""
+    encoded, _ = encode_examples(tokenizer, examples, max_length)
+    total_kl, total_tokens = 0.0, 0
+    for batch_rows in _batches(encoded, batch_size):
+        batch = pad_batch(batch_rows, tokenizer.pad_token_id)
+        mask = batch["labels"][:, 1:] != IGNORE_INDEX
+        logps = []
+        for model in (model_p, model_q):
+            dev = next(model.parameters()).device
+            logits = model(
+                input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)
+            ).logits[:, :-1]
+            logps.append(F.log_softmax(logits.float(), dim=-1).cpu())
+        kl = (logps[0].exp() * (logps[0] - logps[1])).sum(-1)
+        total_kl += float((kl * mask).sum())
+        total_tokens += int(mask.sum())
+    return {"mean_kl": total_kl / max(total_tokens, 1), "tokens": total_tokens}

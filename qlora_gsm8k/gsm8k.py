@@ -1,0 +1,159 @@
+"""GSM8K rows: reading, validating, slicing, and answer extraction scored like lm-evaluation-harness."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import DataConfig
+from .errors import UserError
+
+# lm-evaluation-harness gsm8k: strict-match takes the first "#### number";
+# flexible-extract takes the last number-looking span of the output.
+_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
+_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+_CALCULATOR_ANNOTATION = re.compile(r"<<[^>]*>>")
+
+
+def normalize_number(text: str) -> str:
+    """Drop commas, `$` and a trailing period, as the harness does, so '1,000.' == '1000'."""
+    text = text.strip().lower().replace(",", "").replace("$", "")
+    return text.rstrip(".")
+
+
+def extract_strict(output: str) -> str | None:
+    match = _STRICT.search(output)
+    return normalize_number(match.group(1)) if match else None
+
+
+def extract_flexible(output: str) -> str | None:
+    matches = _FLEXIBLE.findall(output)
+    if not matches:
+        return None
+    last = next(group for group in matches[-1] if group)
+    normalized = normalize_number(last)
+    return normalized or None
+
+
+def reference_number(answer: str) -> str:
+    number = extract_strict(answer)
+    if number is None:
+        raise ValueError("reference answer has no '#### <number>' line")
+    return number
+
+
+def is_correct(predicted: str | None, reference: str) -> bool:
+    return predicted is not None and predicted == reference
+
+
+def clean_answer(answer: str) -> str:
+    """Reference solution as the model should write it: calculator annotations like <<2*3=6>> removed."""
+    return _CALCULATOR_ANNOTATION.sub("", answer)
+
+
+@dataclass(frozen=True)
+class Example:
+    question: str
+    answer: str
+    # Position in the source split, so every slice row can be traced back.
+    index: int
+
+    @property
+    def number(self) -> str:
+        return reference_number(self.answer)
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "question": self.question, "answer": self.answer}
+
+
+def parse_rows(rows: list[dict], where: str) -> list[Example]:
+    examples = []
+    for line_no, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise UserError(f"{where}:{line_no}: expected a JSON object, got {type(row).__name__}")
+        question, answer = row.get("question"), row.get("answer")
+        if not isinstance(question, str) or not question.strip():
+            raise UserError(f"{where}:{line_no}: missing 'question' text")
+        if not isinstance(answer, str) or extract_strict(answer) is None:
+            raise UserError(f"{where}:{line_no}: 'answer' has no '#### <number>' final line")
+        index = row.get("index", line_no - 1)
+        examples.append(Example(question=question, answer=answer, index=int(index)))
+    return examples
+
+
+def read_jsonl(path: str | Path) -> list[Example]:
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    rows = []
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{line_no}: malformed JSON ({err.msg})") from None
+    examples = parse_rows(rows, str(path))
+    if not examples:
+        raise UserError(f"{path} holds no rows")
+    return examples
+
+
+def write_jsonl(examples: list[Example], path: str | Path) -> None:
+    from .io import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(e.to_json()) + "\n" for e in examples))
+
+
+def take_slice(examples: list[Example], offset: int, size: int, seed: int, what: str) -> list[Example]:
+    """Deterministic slice: optional seeded shuffle of the split, then rows [offset, offset + size)."""
+    if offset + size > len(examples):
+        raise UserError(
+            f"data.{what}_offset + data.{what}_size = {offset + size} exceeds the {len(examples)} rows "
+            f"of the {'train' if what == 'train' else 'test'} split"
+        )
+    ordered = list(examples)
+    if seed:
+        random.Random(seed).shuffle(ordered)
+    return ordered[offset : offset + size]
+
+
+def is_local_source(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).expanduser().is_dir()
+
+
+def load_splits(cfg: DataConfig) -> tuple[list[Example], list[Example], dict]:
+    """Return (train split, test split, provenance) from a local directory or the Hugging Face Hub."""
+    if is_local_source(cfg.source):
+        root = Path(cfg.source).expanduser()
+        if not root.is_dir():
+            raise UserError(f"data.source {cfg.source!r} is not a directory")
+        train = read_jsonl(root / "train.jsonl")
+        test = read_jsonl(root / "test.jsonl")
+        return train, test, {"source": str(root), "kind": "local"}
+    return _load_hub_splits(cfg)
+
+
+def _load_hub_splits(cfg: DataConfig) -> tuple[list[Example], list[Example], dict]:
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("the 'datasets' package is needed to read data.source from the Hub") from None
+    try:
+        loaded = datasets.load_dataset(cfg.source, cfg.config, revision=cfg.revision)
+    except Exception as err:  # noqa: BLE001 - datasets raises many types for "not reachable"
+        raise UserError(
+            f"cannot load dataset {cfg.source!r} (config {cfg.config!r}, revision {cfg.revision}) from the "
+            f"Hugging Face Hub ({type(err).__name__}). Offline? Set data.source to a local directory "
+            "holding train.jsonl and test.jsonl, e.g. dvc exp run -S data.source=/path/to/gsm8k"
+        ) from None
+    train = parse_rows(list(loaded["train"]), f"{cfg.source}:train")
+    test = parse_rows(list(loaded["test"]), f"{cfg.source}:test")
+    return train, test, {"source": cfg.source, "config": cfg.config, "revision": cfg.revision, "kind": "hub"}

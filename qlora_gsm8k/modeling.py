@@ -1,0 +1,210 @@
+"""Model and tokenizer loading in one place: the base materialised on disk, 16-bit or 4-bit loads,
+and the one factory that turns params into bitsandbytes and LoRA configs (QLoRA = LoRA + quant)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .config import TINY_LLAMA, LoraConfig, ModelConfig, QuantConfig
+from .errors import UserError
+
+# Chat template shared by the tiny model; the same shape as TinyLlama-Chat's (Zephyr style).
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+TINY_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>"]
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """'auto' is bfloat16 where the GPU supports it, float32 on CPU (bf16 matmuls are slow there)."""
+    if name == "auto":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def build_tiny_tokenizer():
+    """A small byte-level BPE tokenizer trained in code on synthetic word problems (deterministic)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from .synthetic import make_rows
+
+    corpus = [row["question"] + "\n" + row["answer"] for row in make_rows(2000, seed=1234)]
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=TINY_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(corpus, trainer)
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", backend.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        chat_template=TINY_CHAT_TEMPLATE,
+        model_max_length=2048,
+    )
+
+
+def build_tiny_llama(seed: int = 0):
+    """A random-weight Llama small enough to train on CPU in seconds, with its own tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def ensure_distinct_pad(tokenizer) -> None:
+    """pad == eos would mask every EOS label and the model would never learn to stop.
+    Reuse <unk> as pad where the vocabulary has one, so no embedding has to grow."""
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    if tokenizer.unk_token_id is None or tokenizer.unk_token_id == tokenizer.eos_token_id:
+        raise UserError("the tokenizer has no pad or unk token distinct from EOS; add one to the base model")
+    tokenizer.pad_token = tokenizer.unk_token
+
+
+def _hub_error(cfg: ModelConfig, err: Exception) -> UserError:
+    return UserError(
+        f"cannot load model {cfg.name!r} (revision {cfg.revision}) from the Hugging Face Hub "
+        f"({type(err).__name__}). Offline? Set model.name to a local model directory or to "
+        f"'{TINY_LLAMA}', e.g. dvc exp run -S model.name={TINY_LLAMA}"
+    )
+
+
+def is_local_model(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).expanduser().is_dir()
+
+
+def load_source_model(cfg: ModelConfig):
+    """Load the configured base (tiny, local directory or Hub id at a pinned revision) into memory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if cfg.name == TINY_LLAMA:
+        return build_tiny_llama()
+    if is_local_model(cfg.name):
+        path = Path(cfg.name).expanduser()
+        if not (path / "config.json").is_file():
+            raise UserError(f"model.name {cfg.name!r} is not a model directory (no config.json)")
+        kwargs = {}
+    else:
+        path = cfg.name
+        kwargs = {"revision": cfg.revision, "token": os.environ.get("HF_TOKEN") or None}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype="auto", use_safetensors=True, trust_remote_code=False, **kwargs
+        )
+    except OSError as err:
+        if is_local_model(cfg.name):
+            raise UserError(f"cannot load model from {cfg.name!r}: {err}".splitlines()[0]) from None
+        raise _hub_error(cfg, err) from None
+    return model, tokenizer
+
+
+def save_base(model, tokenizer, out_dir: str | Path) -> None:
+    ensure_distinct_pad(tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def load_tokenizer(path: str | Path, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    ensure_distinct_pad(tokenizer)
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def quantization_config(quant: QuantConfig):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.quant_type,
+        bnb_4bit_use_double_quant=quant.double_quant,
+        bnb_4bit_compute_dtype=resolve_dtype(quant.compute_dtype),
+    )
+
+
+def lora_config(lora: LoraConfig):
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_model(path: str | Path, dtype: torch.dtype, quant: QuantConfig | None = None):
+    """Load a saved model: 16-bit (or fp32) when `quant` is None, else bitsandbytes 4-bit."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {}
+    if quant is not None:
+        kwargs["quantization_config"] = quantization_config(quant)
+        dtype = resolve_dtype(quant.compute_dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path),
+        dtype=dtype,
+        device_map={"": device()},
+        use_safetensors=True,
+        trust_remote_code=False,
+        **kwargs,
+    )
+    return model
+
+
+def check_target_modules(model, target_modules: list[str]) -> None:
+    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in target_modules if m not in leaf_names]
+    if missing:
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        )
+        raise UserError(
+            f"lora.target_modules {missing} not found in the model; its linear layers are: {', '.join(linear)}"
+        )

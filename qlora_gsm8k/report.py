@@ -1,0 +1,128 @@
+"""Base-vs-tuned comparison: the generations table, paired statistics, plot data, Markdown report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .evaluation import paired_comparison
+from .gsm8k import Example
+
+
+def read_generations(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def generations_table(examples: list[Example], base: list[dict], tuned: list[dict]) -> pd.DataFrame:
+    if not len(examples) == len(base) == len(tuned):
+        raise ValueError(f"row counts differ: eval {len(examples)}, base {len(base)}, tuned {len(tuned)}")
+    records = []
+    for example, b, t in zip(examples, base, tuned, strict=True):
+        if not b["index"] == t["index"] == example.index:
+            raise ValueError(f"generations are not aligned at eval row {example.index}")
+        records.append(
+            {
+                "index": example.index,
+                "question": example.question,
+                "reference_answer": example.answer,
+                "reference_number": example.number,
+                "base_output": b["output"],
+                "base_number": b["number_flexible"],
+                "base_correct": b["correct_flexible"],
+                "base_correct_strict": b["correct_strict"],
+                "tuned_output": t["output"],
+                "tuned_number": t["number_flexible"],
+                "tuned_correct": t["correct_flexible"],
+                "tuned_correct_strict": t["correct_strict"],
+            }
+        )
+    table = pd.DataFrame.from_records(records)
+    table["flip"] = "same"
+    table.loc[~table.base_correct & table.tuned_correct, "flip"] = "wrong_to_right"
+    table.loc[table.base_correct & ~table.tuned_correct, "flip"] = "right_to_wrong"
+    return table
+
+
+def compare_metrics(table: pd.DataFrame, perplexity: dict) -> dict:
+    """Paired statistics on flexible (and strict) exact match plus perplexity deltas."""
+    paired = paired_comparison(table.base_correct.tolist(), table.tuned_correct.tolist())
+    strict = paired_comparison(table.base_correct_strict.tolist(), table.tuned_correct_strict.tolist())
+    paired["strict_flips_wrong_to_right"] = strict["flips_wrong_to_right"]
+    paired["strict_flips_right_to_wrong"] = strict["flips_right_to_wrong"]
+    paired["strict_mcnemar_p"] = strict["mcnemar_p"]
+    paired["examples"] = len(table)
+    result = {"paired": paired}
+    if perplexity:
+        result["delta"] = {
+            "perplexity": perplexity["tuned"]["perplexity"] - perplexity["base"]["perplexity"],
+            "mean_nll": perplexity["tuned"]["mean_nll"] - perplexity["base"]["mean_nll"],
+        }
+    return result
+
+
+def accuracy_plot_rows(table: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for model in ("base", "tuned"):
+        rows.append({"model": model, "metric": "exact_match_flexible", "value": table[f"{model}_correct"].mean()})
+        rows.append(
+            {"model": model, "metric": "exact_match_strict", "value": table[f"{model}_correct_strict"].mean()}
+        )
+    return pd.DataFrame(rows)
+
+
+def flips_plot_rows(table: pd.DataFrame) -> pd.DataFrame:
+    counts = table.flip.value_counts()
+    return pd.DataFrame(
+        [{"outcome": k, "questions": int(counts.get(k, 0))} for k in ("wrong_to_right", "right_to_wrong", "same")]
+    )
+
+
+def _block(text: str) -> str:
+    return "```\n" + str(text).replace("```", "ʼʼʼ").strip() + "\n```"
+
+
+def markdown_report(table: pd.DataFrame, metrics: dict, samples: int) -> str:
+    paired = metrics["paired"]
+    lines = [
+        "# Base vs tuned on the eval slice",
+        "",
+        f"{paired['examples']} questions. Exact match (flexible): base {table.base_correct.mean():.3f}, "
+        f"tuned {table.tuned_correct.mean():.3f}; difference {paired['accuracy_diff']:+.3f} "
+        f"(95% paired bootstrap CI {paired['accuracy_diff_ci95_low']:+.3f} … {paired['accuracy_diff_ci95_high']:+.3f}).",
+        f"Flips: {paired['flips_wrong_to_right']} wrong→right, {paired['flips_right_to_wrong']} right→wrong; "
+        f"exact McNemar p = {paired['mcnemar_p']:.3g}.",
+        "",
+    ]
+
+    def section(title: str, rows: pd.DataFrame) -> None:
+        lines.extend([f"## {title} ({len(rows)})", ""])
+        if rows.empty:
+            lines.extend(["None.", ""])
+        for row in rows.itertuples():
+            lines.extend(
+                [
+                    f"### Eval row {row.index}: reference {row.reference_number}, "
+                    f"base {row.base_number} ({'right' if row.base_correct else 'wrong'}), "
+                    f"tuned {row.tuned_number} ({'right' if row.tuned_correct else 'wrong'})",
+                    "",
+                    "**Question**",
+                    "",
+                    _block(row.question),
+                    "",
+                    "**Base**",
+                    "",
+                    _block(row.base_output),
+                    "",
+                    "**Tuned**",
+                    "",
+                    _block(row.tuned_output),
+                    "",
+                ]
+            )
+
+    section("Wrong → right", table[table.flip == "wrong_to_right"])
+    section("Right → wrong", table[table.flip == "right_to_wrong"])
+    section("Sample", table.head(samples))
+    return "\n".join(lines)

@@ -1,0 +1,27 @@
+"""Fetch GSM8K (Hub or local directory) and write the deterministic train and eval slices."""
+
+from qlora_gsm8k.cli import parse_stage_args, stage_parser
+from qlora_gsm8k.errors import stage_main
+from qlora_gsm8k.gsm8k import load_splits, take_slice, write_jsonl
+from qlora_gsm8k.io import write_json
+
+
+@stage_main
+def main() -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--train-out", required=True)
+    parser.add_argument("--eval-out", required=True)
+    parser.add_argument("--source-out", required=True, help="JSON recording where the rows came from")
+    args, params = parse_stage_args(parser)
+    cfg = params.data
+    train, test, provenance = load_splits(cfg)
+    train_slice = take_slice(train, cfg.train_offset, cfg.train_size, cfg.shuffle_seed, "train")
+    eval_slice = take_slice(test, cfg.eval_offset, cfg.eval_size, cfg.shuffle_seed, "eval")
+    write_jsonl(train_slice, args.train_out)
+    write_jsonl(eval_slice, args.eval_out)
+    write_json(args.source_out, {**provenance, "train_rows": len(train_slice), "eval_rows": len(eval_slice)})
+    print(f"wrote {len(train_slice)} train rows and {len(eval_slice)} eval rows from {provenance['source']}")
+
+
+if __name__ == "__main__":
+    main()

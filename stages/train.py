@@ -1,0 +1,38 @@
+"""Train the QLoRA adapter: 4-bit NF4 base, LoRA, HF Trainer, resumable checkpoints, DVCLive curves."""
+
+from pathlib import Path
+
+from qlora_gsm8k.cli import parse_stage_args, stage_parser
+from qlora_gsm8k.errors import stage_main
+from qlora_gsm8k.gsm8k import read_jsonl
+from qlora_gsm8k.io import atomic_directory, write_json
+from qlora_gsm8k.training import train_adapter
+
+
+@stage_main
+def main() -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--base", required=True)
+    parser.add_argument("--train", required=True)
+    parser.add_argument("--adapter-out", required=True)
+    parser.add_argument("--metrics-out", required=True)
+    parser.add_argument("--live-dir", required=True, help="DVCLive log directory")
+    parser.add_argument("--checkpoints", required=True, help="kept across interrupted runs, for resume")
+    args, params = parse_stage_args(parser)
+    examples = read_jsonl(args.train)
+    with atomic_directory(args.adapter_out) as tmp:
+        metrics = train_adapter(
+            params,
+            examples,
+            base_dir=Path(args.base),
+            adapter_dir=tmp,
+            checkpoint_root=Path(args.checkpoints),
+            live_dir=Path(args.live_dir),
+            train_file=Path(args.train),
+        )
+    write_json(args.metrics_out, metrics)
+    print(f"train loss {metrics['train_loss']:.4f}, {metrics['tokens_per_second']:.0f} tokens/s")
+
+
+if __name__ == "__main__":
+    main()
