@@ -207,9 +207,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     unknown = sorted(set(raw) - set(names))
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise UserError(
-            f"unknown param {where}{unknown[0]}; allowed {prefix or 'sections'}: {', '.join(names)}"
-        )
+        raise UserError(f"unknown param {where}{unknown[0]}; allowed {prefix or 'sections'}: {', '.join(names)}")
     kwargs = {}
     for name in names:
         if name not in raw:

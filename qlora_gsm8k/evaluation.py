@@ -24,7 +24,7 @@ def _by_length(rows: list, length) -> list[int]:
 
 
 @torch.no_grad()
-def response_nll(model, tokenizer, examples: list[Example], batch_size: int, max_length: int) -> dict:
+def response_nll(model, tokenizer, examples: list[Example], batch_size: int, max_length: int | None = None) -> dict:
     """Sum of next-token NLL over response tokens (given the prompt) and their count.
 
     Padding and prompt carry label -100; logits at position t predict token t+1. The total is
@@ -101,10 +101,7 @@ def generate_answers(model, tokenizer, questions: list[str], batch_size: int, ma
         for row, i in enumerate(batch_idx):
             tokens = new[row].tolist()
             stopped = eos_id in tokens
-            if stopped:
-                tokens = tokens[: tokens.index(eos_id)]
-            else:
-                tokens = [t for t in tokens if t != pad_id]
+            tokens = tokens[:tokens.index(eos_id)] if stopped else [t for t in tokens if t != pad_id]
             results[i] = Generation(
                 text=tokenizer.decode(tokens, skip_special_tokens=True).strip(),
                 new_tokens=len(tokens) + int(stopped),
@@ -202,9 +199,9 @@ def paired_comparison(base_correct: list[bool], tuned_correct: list[bool]) -> di
 
 
 @torch.no_grad()
-def mean_kl(model_p, model_q, tokenizer, examples: list[Example], batch_size: int, max_length: int) -> dict:
+def mean_kl(model_p, model_q, tokenizer, examples: list[Example], batch_size: int) -> dict:
     """Mean over response tokens of KL(P || Q) between the next-token distributions of two models."""
-    encoded, _ = encode_examples(tokenizer, examples, max_length)
+    encoded, _ = encode_examples(tokenizer, examples, max_length=None)
     total_kl, total_tokens = 0.0, 0
     for batch_rows in _batches(encoded, batch_size):
         batch = pad_batch(batch_rows, tokenizer.pad_token_id)
@@ -212,9 +209,9 @@ def mean_kl(model_p, model_q, tokenizer, examples: list[Example], batch_size: in
         logps = []
         for model in (model_p, model_q):
             dev = next(model.parameters()).device
-            logits = model(
-                input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)
-            ).logits[:, :-1]
+            logits = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).logits[
+                :, :-1
+            ]
             logps.append(F.log_softmax(logits.float(), dim=-1).cpu())
         kl = (logps[0].exp() * (logps[0] - logps[1])).sum(-1)
         total_kl += float((kl * mask).sum())

@@ -33,11 +33,10 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, dtype_name: str):
 
 def merge_check(merged, base_dir: Path, adapter_dir: Path, tokenizer, examples: list[Example], params: Params):
     cfg = params.eval
-    max_length = params.train.max_length
     adapter_4bit = load_with_adapter(base_dir, adapter_dir, cfg.dtype, quant=params.quant)
-    kl_4bit = mean_kl(merged, adapter_4bit, tokenizer, examples, cfg.batch_size, max_length)
+    kl_4bit = mean_kl(merged, adapter_4bit, tokenizer, examples, cfg.batch_size)
     unmerged_16bit = load_with_adapter(base_dir, adapter_dir, cfg.dtype)
-    kl_16bit = mean_kl(merged, unmerged_16bit, tokenizer, examples, cfg.batch_size, max_length)
+    kl_16bit = mean_kl(merged, unmerged_16bit, tokenizer, examples, cfg.batch_size)
     del unmerged_16bit
     questions = [e.question for e in examples]
     accuracies = {}

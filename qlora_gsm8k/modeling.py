@@ -202,9 +202,7 @@ def check_target_modules(model, target_modules: list[str]) -> None:
     leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [m for m in target_modules if m not in leaf_names]
     if missing:
-        linear = sorted(
-            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-        )
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise UserError(
             f"lora.target_modules {missing} not found in the model; its linear layers are: {', '.join(linear)}"
         )

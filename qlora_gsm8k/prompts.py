@@ -54,10 +54,7 @@ def encode_response(tokenizer, example: Example) -> list[int]:
     """Response ids ending with exactly one EOS (whatever the template puts after EOS is dropped)."""
     ids = _encode_text(tokenizer, response_text(tokenizer, example))
     eos = tokenizer.eos_token_id
-    if eos in ids:
-        ids = ids[: ids.index(eos) + 1]
-    else:
-        ids = ids + [eos]
+    ids = ids[:ids.index(eos) + 1] if eos in ids else ids + [eos]
     return ids
 
 
@@ -71,19 +68,17 @@ class Encoded:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
-def encode_example(tokenizer, example: Example, max_length: int) -> Encoded | None:
+def encode_example(tokenizer, example: Example, max_length: int | None) -> Encoded | None:
     """Prompt + response ids with prompt labels masked; None when it does not fit max_length
     (truncating would cut the answer and its EOS, teaching the model to ramble)."""
     prompt = encode_prompt(tokenizer, example.question)
     response = encode_response(tokenizer, example)
-    if len(prompt) + len(response) > max_length:
+    if max_length is not None and len(prompt) + len(response) > max_length:
         return None
     return Encoded(input_ids=prompt + response, labels=[IGNORE_INDEX] * len(prompt) + response)
 
 
-def encode_examples(
-    tokenizer, examples: list[Example], max_length: int
-) -> tuple[list[Encoded], list[Example]]:
+def encode_examples(tokenizer, examples: list[Example], max_length: int | None) -> tuple[list[Encoded], list[Example]]:
     """Encode all rows; returns the encodings and the examples they came from (rows longer than
     max_length are dropped from both)."""
     pairs = [(encode_example(tokenizer, e, max_length), e) for e in examples]

@@ -66,9 +66,7 @@ def accuracy_plot_rows(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for model in ("base", "tuned"):
         rows.append({"model": model, "metric": "exact_match_flexible", "value": table[f"{model}_correct"].mean()})
-        rows.append(
-            {"model": model, "metric": "exact_match_strict", "value": table[f"{model}_correct_strict"].mean()}
-        )
+        rows.append({"model": model, "metric": "exact_match_strict", "value": table[f"{model}_correct_strict"].mean()})
     return pd.DataFrame(rows)
 
 
@@ -90,7 +88,8 @@ def markdown_report(table: pd.DataFrame, metrics: dict, samples: int) -> str:
         "",
         f"{paired['examples']} questions. Exact match (flexible): base {table.base_correct.mean():.3f}, "
         f"tuned {table.tuned_correct.mean():.3f}; difference {paired['accuracy_diff']:+.3f} "
-        f"(95% paired bootstrap CI {paired['accuracy_diff_ci95_low']:+.3f} … {paired['accuracy_diff_ci95_high']:+.3f}).",
+        f"(95% paired bootstrap CI {paired['accuracy_diff_ci95_low']:+.3f} … "
+        f"{paired['accuracy_diff_ci95_high']:+.3f}).",
         f"Flips: {paired['flips_wrong_to_right']} wrong→right, {paired['flips_right_to_wrong']} right→wrong; "
         f"exact McNemar p = {paired['mcnemar_p']:.3g}.",
         "",

@@ -25,17 +25,12 @@ def make_row(rng: random.Random) -> dict:
         )
         answer = f"{name} has {have} + {bought} = <<{have}+{bought}={total}>>{total} {item}.\n#### {total}"
     elif kind == 1:
-        question = (
-            f"{name} buys {bought} {item} at ${price} each. How many dollars does {name} spend?"
-        )
+        question = f"{name} buys {bought} {item} at ${price} each. How many dollars does {name} spend?"
         answer = f"{name} spends {bought} * {price} = <<{bought}*{price}={cost}>>{cost} dollars.\n#### {cost}"
     else:
         gives = rng.randint(1, have)
         left = have - gives
-        question = (
-            f"{name} had {have} {item} and gave {gives} of them to {friend}. "
-            f"How many {item} are left?"
-        )
+        question = f"{name} had {have} {item} and gave {gives} of them to {friend}. How many {item} are left?"
         answer = f"{name} has {have} - {gives} = <<{have}-{gives}={left}>>{left} {item} left.\n#### {left}"
     return {"question": question, "answer": answer}
 

@@ -48,7 +48,7 @@ def preflight(tokenizer, examples: list[Example], encoded: list[Encoded], collat
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         fail("pad != eos", f"pad id {tokenizer.pad_token_id}, eos id {tokenizer.eos_token_id}")
     batch = collator([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded[:4]])
-    for row, (example, enc) in enumerate(zip(examples, encoded[:4])):
+    for row, (example, enc) in enumerate(zip(examples, encoded[:4], strict=False)):
         prompt = encode_prompt(tokenizer, example.question)
         n_prompt = len(prompt)
         labels = batch["labels"][row]
@@ -94,8 +94,9 @@ def _dvclive_callback(live_dir: Path | None, resume: bool):
     if live_dir is None:
         return None
     try:
-        from dvclive import Live
         from transformers.integrations import DVCLiveCallback
+
+        from dvclive import Live
     except ImportError:
         print("dvclive is not installed: training curves are not logged")
         return None
@@ -142,7 +143,8 @@ def train_adapter(
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.epochs,
         lr_scheduler_type=cfg.lr_scheduler,
-        warmup_ratio=cfg.warmup_ratio,
+        # transformers 5: a float below 1 is a ratio of the total steps.
+        warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay,
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
@@ -152,7 +154,7 @@ def train_adapter(
         data_seed=cfg.seed,
         bf16=compute_dtype == torch.bfloat16 and device().type == "cuda",
         fp16=compute_dtype == torch.float16 and device().type == "cuda",
-        group_by_length=cfg.group_by_length,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         gradient_checkpointing=cfg.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         remove_unused_columns=False,

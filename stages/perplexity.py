@@ -20,7 +20,7 @@ def main() -> None:
     tokenizer = load_tokenizer(args.model)
     dtype = resolve_dtype(params.eval.dtype)
     model = load_model(args.model, dtype=dtype)
-    result = response_nll(model, tokenizer, examples, params.eval.batch_size, params.train.max_length)
+    result = response_nll(model, tokenizer, examples, params.eval.batch_size)
     result["precision"] = str(dtype).removeprefix("torch.")
     write_json(args.metrics_out, {args.label: result})
     print(f"{args.label} perplexity {result['perplexity']:.3f} over {result['tokens']} response tokens")
