@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny random-weight Llama built in code and GSM8K-format data made in code.
+"""Shared fixtures: the tiny random-weight Llama built in code, GSM8K-format data made in code, and a
+throw-away copy of this project as a git + DVC repo for real `dvc` CLI runs.
 No test needs ../shared or the network."""
 
 from __future__ import annotations
@@ -8,11 +9,31 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 from qlora_gsm8k.gsm8k import read_jsonl  # noqa: E402
 from qlora_gsm8k.modeling import build_tiny_llama, save_base  # noqa: E402
 from qlora_gsm8k.synthetic import write_dataset_dir  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# What a user's clone holds that the pipeline needs; tests/ and run outputs stay behind.
+_PROJECT_EXCLUDE = ("tests/", "dvc.lock", "metrics/", "reports/", "bench/", "docs/", ".ci/", "README.md")
+
+# Small enough that `dvc repro` of the whole pipeline takes well under a minute on 2 CPU cores.
+TINY_PARAMS = {
+    "model": {"name": "tiny-llama"},
+    "data": {"train_size": 48, "eval_size": 12},
+    "lora": {"r": 8, "alpha": 16},
+    "train": {"micro_batch_size": 8, "max_length": 256, "save_steps": 2, "epochs": 1.0},
+    "eval": {"batch_size": 6, "max_new_tokens": 24, "merge_check_size": 4, "report_samples": 2},
+}
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +60,90 @@ def tiny_tokenizer(tiny_base_dir):
     from qlora_gsm8k.modeling import load_tokenizer
 
     return load_tokenizer(tiny_base_dir)
+
+
+def _project_files() -> list[str]:
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    return [f for f in listed if not f.startswith(_PROJECT_EXCLUDE) and (REPO_ROOT / f).is_file()]
+
+
+def merge_params(base: dict, overrides: dict) -> dict:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for section, values in overrides.items():
+        merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def tool_env() -> dict[str, str]:
+    """Environment in which `python` and `dvc` are this interpreter's, offline, without a real token."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["HF_HUB_OFFLINE"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=kwargs.pop("env", tool_env()), capture_output=True, text=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n"
+            f"--- stderr\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def dvc(project: Path, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    return run([str(Path(sys.executable).parent / "dvc"), *args], cwd=project, check=check, **kwargs)
+
+
+def git(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(["git", *args], cwd=project, check=check)
+
+
+def stages_run(output: str) -> set[str]:
+    """Names of the stages a `dvc repro`/`exp run` actually executed (not skipped, not restored)."""
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def make_project(root: Path, dataset_dir: Path, overrides: dict | None = None) -> Path:
+    """A fresh git + DVC repo holding this project's pipeline, with tiny params, committed."""
+    project = root / "project"
+    for rel in _project_files():
+        dest = project / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / rel, dest)
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params = merge_params(params, TINY_PARAMS)
+    params = merge_params(params, {"data": {"source": str(dataset_dir)}})
+    params = merge_params(params, overrides or {})
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(project, "init", "-q", "-b", "main")
+    git(project, "config", "user.email", "tests@example.com")
+    git(project, "config", "user.name", "tests")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "project")
+    return project
+
+
+@pytest.fixture
+def project(tmp_path, dataset_dir) -> Path:
+    return make_project(tmp_path, dataset_dir)
+
+
+@pytest.fixture(scope="session")
+def reproduced_project(tmp_path_factory, dataset_dir) -> Path:
+    """One full `dvc repro` of the tiny pipeline, committed, shared by the tests that only read it."""
+    project = make_project(tmp_path_factory.mktemp("reproduced"), dataset_dir)
+    result = dvc(project, "repro")
+    project.joinpath(".repro-output.txt").write_text(result.stdout + result.stderr)
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "repro")
+    return project
