@@ -198,6 +198,15 @@ def load_model(path: str | Path, dtype: torch.dtype, quant: QuantConfig | None =
     return model
 
 
+def model_skeleton(path: str | Path):
+    """The architecture of a saved model on the meta device: module names without memory or weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(path))
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
 def check_target_modules(model, target_modules: list[str]) -> None:
     leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [m for m in target_modules if m not in leaf_names]
