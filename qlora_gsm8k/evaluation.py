@@ -101,7 +101,7 @@ def generate_answers(model, tokenizer, questions: list[str], batch_size: int, ma
         for row, i in enumerate(batch_idx):
             tokens = new[row].tolist()
             stopped = eos_id in tokens
-            tokens = tokens[:tokens.index(eos_id)] if stopped else [t for t in tokens if t != pad_id]
+            tokens = tokens[: tokens.index(eos_id)] if stopped else [t for t in tokens if t != pad_id]
             results[i] = Generation(
                 text=tokenizer.decode(tokens, skip_special_tokens=True).strip(),
                 new_tokens=len(tokens) + int(stopped),

@@ -54,7 +54,7 @@ def encode_response(tokenizer, example: Example) -> list[int]:
     """Response ids ending with exactly one EOS (whatever the template puts after EOS is dropped)."""
     ids = _encode_text(tokenizer, response_text(tokenizer, example))
     eos = tokenizer.eos_token_id
-    ids = ids[:ids.index(eos) + 1] if eos in ids else ids + [eos]
+    ids = ids[: ids.index(eos) + 1] if eos in ids else ids + [eos]
     return ids
 
 

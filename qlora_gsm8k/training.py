@@ -94,9 +94,8 @@ def _dvclive_callback(live_dir: Path | None, resume: bool):
     if live_dir is None:
         return None
     try:
-        from transformers.integrations import DVCLiveCallback
-
         from dvclive import Live
+        from transformers.integrations import DVCLiveCallback
     except ImportError:
         print("dvclive is not installed: training curves are not logged")
         return None
