@@ -1,0 +1,127 @@
+"""The pipeline's shape: dvc.yaml declares exactly what each stage script uses, the repo holds no data or
+weights, and one tiny end-to-end `dvc repro` leaves artifacts that load the way users load them."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT, run, tool_env
+
+PACKAGE = "qlora_gsm8k"
+
+
+def _module_imports(path: Path) -> set[str]:
+    """qlora_gsm8k modules a file imports anywhere (lazy imports inside functions included)."""
+    found = set()
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level and path.parent.name == PACKAGE:
+                base = node.module or ""
+                names = [base] if base else [alias.name for alias in node.names]
+                found.update(f"{PACKAGE}.{name}" for name in names)
+            elif node.module and node.module.split(".")[0] == PACKAGE:
+                if node.module == PACKAGE:
+                    found.update(f"{PACKAGE}.{alias.name}" for alias in node.names)
+                else:
+                    found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == PACKAGE and "." in a.name)
+    return found
+
+
+def package_files_used(script: Path) -> set[str]:
+    """Package files a stage script uses, transitively, as repo-relative paths."""
+    seen: set[str] = set()
+    todo = list(_module_imports(script))
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        todo.extend(_module_imports(REPO_ROOT / (module.replace(".", "/") + ".py")))
+    return {module.replace(".", "/") + ".py" for module in seen}
+
+
+def pipeline_stages() -> dict[str, dict]:
+    return yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("name", sorted(pipeline_stages()))
+def test_stage_deps_are_exactly_the_code_it_uses(name):
+    stage = pipeline_stages()[name]
+    stage = stage.get("do", stage)
+    script = stage["cmd"].split()[2]  # python -m stages.<name>
+    script_path = script.replace(".", "/") + ".py"
+    declared = {d for d in stage["deps"] if d.endswith(".py")}
+    expected = {script_path} | package_files_used(REPO_ROOT / script_path)
+    assert declared == expected, f"stage {name}: missing {expected - declared}, extra {declared - expected}"
+
+
+def test_every_stage_script_is_in_the_pipeline():
+    used = {s.get("do", s)["cmd"].split()[2] for s in pipeline_stages().values()}
+    scripts = {f"stages.{p.stem}" for p in (REPO_ROOT / "stages").glob("*.py") if p.stem != "__init__"}
+    assert scripts == used
+
+
+def test_no_data_or_weights_tracked_by_git():
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    files = tracked.stdout.splitlines()
+    heavy = [f for f in files if f.endswith((".safetensors", ".bin", ".pt", ".model", ".jsonl", ".parquet"))]
+    assert heavy == []
+    big = [f for f in files if (REPO_ROOT / f).is_file() and (REPO_ROOT / f).stat().st_size > 512 * 1024]
+    assert big == []
+
+
+@pytest.mark.slow
+def test_repro_outputs_load_as_users_load_them(reproduced_project):
+    project = reproduced_project
+    for path in ("data/train.jsonl", "data/eval.jsonl", "models/base", "models/adapter", "models/merged"):
+        assert (project / path).exists(), path
+    metric_files = sorted(p.name for p in (project / "metrics").glob("*.json"))
+    assert metric_files == [
+        "compare.json",
+        "generate_base.json",
+        "generate_tuned.json",
+        "merge.json",
+        "perplexity_base.json",
+        "perplexity_tuned.json",
+        "train.json",
+    ]
+    assert (project / "models/merged/model.safetensors").is_file()
+    assert (project / "models/adapter/adapter_model.safetensors").is_file()
+    assert (project / "models/merged/chat_template.jinja").is_file() or "chat_template" in (
+        project / "models/merged/tokenizer_config.json"
+    ).read_text()
+    # Load exactly as the README tells users to, from the repo root, offline, in a fresh interpreter.
+    code = (
+        "from peft import AutoPeftModelForCausalLM; from transformers import AutoModelForCausalLM;"
+        "a = AutoPeftModelForCausalLM.from_pretrained('models/adapter');"
+        "m = AutoModelForCausalLM.from_pretrained('models/merged');"
+        "print(type(a).__name__, type(m).__name__)"
+    )
+    result = run([sys.executable, "-c", code], cwd=project, env=tool_env())
+    assert "PeftModelForCausalLM LlamaForCausalLM" in result.stdout
+    source = json.loads((project / "data/source.json").read_text())
+    assert source["kind"] == "local" and source["train_rows"] == 48 and source["eval_rows"] == 12
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {
+        "check_params",
+        "check_model",
+        "fetch",
+        "base",
+        "train",
+        "merge",
+        "perplexity@base",
+        "perplexity@tuned",
+        "generate@base",
+        "generate@tuned",
+        "compare",
+    }
