@@ -1,0 +1,341 @@
+"""Training and evaluation speed: a seed-style QLoRA set-up against this project's own training code, on the
+same rows, in one invocation; plus generation and perplexity timings.
+
+GPU (TinyLlama-1.1B architecture with random weights, the real Llama-2 tokenizer, real GSM8K rows):
+    python bench/bench.py --data .bench/gsm8k --tokenizer .bench/tokenizer.model --rows 2000 --out bench/out
+CPU smoke run (tiny-llama, synthetic rows, seconds; tested in CI):
+    python bench/bench.py --smoke --out /tmp/bench
+
+Runs compared (same rows, same LoRA settings, same effective batch):
+- seed-style: what a typical QLoRA notebook does: every row padded to 512, micro-batch 4 x grad-accum 4,
+  fp16, gradient checkpointing, plain HF Trainer.
+- ours: `qlora_gsm8k.training.train_adapter` with params.yaml's train settings.
+- lean: ours with the LEAN preset below (the README's preset for 8-16 GB cards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from qlora_gsm8k.config import Params, QuantConfig, load_params, params_as_dict, parse_params  # noqa: E402
+from qlora_gsm8k.evaluation import generate_answers, response_nll  # noqa: E402
+from qlora_gsm8k.gsm8k import Example, read_jsonl, write_jsonl  # noqa: E402
+from qlora_gsm8k.modeling import (  # noqa: E402
+    TINY_CHAT_TEMPLATE,
+    build_tiny_llama,
+    device,
+    load_model,
+    load_tokenizer,
+    lora_config,
+    save_base,
+)
+from qlora_gsm8k.prompts import IGNORE_INDEX, encode_examples  # noqa: E402
+from qlora_gsm8k.synthetic import write_dataset_dir  # noqa: E402
+from qlora_gsm8k.training import EncodedDataset, train_adapter  # noqa: E402
+
+# Lean preset for small GPUs: the same effective batch in small micro-batches, activations recomputed.
+LEAN = {"micro_batch_size": 4, "grad_accum": 4, "gradient_checkpointing": True}
+SEED_STYLE_PAD_TO = 512
+
+# TinyLlama-1.1B: same FLOPs and memory as the real model, random weights.
+TINYLLAMA_ARCH = dict(
+    vocab_size=32000,
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_hidden_layers=22,
+    num_attention_heads=32,
+    num_key_value_heads=4,
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-5,
+    bos_token_id=1,
+    eos_token_id=2,
+    tie_word_embeddings=False,
+)
+
+
+def build_tinyllama_arch_base(tokenizer_model: Path, out_dir: Path) -> Path:
+    """Random-weight TinyLlama-1.1B with the real SentencePiece tokenizer and the Zephyr chat template."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "tokenizer.model").write_bytes(tokenizer_model.read_bytes())
+        tokenizer = AutoTokenizer.from_pretrained(tmp)
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    torch.manual_seed(0)
+    with torch.device(device()):
+        model = LlamaForCausalLM(LlamaConfig(**TINYLLAMA_ARCH)).to(torch.bfloat16)
+    save_base(model, tokenizer, out_dir)
+    del model
+    return out_dir
+
+
+class PadToLengthCollator:
+    """Seed-style collation: every row padded to a fixed length, padding masked from attention and loss."""
+
+    def __init__(self, pad_token_id: int, length: int):
+        self.pad_token_id, self.length = pad_token_id, length
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        def padded(values: list[int], fill: int) -> list[int]:
+            return values + [fill] * (self.length - len(values))
+
+        return {
+            "input_ids": torch.tensor([padded(r["input_ids"], self.pad_token_id) for r in rows]),
+            "labels": torch.tensor([padded(r["labels"], IGNORE_INDEX) for r in rows]),
+            "attention_mask": torch.tensor([padded([1] * len(r["input_ids"]), 0) for r in rows]),
+        }
+
+
+def train_seed_style(params: Params, base_dir: Path, examples: list[Example], work: Path) -> dict:
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import Trainer, TrainingArguments
+
+    on_gpu = device().type == "cuda"
+    tokenizer = load_tokenizer(base_dir)
+    encoded, _ = encode_examples(tokenizer, examples, SEED_STYLE_PAD_TO)
+    compute = "float16" if on_gpu else "float32"
+    model = load_model(base_dir, dtype=getattr(torch, compute), quant=QuantConfig(compute_dtype=compute))
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    model = get_peft_model(model, lora_config(params.lora))
+    args = TrainingArguments(
+        output_dir=str(work / "seed-style"),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=4,
+        learning_rate=params.train.learning_rate,
+        num_train_epochs=params.train.epochs,
+        lr_scheduler_type=params.train.lr_scheduler,
+        warmup_steps=params.train.warmup_ratio,
+        logging_steps=1,
+        save_strategy="no",
+        seed=params.train.seed,
+        fp16=on_gpu,
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        remove_unused_columns=False,
+        report_to="none",
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=EncodedDataset(encoded),
+        data_collator=PadToLengthCollator(tokenizer.pad_token_id, SEED_STYLE_PAD_TO),
+    )
+    _reset_peak()
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    tokens = sum(len(e.input_ids) for e in encoded) * params.train.epochs
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    del trainer, model
+    return {"tokens_per_second": tokens / seconds, "seconds": seconds, "peak_gib": _peak(), "losses": losses}
+
+
+def _loss_recorder_class():
+    from transformers import TrainerCallback
+
+    class _LossRecorder(TrainerCallback):
+        def __init__(self):
+            self.losses: list[float] = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses.append(logs["loss"])
+
+    return _LossRecorder
+
+
+def LossRecorder():  # noqa: N802 - builds a TrainerCallback without importing transformers at module load
+    return _loss_recorder_class()()
+
+
+def train_ours(params: Params, base_dir: Path, examples: list[Example], work: Path, name: str) -> dict:
+    train_file = work / f"{name}-train.jsonl"
+    write_jsonl(examples, train_file)
+    _reset_peak()
+    metrics = train_adapter(
+        params,
+        examples,
+        base_dir=base_dir,
+        adapter_dir=work / f"{name}-adapter",
+        checkpoint_root=work / f"{name}-checkpoints",
+        live_dir=None,
+        train_file=train_file,
+        callbacks=[recorder := LossRecorder()],
+    )
+    return {
+        "tokens_per_second": metrics["tokens_per_second"],
+        "seconds": metrics["seconds"],
+        "peak_gib": _peak(),
+        "losses": recorder.losses,
+    }
+
+
+def time_evaluation(params: Params, base_dir: Path, test_rows: list[Example], max_new_tokens: int) -> dict:
+    from qlora_gsm8k.modeling import resolve_dtype
+
+    model = load_model(base_dir, dtype=resolve_dtype(params.eval.dtype))
+    tokenizer = load_tokenizer(base_dir, padding_side="left")
+    _sync()
+    start = time.perf_counter()
+    response_nll(model, tokenizer, test_rows, params.eval.batch_size)
+    _sync()
+    perplexity_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    generations = generate_answers(
+        model, tokenizer, [e.question for e in test_rows], params.eval.batch_size, max_new_tokens
+    )
+    _sync()
+    generation_seconds = time.perf_counter() - start
+    return {
+        "questions": len(test_rows),
+        "max_new_tokens": max_new_tokens,
+        "perplexity_seconds": perplexity_seconds,
+        "generation_seconds": generation_seconds,
+        "generated_tokens": sum(g.new_tokens for g in generations),
+    }
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
+def _with_train(params: Params, **changes) -> Params:
+    raw = params_as_dict(params)
+    raw["train"].update(changes)
+    return parse_params(raw)
+
+
+def table(results: dict) -> str:
+    seed = results["train"]["seed-style"]["tokens_per_second"]
+    lines = ["| run | real tokens/s | peak GPU GiB | × seed-style | final loss |", "|---|---|---|---|---|"]
+    for name, row in results["train"].items():
+        peak = f"{row['peak_gib']:.2f}" if row["peak_gib"] is not None else "n/a (CPU)"
+        final = f"{row['losses'][-1]:.4f}" if row["losses"] else "n/a"
+        lines.append(
+            f"| {name} | {row['tokens_per_second']:,.0f} | {peak} | {row['tokens_per_second'] / seed:.2f} | {final} |"
+        )
+    ev = results["eval"]
+    lines += [
+        "",
+        f"Perplexity over {ev['questions']} test questions: {ev['perplexity_seconds']:.1f} s. "
+        f"Greedy generation, {ev['max_new_tokens']} new tokens max: {ev['generation_seconds']:.1f} s "
+        f"({ev['generated_tokens']:,} tokens).",
+    ]
+    return "\n".join(lines)
+
+
+def plot_losses(results: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, row in results["train"].items():
+        # Optimizer steps differ only if the effective batch did; x is the share of the epoch.
+        losses = row["losses"]
+        ax.plot([(i + 1) / len(losses) for i in range(len(losses))], losses, label=name)
+    ax.set_xlabel("fraction of training")
+    ax.set_ylabel("training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="CPU: tiny-llama and synthetic rows")
+    parser.add_argument("--data", type=Path, help="directory with train.jsonl and test.jsonl (GSM8K layout)")
+    parser.add_argument("--tokenizer", type=Path, help="Llama-2 tokenizer.model for the TinyLlama-arch model")
+    parser.add_argument("--rows", type=int, default=2000, help="training rows")
+    parser.add_argument("--eval-rows", type=int, default=1319, help="test questions for the eval timings")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", type=Path, required=True, help="directory for results.json, table.md, losses")
+    args = parser.parse_args()
+
+    params = load_params(args.params)
+    work = Path(tempfile.mkdtemp(prefix="qlora-bench-"))
+    if args.smoke:
+        args.rows, args.eval_rows, args.max_new_tokens = min(args.rows, 48), min(args.eval_rows, 16), 16
+        data_dir = write_dataset_dir(work / "data", train_rows=args.rows, test_rows=args.eval_rows)
+        model, tokenizer = build_tiny_llama()
+        base_dir = work / "base"
+        save_base(model, tokenizer, base_dir)
+        params = parse_params({**params_as_dict(params), "model": {"name": "tiny-llama"}})
+    else:
+        if not (args.data and args.tokenizer):
+            parser.error("--data and --tokenizer are needed unless --smoke")
+        data_dir = args.data
+        base_dir = build_tinyllama_arch_base(args.tokenizer, work / "base")
+    train_rows = read_jsonl(data_dir / "train.jsonl")[: args.rows]
+    test_rows = read_jsonl(data_dir / "test.jsonl")[: args.eval_rows]
+
+    results = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "versions": _versions(),
+        "rows": len(train_rows),
+        "params_train": dataclasses.asdict(params.train),
+        "params_lora": dataclasses.asdict(params.lora),
+        "train": {},
+    }
+    results["train"]["seed-style"] = train_seed_style(params, base_dir, train_rows, work)
+    results["train"]["ours"] = train_ours(params, base_dir, train_rows, work, "ours")
+    results["train"]["lean"] = train_ours(_with_train(params, **LEAN), base_dir, train_rows, work, "lean")
+    results["eval"] = time_evaluation(params, base_dir, test_rows, args.max_new_tokens)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    rendered = table(results)
+    (args.out / "table.md").write_text(rendered + "\n")
+    plot_losses(results, args.out / "losses.png")
+    print(rendered)
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    names = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+    return {n: md.version(n) for n in names if _installed(n)}
+
+
+def _installed(name: str) -> bool:
+    import importlib.metadata as md
+
+    try:
+        md.version(name)
+    except md.PackageNotFoundError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    main()
