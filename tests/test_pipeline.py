@@ -3,51 +3,15 @@ weights, and one tiny end-to-end `dvc repro` leaves artifacts that load the way 
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import REPO_ROOT, run, tool_env
-
-PACKAGE = "qlora_gsm8k"
-
-
-def _module_imports(path: Path) -> set[str]:
-    """qlora_gsm8k modules a file imports anywhere (lazy imports inside functions included)."""
-    found = set()
-    tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            if node.level and path.parent.name == PACKAGE:
-                base = node.module or ""
-                names = [base] if base else [alias.name for alias in node.names]
-                found.update(f"{PACKAGE}.{name}" for name in names)
-            elif node.module and node.module.split(".")[0] == PACKAGE:
-                if node.module == PACKAGE:
-                    found.update(f"{PACKAGE}.{alias.name}" for alias in node.names)
-                else:
-                    found.add(node.module)
-        elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.split(".")[0] == PACKAGE and "." in a.name)
-    return found
-
-
-def package_files_used(script: Path) -> set[str]:
-    """Package files a stage script uses, transitively, as repo-relative paths."""
-    seen: set[str] = set()
-    todo = list(_module_imports(script))
-    while todo:
-        module = todo.pop()
-        if module in seen:
-            continue
-        seen.add(module)
-        todo.extend(_module_imports(REPO_ROOT / (module.replace(".", "/") + ".py")))
-    return {module.replace(".", "/") + ".py" for module in seen}
+from tools.stage_deps import package_files_used, stage_script
 
 
 def pipeline_stages() -> dict[str, dict]:
@@ -57,17 +21,17 @@ def pipeline_stages() -> dict[str, dict]:
 @pytest.mark.parametrize("name", sorted(pipeline_stages()))
 def test_stage_deps_are_exactly_the_code_it_uses(name):
     stage = pipeline_stages()[name]
-    stage = stage.get("do", stage)
-    script = stage["cmd"].split()[2]  # python -m stages.<name>
-    script_path = script.replace(".", "/") + ".py"
-    declared = {d for d in stage["deps"] if d.endswith(".py")}
-    expected = {script_path} | package_files_used(REPO_ROOT / script_path)
-    assert declared == expected, f"stage {name}: missing {expected - declared}, extra {declared - expected}"
+    script = stage_script(stage)
+    declared = {d for d in stage.get("do", stage)["deps"] if d.endswith(".py")}
+    expected = {script} | package_files_used(REPO_ROOT / script)
+    assert declared == expected, (
+        f"stage {name}: missing {expected - declared}, extra {declared - expected}; run python tools/stage_deps.py"
+    )
 
 
 def test_every_stage_script_is_in_the_pipeline():
-    used = {s.get("do", s)["cmd"].split()[2] for s in pipeline_stages().values()}
-    scripts = {f"stages.{p.stem}" for p in (REPO_ROOT / "stages").glob("*.py") if p.stem != "__init__"}
+    used = {stage_script(s) for s in pipeline_stages().values()}
+    scripts = {f"stages/{p.name}" for p in (REPO_ROOT / "stages").glob("*.py") if p.stem != "__init__"}
     assert scripts == used
 
 
