@@ -6,6 +6,7 @@ Every check lives here so a typo fails in seconds, before any model or stage out
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -155,6 +156,8 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin is list:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is float:
+        return "a finite number"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -178,11 +181,16 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         # YAML reads 2e-4 (no dot) as a string; accept it as the number users meant.
         if isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
-                pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+                number = None
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        else:
+            number = None
+        # .nan/.inf would slip past the range checks (nan < 0 is False) and ruin a run much later.
+        if number is not None and math.isfinite(number):
+            return number
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -204,7 +212,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raise UserError(f"{prefix or 'params'} must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(names))
+    unknown = sorted(set(raw) - set(names), key=str)  # YAML keys need not be strings (1:, null:)
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise UserError(f"unknown param {where}{unknown[0]}; allowed {prefix or 'sections'}: {', '.join(names)}")

@@ -1,8 +1,16 @@
-"""User-facing errors: one clear line, no traceback, non-zero exit."""
+"""User-facing errors: one clear line, no traceback, non-zero exit.
+
+`stage_main` is the one place a stage's failures are turned into what the user reads:
+- UserError (bad params, bad data, a model that cannot be found): `error: <one line>`, exit 2;
+- GPU out of memory that no stage turned into a UserError: one line naming the batch settings, exit 2;
+- Ctrl-C / SIGTERM: one line saying that the next `dvc repro` resumes training, exit 130 / 143.
+Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable
 
@@ -14,15 +22,57 @@ class UserError(Exception):
 USER_ERROR_EXIT_CODE = 2
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an exception, so `finally` blocks (temporary outputs) run before exit."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def one_line(text: str) -> str:
+    """Collapse a message to a single line (library messages often span several)."""
+    return " ".join(str(text).split())
+
+
+def eval_oom_message() -> str:
+    """Out of GPU memory outside training (merge check, perplexity, generation)."""
+    return (
+        "out of GPU memory. Lower eval.batch_size (and eval.max_new_tokens for generation) in params.yaml, "
+        "e.g. dvc exp run -S eval.batch_size=8; the model itself must also fit: use a smaller model.name "
+        "or a GPU with more memory"
+    )
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(err, torch.OutOfMemoryError)
+
+
 def stage_main(func: Callable[[], None]) -> Callable[[], None]:
     """Wrap a stage's main so user errors print one line instead of a traceback."""
 
     @functools.wraps(func)
     def wrapper() -> None:
+        # SIGTERM (docker stop, a scheduler, kill) unwinds like Ctrl-C: temporary outputs are removed.
+        signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             func()
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            sys.exit(USER_ERROR_EXIT_CODE)
+        except KeyboardInterrupt as err:
+            how = "terminated" if isinstance(err, Terminated) else "interrupted"
+            print(
+                f"{how}: the stage did not finish, DVC records none of its outputs; run `dvc repro` again "
+                "(training resumes from its last checkpoint under checkpoints/)",
+                file=sys.stderr,
+            )
+            sys.exit(143 if isinstance(err, Terminated) else 130)
+        except Exception as err:
+            if not _is_out_of_memory(err):
+                raise
+            print(f"error: {eval_oom_message()}", file=sys.stderr)
             sys.exit(USER_ERROR_EXIT_CODE)
 
     return wrapper

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .errors import UserError
 from .gsm8k import Example, extract_flexible, extract_strict, is_correct
 from .prompts import IGNORE_INDEX, encode_examples, encode_prompt, pad_batch
 
@@ -30,6 +31,9 @@ def response_nll(model, tokenizer, examples: list[Example], batch_size: int, max
     Padding and prompt carry label -100; logits at position t predict token t+1. The total is
     summed, never averaged per batch, so any batch size gives the same perplexity."""
     encoded, kept = encode_examples(tokenizer, examples, max_length)
+    if not encoded:
+        # exp(0 / 0 tokens) would report a perfect perplexity of 1.0 for nothing scored.
+        raise UserError(f"no rows to score: {len(examples)} given, all longer than max_length={max_length}")
     order = _by_length(encoded, lambda e: len(e.input_ids))
     total_nll = torch.zeros((), dtype=torch.float64)
     total_tokens = 0
@@ -101,7 +105,9 @@ def generate_answers(model, tokenizer, questions: list[str], batch_size: int, ma
         for row, i in enumerate(batch_idx):
             tokens = new[row].tolist()
             stopped = eos_id in tokens
-            tokens = tokens[: tokens.index(eos_id)] if stopped else [t for t in tokens if t != pad_id]
+            # After EOS generate pads with pad_id; a row that never stopped ran to max_new_tokens and
+            # holds no padding (any pad id in it was generated and counts).
+            tokens = tokens[: tokens.index(eos_id)] if stopped else tokens
             results[i] = Generation(
                 text=tokenizer.decode(tokens, skip_special_tokens=True).strip(),
                 new_tokens=len(tokens) + int(stopped),
@@ -203,6 +209,9 @@ def mean_kl(model_p, model_q, tokenizer, examples: list[Example], batch_size: in
     """Mean over response tokens of KL(P || Q) between the next-token distributions of two models."""
     encoded, _ = encode_examples(tokenizer, examples, max_length=None)
     total_kl, total_tokens = 0.0, 0
+    # Dropout (LoRA's included) must be off, or the KL measures noise rather than the merge.
+    model_p.eval()
+    model_q.eval()
     for batch_rows in _batches(encoded, batch_size):
         batch = pad_batch(batch_rows, tokenizer.pad_token_id)
         mask = batch["labels"][:, 1:] != IGNORE_INDEX
@@ -212,8 +221,10 @@ def mean_kl(model_p, model_q, tokenizer, examples: list[Example], batch_size: in
             logits = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).logits[
                 :, :-1
             ]
-            logps.append(F.log_softmax(logits.float(), dim=-1).cpu())
+            # Response positions only, in float64: a KL of nearly equal models is a difference of nearly
+            # equal numbers, which float32 turns into noise of either sign (a "negative KL").
+            logps.append(F.log_softmax(logits[mask.to(dev)].cpu().double(), dim=-1))
         kl = (logps[0].exp() * (logps[0] - logps[1])).sum(-1)
-        total_kl += float((kl * mask).sum())
+        total_kl += float(kl.sum())
         total_tokens += int(mask.sum())
     return {"mean_kl": total_kl / max(total_tokens, 1), "tokens": total_tokens}

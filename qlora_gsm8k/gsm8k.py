@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .config import DataConfig
 from .errors import UserError
+from .hub import hub_reachable, offline_mode
 
 # lm-evaluation-harness gsm8k: strict-match takes the first "#### number";
 # flexible-extract takes the last number-looking span of the output.
@@ -19,14 +20,18 @@ _CALCULATOR_ANNOTATION = re.compile(r"<<[^>]*>>")
 
 
 def normalize_number(text: str) -> str:
-    """Drop commas, `$` and a trailing period, as the harness does, so '1,000.' == '1000'."""
+    """Drop commas, `$` and one trailing period, as the harness does (its regexes_to_ignore are
+    ',', '\\$' and '\\.$'), so '1,000.' == '1000' while '5..' stays '5.', as it does there."""
     text = text.strip().lower().replace(",", "").replace("$", "")
-    return text.rstrip(".")
+    return text[:-1] if text.endswith(".") else text
 
 
 def extract_strict(output: str) -> str | None:
     match = _STRICT.search(output)
-    return normalize_number(match.group(1)) if match else None
+    if not match:
+        return None
+    # '#### ,' or '#### .' holds no number: treat it like a missing answer, never as the number "".
+    return normalize_number(match.group(1)) or None
 
 
 def extract_flexible(output: str) -> str | None:
@@ -69,9 +74,13 @@ class Example:
         return {"index": self.index, "question": self.question, "answer": self.answer}
 
 
-def parse_rows(rows: list[dict], where: str) -> list[Example]:
+def parse_rows(rows: list[dict], where: str, line_numbers: list[int] | None = None) -> list[Example]:
+    """Validate rows; errors name `where` and the row's line (`line_numbers[i]`, default i + 1).
+    A row without an 'index' gets its position among the rows."""
+    if line_numbers is None:
+        line_numbers = list(range(1, len(rows) + 1))
     examples = []
-    for line_no, row in enumerate(rows, start=1):
+    for position, (line_no, row) in enumerate(zip(line_numbers, rows, strict=True)):
         if not isinstance(row, dict):
             raise UserError(f"{where}:{line_no}: expected a JSON object, got {type(row).__name__}")
         question, answer = row.get("question"), row.get("answer")
@@ -79,20 +88,24 @@ def parse_rows(rows: list[dict], where: str) -> list[Example]:
             raise UserError(f"{where}:{line_no}: missing 'question' text")
         if not isinstance(answer, str) or extract_strict(answer) is None:
             raise UserError(f"{where}:{line_no}: 'answer' has no '#### <number>' final line")
-        index = row.get("index", line_no - 1)
-        examples.append(Example(question=question, answer=answer, index=int(index)))
+        index = row.get("index", position)
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise UserError(f"{where}:{line_no}: 'index' must be a non-negative integer, got {index!r}")
+        examples.append(Example(question=question, answer=answer, index=index))
     return examples
 
 
 def read_jsonl(path: str | Path) -> list[Example]:
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # Split on "\n" only: str.splitlines() also breaks on U+2028, U+0085 etc., which JSON strings
+        # may hold unescaped, and would then shift every later line number.
+        lines = path.read_text(encoding="utf-8").split("\n")
     except FileNotFoundError:
         raise UserError(f"{path} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read {path}: {err}") from None
-    rows = []
+    rows, line_numbers = [], []
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -100,7 +113,9 @@ def read_jsonl(path: str | Path) -> list[Example]:
             rows.append(json.loads(line))
         except json.JSONDecodeError as err:
             raise UserError(f"{path}:{line_no}: malformed JSON ({err.msg})") from None
-    examples = parse_rows(rows, str(path))
+        line_numbers.append(line_no)
+    # Blank lines are skipped, but errors still name the line in the file.
+    examples = parse_rows(rows, str(path), line_numbers)
     if not examples:
         raise UserError(f"{path} holds no rows")
     return examples
@@ -147,6 +162,8 @@ def _load_hub_splits(cfg: DataConfig) -> tuple[list[Example], list[Example], dic
     except ImportError:
         raise UserError("the 'datasets' package is needed to read data.source from the Hub") from None
     try:
+        if not (offline_mode() or hub_reachable()):
+            raise ConnectionError("the Hugging Face Hub is unreachable")
         loaded = datasets.load_dataset(cfg.source, cfg.config, revision=cfg.revision)
     except Exception as err:  # noqa: BLE001 - datasets raises many types for "not reachable"
         raise UserError(

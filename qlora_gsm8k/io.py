@@ -1,8 +1,13 @@
-"""Atomic writes: an interrupted stage never leaves a valid-looking artifact behind."""
+"""Atomic writes: an interrupted stage never leaves a valid-looking artifact behind.
+
+Files and directories are written under a hidden temporary name beside their destination, flushed to
+disk, and renamed into place only once complete: a crash, Ctrl-C or SIGTERM leaves either the old
+artifact, nothing, or a hidden `.<name>.*.tmp` that no stage reads (and the next write removes)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -12,16 +17,45 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temporaries of `path` left by a killed run (SIGKILL, power loss); one writer per output."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp makes the file 0600; give it the mode a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -32,8 +66,24 @@ def write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            file = Path(dirpath) / name
+            if file.is_symlink():
+                continue
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(Path(dirpath))
 
 
 @contextlib.contextmanager
@@ -41,12 +91,19 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; it replaces `path` only if the block finishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        if path.exists():
+        # Contents on disk before the rename makes them visible, so a power cut cannot publish empty files.
+        _fsync_tree(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -10,6 +10,7 @@ import torch
 
 from .config import TINY_LLAMA, LoraConfig, ModelConfig, QuantConfig
 from .errors import UserError
+from .hub import hub_reachable
 
 # Chat template shared by the tiny model; the same shape as TinyLlama-Chat's (Zephyr style).
 TINY_CHAT_TEMPLATE = (
@@ -68,10 +69,20 @@ def build_tiny_tokenizer():
 
 def build_tiny_llama(seed: int = 0):
     """A random-weight Llama small enough to train on CPU in seconds, with its own tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(
+    config = build_tiny_llama_config(tokenizer)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def build_tiny_llama_config(tokenizer):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
@@ -84,10 +95,6 @@ def build_tiny_llama(seed: int = 0):
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
 
 
 def ensure_distinct_pad(tokenizer) -> None:
@@ -103,8 +110,9 @@ def ensure_distinct_pad(tokenizer) -> None:
 def _hub_error(cfg: ModelConfig, err: Exception) -> UserError:
     return UserError(
         f"cannot load model {cfg.name!r} (revision {cfg.revision}) from the Hugging Face Hub "
-        f"({type(err).__name__}). Offline? Set model.name to a local model directory or to "
-        f"'{TINY_LLAMA}', e.g. dvc exp run -S model.name={TINY_LLAMA}"
+        f"({type(err).__name__}: not reachable, or not in the local cache when offline). Set model.name to "
+        f"a local model directory (config.json, tokenizer and *.safetensors weights) or to '{TINY_LLAMA}', "
+        f"e.g. dvc exp run -S model.name=/path/to/model"
     )
 
 
@@ -112,27 +120,94 @@ def is_local_model(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).expanduser().is_dir()
 
 
+def model_kind(name: str) -> str:
+    """'tiny' (built in code), 'local' (a directory) or 'hub' (a Hugging Face Hub id)."""
+    if name == TINY_LLAMA:
+        return "tiny"
+    return "local" if is_local_model(name) else "hub"
+
+
+def hf_token() -> str | None:
+    """The Hub token comes from the environment only (never params.yaml, never a file of this project)."""
+    return os.environ.get("HF_TOKEN") or None
+
+
+def _hub_kwargs(cfg: ModelConfig) -> dict:
+    """Pinned revision, the env token, and the local cache only when the Hub cannot be reached (seconds,
+    instead of a minute of retries before the same error)."""
+    return {"revision": cfg.revision, "token": hf_token(), "local_files_only": not hub_reachable()}
+
+
+def _check_local_model_dir(name: str) -> Path:
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise UserError(f"model.name {name!r} is not a directory; point it at a saved model or use '{TINY_LLAMA}'")
+    if not (path / "config.json").is_file():
+        raise UserError(f"model.name {name!r} is not a model directory (no config.json)")
+    if not any(path.glob("*.safetensors")):
+        raise UserError(
+            f"model.name {name!r} has no *.safetensors weights; only safetensors are loaded (pickled "
+            "*.bin/*.pt weights can run code when loaded). Convert them, e.g. "
+            "model.save_pretrained(dir, safe_serialization=True) in a trusted environment"
+        )
+    return path
+
+
+def source_model_config(cfg: ModelConfig):
+    """The configured base's architecture config, without loading weights: a seconds-long check that the
+    model exists (offline too) and what its modules are called."""
+    from transformers import AutoConfig
+
+    kind = model_kind(cfg.name)
+    if kind == "tiny":
+        return build_tiny_llama_config(build_tiny_tokenizer())
+    if kind == "local":
+        path = _check_local_model_dir(cfg.name)
+        try:
+            return AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read the config of model {cfg.name!r}: {err}".splitlines()[0]) from None
+    try:
+        return AutoConfig.from_pretrained(cfg.name, trust_remote_code=False, **_hub_kwargs(cfg))
+    except OSError as err:
+        raise _hub_error(cfg, err) from None
+    except ValueError as err:
+        raise UserError(f"cannot use model {cfg.name!r}: {err}".splitlines()[0]) from None
+
+
+def check_model_source(cfg: ModelConfig, target_modules: list[str]) -> None:
+    """The model can be found (locally or in the Hub cache when offline) and has lora.target_modules."""
+    config = source_model_config(cfg)
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except ValueError as err:
+        raise UserError(f"model {cfg.name!r} is not a causal language model: {err}".splitlines()[0]) from None
+    check_target_modules(skeleton, target_modules)
+
+
 def load_source_model(cfg: ModelConfig):
     """Load the configured base (tiny, local directory or Hub id at a pinned revision) into memory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if cfg.name == TINY_LLAMA:
+    kind = model_kind(cfg.name)
+    if kind == "tiny":
         return build_tiny_llama()
-    if is_local_model(cfg.name):
-        path = Path(cfg.name).expanduser()
-        if not (path / "config.json").is_file():
-            raise UserError(f"model.name {cfg.name!r} is not a model directory (no config.json)")
+    if kind == "local":
+        path = _check_local_model_dir(cfg.name)
         kwargs = {}
     else:
         path = cfg.name
-        kwargs = {"revision": cfg.revision, "token": os.environ.get("HF_TOKEN") or None}
+        kwargs = _hub_kwargs(cfg)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype="auto", use_safetensors=True, trust_remote_code=False, **kwargs
         )
     except OSError as err:
-        if is_local_model(cfg.name):
+        if kind == "local":
             raise UserError(f"cannot load model from {cfg.name!r}: {err}".splitlines()[0]) from None
         raise _hub_error(cfg, err) from None
     return model, tokenizer
@@ -149,7 +224,7 @@ def save_base(model, tokenizer, out_dir: str | Path) -> None:
 def load_tokenizer(path: str | Path, padding_side: str = "right"):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     ensure_distinct_pad(tokenizer)
     tokenizer.padding_side = padding_side
     return tokenizer
@@ -202,9 +277,9 @@ def model_skeleton(path: str | Path):
     """The architecture of a saved model on the meta device: module names without memory or weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(str(path))
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
 
 
 def check_target_modules(model, target_modules: list[str]) -> None:

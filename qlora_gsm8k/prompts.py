@@ -88,6 +88,8 @@ def encode_examples(tokenizer, examples: list[Example], max_length: int | None) 
 
 def pad_batch(rows: list[Encoded], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
     """Pad to the longest row; padding gets attention 0 and label -100."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     width = max(len(r.input_ids) for r in rows)
     input_ids, labels, attention = [], [], []
     for row in rows:

@@ -77,6 +77,11 @@ def flips_plot_rows(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _number(value) -> str:
+    """An extracted number for the report; pandas stores a missing one as NaN, which must not read as 'nan'."""
+    return "no number" if value is None or pd.isna(value) else str(value)
+
+
 def _block(text: str) -> str:
     return "```\n" + str(text).replace("```", "ʼʼʼ").strip() + "\n```"
 
@@ -103,8 +108,8 @@ def markdown_report(table: pd.DataFrame, metrics: dict, samples: int) -> str:
             lines.extend(
                 [
                     f"### Eval row {row.index}: reference {row.reference_number}, "
-                    f"base {row.base_number} ({'right' if row.base_correct else 'wrong'}), "
-                    f"tuned {row.tuned_number} ({'right' if row.tuned_correct else 'wrong'})",
+                    f"base {_number(row.base_number)} ({'right' if row.base_correct else 'wrong'}), "
+                    f"tuned {_number(row.tuned_number)} ({'right' if row.tuned_correct else 'wrong'})",
                     "",
                     "**Question**",
                     "",

@@ -1,18 +1,30 @@
-"""QLoRA training: pre-flight label checks, the HF Trainer set-up, resumable checkpoints, DVCLive."""
+"""QLoRA training: pre-flight label checks, the HF Trainer set-up, resumable checkpoints, DVCLive.
+
+Resume: checkpoints go to <checkpoint_root>/<run fingerprint>/checkpoint-N, outside every DVC output (DVC
+deletes a stage's outputs before it runs). A checkpoint counts only once it carries COMPLETE_MARKER, written
+after the Trainer has saved everything; a run killed mid-save resumes from the one before. The fingerprint
+covers everything the trajectory depends on (params, tokenized rows, base files, library versions), so a
+checkpoint is only ever resumed into the run that wrote it; with the RNG state restored the resumed run ends
+with the same adapter, bit for bit on CPU, as an uninterrupted one (tests/test_resume.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import re
 import shutil
 import time
+from importlib import metadata
 from pathlib import Path
 
 import torch
 
-from .config import Params, params_as_dict
+from .config import Params, TrainConfig, params_as_dict
 from .errors import UserError
 from .gsm8k import Example
+from .io import atomic_write_text, file_sha256
 from .modeling import (
     check_target_modules,
     device,
@@ -71,36 +83,146 @@ def preflight(tokenizer, examples: list[Example], encoded: list[Encoded], collat
                 fail("one BOS", f"row {row}: {n_bos} BOS tokens, first token {int(ids[mask][0])}")
 
 
-def run_fingerprint(params: Params, train_file: Path, base_dir: Path) -> str:
-    """Identifies a training run: a checkpoint is only resumed into the run that wrote it."""
+COMPLETE_MARKER = "checkpoint_complete.json"
+FINISHED_MARKER = "FINISHED"
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+_FINGERPRINT_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+
+
+def run_fingerprint(params: Params, encoded: list[Encoded], base_dir: Path) -> str:
+    """Identifies a training run: a checkpoint is only resumed into the run that wrote it.
+
+    Covers what the trajectory depends on: the lora/quant/train params, the tokenized rows in order (so
+    a new tokenizer, template or data file gives a new run), every file of the base model (weights
+    included) and the versions of the libraries that compute the steps."""
     digest = hashlib.sha256()
     cfg = params_as_dict(params)
     digest.update(json.dumps({k: cfg[k] for k in ("lora", "quant", "train")}, sort_keys=True).encode())
-    digest.update(train_file.read_bytes())
-    digest.update((base_dir / "config.json").read_bytes())
+    digest.update(json.dumps([[e.input_ids, e.labels] for e in encoded]).encode())
+    for file in sorted(p for p in base_dir.iterdir() if p.is_file()):
+        digest.update(f"{file.name}:{file_sha256(file)}".encode())
+    for package in _FINGERPRINT_PACKAGES:
+        try:
+            digest.update(f"{package}=={metadata.version(package)}".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{package} missing".encode())
     return digest.hexdigest()[:16]
 
 
 def last_checkpoint(run_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """The newest complete checkpoint of a run; incomplete ones (killed mid-save) are deleted."""
     if not run_dir.is_dir():
         return None
-    return get_last_checkpoint(str(run_dir))
+    complete = []
+    for child in run_dir.iterdir():
+        match = _CHECKPOINT_DIR.match(child.name)
+        if not match or not child.is_dir():
+            continue
+        if (child / COMPLETE_MARKER).is_file():
+            complete.append((int(match.group(1)), child))
+        else:
+            shutil.rmtree(child, ignore_errors=True)
+    return str(max(complete)[1]) if complete else None
 
 
-def _dvclive_callback(live_dir: Path | None, resume: bool):
-    """DVCLive logger that writes only under live_dir: our dvc.yaml declares its plots."""
-    if live_dir is None:
-        return None
+def discard_finished_runs(checkpoint_root: Path) -> None:
+    """Remove the checkpoints of runs whose outputs are in place (called by the stage after it wrote them)."""
+    if not checkpoint_root.is_dir():
+        return
+    for run_dir in checkpoint_root.iterdir():
+        if (run_dir / FINISHED_MARKER).is_file():
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def train_oom_message(cfg: TrainConfig) -> str:
+    """What to change when training runs out of GPU memory (pure: tested on CPU)."""
+    settings = (
+        f"train.micro_batch_size={cfg.micro_batch_size}, train.grad_accum={cfg.grad_accum}, "
+        f"train.max_length={cfg.max_length}, train.gradient_checkpointing={str(cfg.gradient_checkpointing).lower()}"
+    )
+    effective = cfg.micro_batch_size * cfg.grad_accum
+    options = []
+    if cfg.micro_batch_size > 1:
+        micro = cfg.micro_batch_size // 2
+        accum = math.ceil(effective / micro)
+        options.append(
+            f"lower train.micro_batch_size and raise train.grad_accum to keep the effective batch of {effective} "
+            f"(e.g. -S train.micro_batch_size={micro} -S train.grad_accum={accum})"
+        )
+    if not cfg.gradient_checkpointing:
+        options.append("set train.gradient_checkpointing=true (slower, much less activation memory)")
+    options.append(f"lower train.max_length (now {cfg.max_length}; longer rows are dropped, not cut)")
+    return f"out of GPU memory while training with {settings}. To fit: " + "; or ".join(options)
+
+
+def _mean_logged_loss(log_history: list[dict]) -> float | None:
+    """Mean training loss per optimizer step from the logged losses (each the mean over its logging
+    interval). The log history is part of every checkpoint, so a resumed run reports the same value as an
+    uninterrupted one (the Trainer's own train_loss only counts steps run since the resume)."""
+    total, steps, previous = 0.0, 0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            gap = entry["step"] - previous
+            total += entry["loss"] * gap
+            steps += gap
+            previous = entry["step"]
+    return total / steps if steps else None
+
+
+def _callbacks(live_dir: Path | None, resume_from: str | None) -> list:
+    from transformers import TrainerCallback
+
+    class CheckpointComplete(TrainerCallback):
+        """Marks a checkpoint complete once the Trainer has saved all of it, with a copy of the training
+        curves so a resumed run continues them (DVC deletes the live dir before re-running the stage)."""
+
+        def on_save(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if live_dir is not None and live_dir.is_dir():
+                # copyfile: contents only, never the read-only mode of files DVC linked from its cache.
+                shutil.copytree(live_dir, checkpoint / "dvclive", dirs_exist_ok=True, copy_function=shutil.copyfile)
+            atomic_write_text(checkpoint / COMPLETE_MARKER, json.dumps({"step": state.global_step}) + "\n")
+
+    callbacks = [CheckpointComplete()]
+    # Under DDP every rank runs this; one writes the curves (RANK is set by torchrun/accelerate).
+    if live_dir is None or int(os.environ.get("RANK", "0")) != 0:
+        return callbacks
     try:
         from dvclive import Live
-        from transformers.integrations import DVCLiveCallback
     except ImportError:
         print("dvclive is not installed: training curves are not logged")
-        return None
-    live = Live(str(live_dir), resume=resume, dvcyaml=False, save_dvc_exp=False, report=None)
-    return DVCLiveCallback(live=live)
+        return callbacks
+
+    saved_curves = Path(resume_from) / "dvclive" if resume_from else None
+    if saved_curves is not None and saved_curves.is_dir():
+        shutil.rmtree(live_dir, ignore_errors=True)
+        shutil.copytree(saved_curves, live_dir, copy_function=shutil.copyfile)
+
+    class LiveCurves(TrainerCallback):
+        """DVCLive curves under live_dir only (our dvc.yaml declares the plots), x = optimizer step."""
+
+        def __init__(self):
+            # resume=False clears live_dir; resume=True keeps the curves restored from the checkpoint.
+            self.live = Live(
+                str(live_dir), resume=saved_curves is not None, dvcyaml=False, save_dvc_exp=False, report=None
+            )
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            # Per-step logs only: the end-of-training summary holds timings, which are not curves.
+            if not state.is_world_process_zero or not logs or "loss" not in logs:
+                return
+            self.live.step = state.global_step
+            for key in ("loss", "learning_rate", "grad_norm", "epoch"):
+                if isinstance(logs.get(key), (int, float)):
+                    self.live.log_metric(key, logs[key])
+            self.live.make_summary()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.live.end()
+
+    return [LiveCurves(), *callbacks]
 
 
 def train_adapter(
@@ -110,11 +232,18 @@ def train_adapter(
     adapter_dir: Path,
     checkpoint_root: Path,
     live_dir: Path | None,
-    train_file: Path,
+    train_file: Path | None = None,
+    callbacks: list | None = None,
+    keep_checkpoints: bool = False,
 ) -> dict:
-    """Train a LoRA adapter on the 4-bit base; save it (with tokenizer) to adapter_dir. Returns metrics."""
+    """Train a LoRA adapter on the 4-bit base; save it (with tokenizer) to adapter_dir. Returns metrics.
+
+    Resumes from the newest complete checkpoint of the same run under checkpoint_root. The run's
+    checkpoints are deleted at the end, unless keep_checkpoints: then the run is only marked finished and
+    the caller discards it (discard_finished_runs) once its outputs are safely in place.
+    `train_file` is accepted for callers' convenience; the run is identified by the tokenized rows."""
     from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments, set_seed
 
     cfg = params.train
     tokenizer = load_tokenizer(base_dir)
@@ -127,14 +256,15 @@ def train_adapter(
     model = load_model(base_dir, dtype=resolve_dtype(params.quant.compute_dtype), quant=params.quant)
     check_target_modules(model, params.lora.target_modules)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    # LoRA A starts random: seed it, or two runs with the same params start from different adapters.
+    set_seed(cfg.seed)
     model = get_peft_model(model, lora_config(params.lora))
 
     compute_dtype = resolve_dtype(params.quant.compute_dtype)
-    run_dir = checkpoint_root / run_fingerprint(params, train_file, base_dir)
+    run_dir = checkpoint_root / run_fingerprint(params, encoded, base_dir)
     resume_from = last_checkpoint(run_dir)
     if resume_from:
         print(f"resuming training from {resume_from}")
-    callback = _dvclive_callback(live_dir, resume=bool(resume_from))
     args = TrainingArguments(
         output_dir=str(run_dir),
         per_device_train_batch_size=cfg.micro_batch_size,
@@ -166,40 +296,50 @@ def train_adapter(
         args=args,
         train_dataset=EncodedDataset(encoded),
         data_collator=collator,
-        callbacks=[callback] if callback else None,
+        callbacks=_callbacks(live_dir, resume_from) + list(callbacks or []),
     )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except torch.OutOfMemoryError:
+        raise UserError(train_oom_message(cfg)) from None
     seconds = time.perf_counter() - start
-    if callback is not None:
-        callback.live.end()
 
     model.save_pretrained(str(adapter_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(adapter_dir))
     # The adapter points at the base by a path relative to the repo root, where stages run.
     _set_adapter_base(adapter_dir, base_dir)
 
+    steps = trainer.state.global_step
+    resumed_from_step = int(Path(resume_from).name.split("-")[1]) if resume_from else 0
     tokens_seen = sum(len(e.input_ids) for e in encoded) * cfg.epochs
+    tokens_this_run = tokens_seen * (steps - resumed_from_step) / steps if steps else 0
     history = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     metrics = {
-        "train_loss": result.training_loss,
+        "train_loss": _mean_logged_loss(trainer.state.log_history),
         "final_loss": history[-1] if history else None,
-        "steps": trainer.state.global_step,
+        "steps": steps,
         "examples": len(encoded),
         "dropped_too_long": len(train_examples) - len(encoded),
         "real_tokens": int(tokens_seen),
+        # Timing covers this process only: after a resume, the steps since the checkpoint.
         "seconds": seconds,
-        "tokens_per_second": tokens_seen / seconds if seconds > 0 else None,
+        "tokens_per_second": tokens_this_run / seconds if seconds > 0 else None,
         "resumed": bool(resume_from),
+        "resumed_from_step": resumed_from_step,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "device": device().type,
         "compute_dtype": str(compute_dtype).removeprefix("torch."),
     }
     if torch.cuda.is_available():
         metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if keep_checkpoints:
+        if run_dir.is_dir():
+            atomic_write_text(run_dir / FINISHED_MARKER, "outputs being written; safe to delete\n")
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
     return metrics
 
 
@@ -207,4 +347,4 @@ def _set_adapter_base(adapter_dir: Path, base_dir: Path) -> None:
     config_path = adapter_dir / "adapter_config.json"
     config = json.loads(config_path.read_text())
     config["base_model_name_or_path"] = str(base_dir)
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")

@@ -1,10 +1,26 @@
 """Materialise the base model (tiny-llama, a local directory or a pinned Hub revision) on disk,
 so every later stage and the saved adapter read the same weights offline."""
 
+from pathlib import Path
+
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
+from qlora_gsm8k.config import ModelConfig
 from qlora_gsm8k.errors import stage_main
-from qlora_gsm8k.io import atomic_directory, write_json
-from qlora_gsm8k.modeling import load_source_model, save_base
+from qlora_gsm8k.io import atomic_directory, file_sha256, write_json
+from qlora_gsm8k.modeling import load_source_model, model_kind, save_base
+
+
+def provenance(cfg: ModelConfig) -> dict:
+    """Where the weights came from: the pinned Hub revision, or for a local directory (which has no
+    revision) the sha256 of the files read from it."""
+    record = {"name": cfg.name, "revision": cfg.revision, "kind": model_kind(cfg.name)}
+    if record["kind"] == "local":
+        root = Path(cfg.name).expanduser()
+        record["revision"] = None
+        record["sha256"] = {f.name: file_sha256(f) for f in sorted(root.iterdir()) if f.is_file()}
+    elif record["kind"] == "tiny":
+        record["revision"] = None  # built in code from a fixed seed
+    return record
 
 
 @stage_main
@@ -15,7 +31,7 @@ def main() -> None:
     model, tokenizer = load_source_model(params.model)
     with atomic_directory(args.out) as tmp:
         save_base(model, tokenizer, tmp)
-        write_json(tmp / "provenance.json", {"name": params.model.name, "revision": params.model.revision})
+        write_json(tmp / "provenance.json", provenance(params.model))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"saved base model {params.model.name} ({n_params / 1e6:.1f}M params) to {args.out}")
 

@@ -1,9 +1,11 @@
 """Fetch GSM8K (Hub or local directory) and write the deterministic train and eval slices."""
 
+from pathlib import Path
+
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.gsm8k import load_splits, take_slice, write_jsonl
-from qlora_gsm8k.io import write_json
+from qlora_gsm8k.io import file_sha256, write_json
 
 
 @stage_main
@@ -19,6 +21,10 @@ def main() -> None:
     eval_slice = take_slice(test, cfg.eval_offset, cfg.eval_size, cfg.shuffle_seed, "eval")
     write_jsonl(train_slice, args.train_out)
     write_jsonl(eval_slice, args.eval_out)
+    if provenance.get("kind") == "local":
+        # A local directory has no revision: record what was read, so a changed file shows in the record.
+        root = Path(provenance["source"])
+        provenance["sha256"] = {name: file_sha256(root / name) for name in ("train.jsonl", "test.jsonl")}
     write_json(args.source_out, {**provenance, "train_rows": len(train_slice), "eval_rows": len(eval_slice)})
     print(f"wrote {len(train_slice)} train rows and {len(eval_slice)} eval rows from {provenance['source']}")
 

@@ -26,7 +26,7 @@ def main() -> None:
     if metrics["kl_merged_vs_4bit_adapter"] > params.eval.merge_kl_threshold:
         raise MergeCheckError(
             f"merge check failed: mean KL(merged || 4-bit base + adapter) = "
-            f"{metrics['kl_merged_vs_4bit_adapter']:.4f} > eval.merge_kl_threshold = "
+            f"{metrics['kl_merged_vs_4bit_adapter']:.3g} > eval.merge_kl_threshold = "
             f"{params.eval.merge_kl_threshold}; see {args.metrics_out}"
         )
     with atomic_directory(args.out) as tmp:

@@ -1,4 +1,7 @@
-"""Train the QLoRA adapter: 4-bit NF4 base, LoRA, HF Trainer, resumable checkpoints, DVCLive curves."""
+"""Train the QLoRA adapter: 4-bit NF4 base, LoRA, HF Trainer, resumable checkpoints, DVCLive curves.
+
+Interrupted (Ctrl-C, SIGTERM, a crash, out of memory)? Run `dvc repro` again: training resumes from the
+last complete checkpoint under --checkpoints, which is not a DVC output, so DVC leaves it alone."""
 
 from pathlib import Path
 
@@ -6,7 +9,7 @@ from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.gsm8k import read_jsonl
 from qlora_gsm8k.io import atomic_directory, write_json
-from qlora_gsm8k.training import train_adapter
+from qlora_gsm8k.training import discard_finished_runs, train_adapter
 
 
 @stage_main
@@ -20,17 +23,22 @@ def main() -> None:
     parser.add_argument("--checkpoints", required=True, help="kept across interrupted runs, for resume")
     args, params = parse_stage_args(parser)
     examples = read_jsonl(args.train)
+    checkpoints = Path(args.checkpoints)
+    # The adapter appears under --adapter-out only once complete (temporary sibling + rename).
     with atomic_directory(args.adapter_out) as tmp:
         metrics = train_adapter(
             params,
             examples,
             base_dir=Path(args.base),
             adapter_dir=tmp,
-            checkpoint_root=Path(args.checkpoints),
+            checkpoint_root=checkpoints,
             live_dir=Path(args.live_dir),
             train_file=Path(args.train),
+            keep_checkpoints=True,
         )
     write_json(args.metrics_out, metrics)
+    # Only now, with adapter and metrics in place, are the checkpoints of this run no longer needed.
+    discard_finished_runs(checkpoints)
     print(f"train loss {metrics['train_loss']:.4f}, {metrics['tokens_per_second']:.0f} tokens/s")
 
 

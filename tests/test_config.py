@@ -1,0 +1,160 @@
+"""params.yaml parsing: typed, validated, and failing with one line that names the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qlora_gsm8k.config import Params, load_params, params_as_dict, parse_params
+from qlora_gsm8k.errors import UserError
+
+REPO_PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
+
+
+def _raw() -> dict:
+    return yaml.safe_load(REPO_PARAMS.read_text())
+
+
+def _with(section: str, key: str, value) -> dict:
+    raw = _raw()
+    raw.setdefault(section, {})[key] = value
+    return raw
+
+
+def test_repo_params_load_and_match_the_file():
+    params = load_params(REPO_PARAMS)
+    parsed = params_as_dict(params)
+    raw = _raw()
+    assert set(raw) == set(parsed)
+    for section, values in raw.items():
+        for key, value in values.items():
+            assert parsed[section][key] == value, f"{section}.{key}"
+    assert params.lora.r == 16 and params.lora.target_modules == ["q_proj", "v_proj"]
+    assert params.train.learning_rate == 2e-4
+    assert isinstance(params.train.epochs, float)
+
+
+def test_empty_params_are_the_defaults():
+    assert parse_params({}) == Params()
+    assert parse_params(None) == Params()
+    assert parse_params({"lora": None}) == Params()
+
+
+@pytest.mark.parametrize(
+    ("raw", "needles"),
+    [
+        ({"lora": {"rank": 8}}, ["lora.rank", "allowed lora: r, alpha, dropout, target_modules"]),
+        ({"trian": {}}, ["trian", "allowed sections: model, data, lora, quant, train, eval"]),
+        ({"eval": {"batchsize": 4}}, ["eval.batchsize", "batch_size"]),
+        # YAML keys of mixed types (an int and a string) must still give the one-line error
+        ({"lora": {1: 2, "rank": 8}}, ["unknown param lora.1", "allowed lora: r"]),
+    ],
+)
+def test_unknown_key_names_it_and_the_allowed_ones(raw, needles):
+    with pytest.raises(UserError) as err:
+        parse_params(raw)
+    for needle in needles:
+        assert needle in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "needle"),
+    [
+        ("lora", "r", "16", "lora.r must be int"),
+        ("lora", "r", 16.0, "lora.r must be int"),
+        ("lora", "r", True, "lora.r must be int"),  # bool is an int subclass in Python; not here
+        ("train", "micro_batch_size", False, "train.micro_batch_size must be int"),
+        ("train", "learning_rate", "fast", "train.learning_rate must be a finite number"),
+        ("train", "learning_rate", True, "train.learning_rate must be a finite number"),
+        ("train", "learning_rate", float("inf"), "train.learning_rate must be a finite number"),
+        ("train", "weight_decay", float("nan"), "train.weight_decay must be a finite number"),
+        ("train", "weight_decay", ".nan", "train.weight_decay must be a finite number"),
+        ("train", "gradient_checkpointing", "yes", "train.gradient_checkpointing must be bool"),
+        ("train", "gradient_checkpointing", 1, "train.gradient_checkpointing must be bool"),
+        ("train", "lr_scheduler", "cosine_warm", "train.lr_scheduler must be one of 'cosine'"),
+        ("quant", "quant_type", "int8", "quant.quant_type must be one of 'nf4', 'fp4'"),
+        ("eval", "dtype", "fp16", "eval.dtype must be one of"),
+        ("lora", "target_modules", "q_proj", "lora.target_modules must be a list of str"),
+        ("lora", "target_modules", ["q_proj", 3], "lora.target_modules[1] must be str"),
+        ("model", "name", "", "model.name must be str"),
+        ("data", "train_size", None, "data.train_size must be int"),
+    ],
+)
+def test_wrong_types(section, key, value, needle):
+    with pytest.raises(UserError, match="^" + needle.replace(".", r"\.").replace("[", r"\[").replace("]", r"\]")):
+        parse_params(_with(section, key, value))
+
+
+def test_section_must_be_a_mapping():
+    with pytest.raises(UserError, match="lora must be a mapping"):
+        parse_params({"lora": [1, 2]})
+    with pytest.raises(UserError, match="params must be a mapping"):
+        parse_params([1])
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "needle"),
+    [
+        ("lora", "r", 0, "lora.r must be > 0"),
+        ("lora", "r", -4, "lora.r must be > 0"),
+        ("lora", "alpha", 0, "lora.alpha must be > 0"),
+        ("lora", "dropout", 1.0, "lora.dropout must be in [0, 1)"),
+        ("lora", "dropout", -0.1, "lora.dropout must be in [0, 1)"),
+        ("lora", "target_modules", [], "lora.target_modules must name at least one"),
+        ("train", "learning_rate", 0, "train.learning_rate must be > 0"),
+        ("train", "learning_rate", -1e-4, "train.learning_rate must be > 0"),
+        ("train", "epochs", 0, "train.epochs must be > 0"),
+        ("train", "micro_batch_size", 0, "train.micro_batch_size must be > 0"),
+        ("train", "grad_accum", 0, "train.grad_accum must be > 0"),
+        ("train", "max_length", 8, "train.max_length must be >= 16"),
+        ("train", "warmup_ratio", 1.0, "train.warmup_ratio must be in [0, 1)"),
+        ("train", "weight_decay", -0.1, "train.weight_decay must be >= 0"),
+        ("train", "save_steps", 0, "train.save_steps must be > 0"),
+        ("data", "train_size", 0, "data.train_size must be > 0"),
+        ("data", "eval_size", -1, "data.eval_size must be > 0"),
+        ("data", "train_offset", -1, "data.train_offset must be >= 0"),
+        ("eval", "batch_size", 0, "eval.batch_size must be > 0"),
+        ("eval", "max_new_tokens", 0, "eval.max_new_tokens must be > 0"),
+        ("eval", "merge_kl_threshold", 0, "eval.merge_kl_threshold must be > 0"),
+        ("eval", "merge_check_size", 0, "eval.merge_check_size must be > 0"),
+        ("eval", "report_samples", -1, "eval.report_samples must be >= 0"),
+    ],
+)
+def test_ranges(section, key, value, needle):
+    with pytest.raises(UserError) as err:
+        parse_params(_with(section, key, value))
+    assert str(err.value).startswith(needle)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("2e-4", 2e-4), ("3E-5", 3e-5), (1, 1.0), ("0.001", 1e-3)])
+def test_float_accepts_yaml_strings_and_ints(value, expected):
+    params = parse_params(_with("train", "learning_rate", value))
+    assert isinstance(params.train.learning_rate, float)
+    assert params.train.learning_rate == pytest.approx(expected)
+
+
+def test_yaml_reads_2e_minus_4_as_a_string_and_we_accept_it(tmp_path):
+    text = REPO_PARAMS.read_text().replace("learning_rate: 0.0002", "learning_rate: 2e-4")
+    assert "learning_rate: 2e-4" in text
+    assert yaml.safe_load(text)["train"]["learning_rate"] == "2e-4"
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    assert load_params(path).train.learning_rate == pytest.approx(2e-4)
+
+
+def test_ints_where_floats_expected_become_floats():
+    params = parse_params({"train": {"epochs": 2, "weight_decay": 0}, "lora": {"dropout": 0}})
+    assert params.train.epochs == 2.0 and isinstance(params.train.epochs, float)
+    assert isinstance(params.lora.dropout, float)
+
+
+def test_load_params_file_errors(tmp_path):
+    with pytest.raises(UserError, match="cannot read"):
+        load_params(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lora: [unclosed\n")
+    with pytest.raises(UserError, match="is not valid YAML") as err:
+        load_params(bad)
+    assert "\n" not in str(err.value)

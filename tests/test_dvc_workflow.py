@@ -1,0 +1,377 @@
+"""The DVC workflow users come for, exercised with the real `dvc` CLI on the tiny pipeline: no-op repro,
+`exp run -S` scoping, the run-cache, queued sweeps, diffs across branches, DVCLive plots, linked large
+artifacts and a local remote.
+
+Read-only checks use the session's `reproduced_project`; everything that runs experiments shares one
+module-scoped clone of it (`workflow`), whose steps run once, on demand, and put the workspace back on
+`main` before they start, so each test can run alone (`-k`) or in any order."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT, TINY_PARAMS, dvc, git, stages_run
+
+pytestmark = pytest.mark.slow
+
+ORIGINAL_R = TINY_PARAMS["lora"]["r"]
+UP_TO_DATE = "Data and pipelines are up to date."
+TRAIN_CACHED = "Stage 'train' is cached - skipping run, checking out outputs"
+# Stages that read only the base model and the eval rows: nothing about LoRA or training may re-run them.
+BASE_ONLY = {"fetch", "base", "perplexity@base", "generate@base"}
+AFTER_TRAIN = {"train", "merge", "perplexity@tuned", "generate@tuned", "compare"}
+CREDENTIAL_KEYS = re.compile(
+    r"password|secret|token|access_key|key_id|credential|sas_|connection_string|keyfile|private_key", re.I
+)
+
+
+def output(result) -> str:
+    return result.stdout + result.stderr
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_path(project: Path, path: Path) -> Path:
+    """Where DVC 3 keeps a file's content in the project's local cache."""
+    md5 = md5_of(path)
+    return project / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): md5_of(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def exp_names(text: str, pattern: str) -> list[str]:
+    return re.findall(pattern, text)
+
+
+def experiments_of(show: list[dict]) -> dict[str, dict]:
+    """`dvc exp show --json` -> {experiment name: its data (params, metrics)}."""
+    found = {}
+    for baseline in show:
+        for exp in baseline.get("experiments") or []:
+            rev = exp["revs"][0]
+            assert not rev.get("error"), rev["error"]
+            found[exp.get("name") or rev.get("name")] = rev["data"]
+    return found
+
+
+def flat_keys(diff: dict) -> dict[str, dict]:
+    """{'metrics/x.json': {'tuned.perplexity': {...}}} -> {'metrics/x.json:tuned.perplexity': {...}}."""
+    return {f"{file}:{key}": change for file, changes in diff.items() for key, change in changes.items()}
+
+
+class Workflow:
+    """A clone of the reproduced project on which experiment steps run once each, on demand."""
+
+    def __init__(self, project: Path, root: Path):
+        self.project = project
+        self.root = root
+        self._done: dict[str, object] = {}
+
+    def once(self, name: str, step: Callable[[], object]):
+        if name not in self._done:
+            self._done[name] = step()
+        return self._done[name]
+
+    def reset(self) -> None:
+        """Back to `main` as committed, outputs checked out from the cache."""
+        git(self.project, "checkout", "-q", "-f", "main")
+        git(self.project, "reset", "-q", "--hard", "HEAD")
+        dvc(self.project, "checkout", "-f")
+
+    def exp_run(self, *args: str) -> str:
+        return output(dvc(self.project, "exp", "run", *args))
+
+    # --- steps --------------------------------------------------------------------------------------------
+    def lora_r4(self) -> dict:
+        def step():
+            self.reset()
+            out = self.exp_run("-S", "lora.r=4")
+            (name,) = exp_names(out, r"Ran experiment\(s\): (\S+)")
+            return {"output": out, "name": name}
+
+        return self.once("lora_r4", step)
+
+    def back_to_original(self) -> str:
+        def step():
+            r4 = self.lora_r4()
+            self.reset()
+            # The workspace holds the lora.r=4 run (params, dvc.lock, outputs), as right after that experiment.
+            dvc(self.project, "exp", "apply", r4["name"])
+            assert yaml.safe_load((self.project / "params.yaml").read_text())["lora"]["r"] == 4
+            return self.exp_run("-S", f"lora.r={ORIGINAL_R}")
+
+        return self.once("back_to_original", step)
+
+    def train_size(self) -> str:
+        def step():
+            self.reset()
+            return self.exp_run("-S", "data.train_size=40")
+
+        return self.once("train_size", step)
+
+    def merge_param(self) -> dict:
+        def step():
+            self.reset()
+            params_file = self.project / "params.yaml"
+            params = yaml.safe_load(params_file.read_text())
+            params["eval"]["merge_check_size"] = 2
+            params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+            result = dvc(self.project, "repro", check=False)
+            status = output(dvc(self.project, "status"))
+            return {"result": result, "status": status}
+
+        return self.once("merge_param", step)
+
+    def sweep(self) -> dict:
+        def step():
+            self.reset()
+            queued = self.exp_run("--queue", "-S", "lora.r=4,8")
+            names = exp_names(queued, r"Queued experiment '([^']+)'")
+            dvc(self.project, "queue", "start", "-j", "1")
+            deadline = time.monotonic() + 600
+            while True:
+                status = output(dvc(self.project, "queue", "status"))
+                if not re.search(r"\b(Queued|Running)\b", status) or time.monotonic() > deadline:
+                    break
+                time.sleep(3)
+            logs = {n: output(dvc(self.project, "queue", "logs", n, check=False)) for n in names}
+            dvc(self.project, "queue", "stop", check=False)
+            show = json.loads(dvc(self.project, "exp", "show", "--json").stdout)
+            csv = dvc(self.project, "exp", "show", "--csv").stdout
+            return {"names": names, "status": status, "logs": logs, "show": show, "csv": csv}
+
+        return self.once("sweep", step)
+
+    def branches(self) -> dict:
+        def step():
+            r4 = self.lora_r4()
+            self.reset()
+            dvc(self.project, "exp", "branch", r4["name"], "r4")
+            git(self.project, "checkout", "-q", "r4")
+            dvc(self.project, "checkout", "-f")
+            try:
+                return {
+                    "metrics_all": json.loads(dvc(self.project, "metrics", "diff", "main", "--all", "--json").stdout),
+                    "metrics": json.loads(dvc(self.project, "metrics", "diff", "main", "--json").stdout),
+                    "params": json.loads(dvc(self.project, "params", "diff", "main", "--json").stdout),
+                    "plots": json.loads(dvc(self.project, "plots", "diff", "main", "--json").stdout),
+                }
+            finally:
+                self.reset()
+
+        return self.once("branches", step)
+
+
+@pytest.fixture(scope="module")
+def workflow(reproduced_project, tmp_path_factory) -> Workflow:
+    """A user's clone of the reproduced project: git clone plus the cache (as after `dvc pull --run-cache`)."""
+    root = tmp_path_factory.mktemp("workflow")
+    project = root / "project"
+    git(root, "clone", "-q", str(reproduced_project), str(project))
+    git(project, "config", "user.email", "tests@example.com")
+    git(project, "config", "user.name", "tests")
+    shutil.copytree(reproduced_project / ".dvc" / "cache", project / ".dvc" / "cache")
+    dvc(project, "checkout")
+    assert UP_TO_DATE in output(dvc(project, "status"))
+    return Workflow(project, root)
+
+
+# --- no-op -------------------------------------------------------------------------------------------------
+def test_noop_repro_runs_nothing_within_3s_of_dvc_startup(reproduced_project):
+    project = reproduced_project
+    startup, noop = [], []
+    for _ in range(3):
+        start = time.perf_counter()
+        dvc(project, "version")
+        startup.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        result = dvc(project, "repro")
+        noop.append(time.perf_counter() - start)
+        assert stages_run(output(result)) == set()
+        assert UP_TO_DATE in output(result)
+    assert git(project, "status", "--porcelain").stdout == "", "a no-op repro changed tracked files"
+    # Best of three on a shared 2-core box; measured ~0.7 s over start-up (bench/DVC_NOOP.md).
+    overhead = min(noop) - min(startup)
+    assert overhead <= 3.0, f"no-op dvc repro took {min(noop):.2f} s, dvc start-up {min(startup):.2f} s"
+
+
+# --- exp run -S scoping --------------------------------------------------------------------------------------
+def test_exp_run_lora_r_reruns_train_and_downstream_only(workflow):
+    ran = stages_run(workflow.lora_r4()["output"])
+    assert ran >= AFTER_TRAIN, ran
+    assert not ran & BASE_ONLY, ran
+
+
+def test_exp_run_train_size_refetches_and_retrains_but_keeps_base(workflow):
+    ran = stages_run(workflow.train_size())
+    assert {"fetch", "train", "merge"} <= ran, ran
+    assert "base" not in ran, ran
+
+
+# --- run-cache -----------------------------------------------------------------------------------------------
+def test_run_cache_restores_train_when_params_return(workflow):
+    out = workflow.back_to_original()
+    ran = stages_run(out)
+    assert TRAIN_CACHED in out, out[-3000:]
+    assert "train" not in ran and "merge" not in ran, ran
+    # Everything git tracks (dvc.lock with the adapter/dvclive/merged hashes, metrics) is back to main's.
+    assert git(workflow.project, "status", "--porcelain").stdout == ""
+
+
+# --- exp show, queued sweep ----------------------------------------------------------------------------------
+def test_queued_sweep_runs_both_points_and_exp_show_lists_them(workflow):
+    sweep = workflow.sweep()
+    names = sweep["names"]
+    assert len(names) == 2, sweep
+    for name in names:
+        assert re.search(rf"{re.escape(name)}\s.*\bSuccess\b", sweep["status"]), (sweep["status"], sweep["logs"])
+    exps = experiments_of(sweep["show"])
+    assert set(names) <= set(exps), (names, list(exps))
+    rs = set()
+    for name in names:
+        data = exps[name]
+        rs.add(data["params"]["params.yaml"]["data"]["lora"]["r"])
+        metrics = data["metrics"]
+        perplexity = metrics["metrics/perplexity_tuned.json"]["data"]["tuned"]["perplexity"]
+        assert math.isfinite(perplexity) and perplexity > 1
+        generate = metrics["metrics/generate_tuned.json"]["data"]["tuned"]
+        assert {"exact_match_strict", "exact_match_flexible"} <= set(generate)
+    assert rs == {4, 8}
+    header = sweep["csv"].splitlines()[0].split(",")
+    assert "lora.r" in header and "tuned.perplexity" in header and "tuned.exact_match_strict" in header, header
+    assert all(name in sweep["csv"] for name in names)
+
+
+# --- diffs across branches -----------------------------------------------------------------------------------
+def test_metrics_params_and_plots_diff_across_branches(workflow):
+    diffs = workflow.branches()
+    assert diffs["params"] == {"params.yaml": {"lora.r": {"old": ORIGINAL_R, "new": 4, "diff": 4 - ORIGINAL_R}}}
+    changed = flat_keys(diffs["metrics"])
+    assert "metrics/perplexity_tuned.json:tuned.perplexity" in changed, changed
+    assert "metrics/perplexity_base.json:base.perplexity" not in changed, "the base did not change"
+    every = flat_keys(diffs["metrics_all"])
+    for key in ("tuned.exact_match_strict", "tuned.exact_match_flexible"):
+        # The tiny random model scores 0 either way, so these show up (--all) without a change.
+        assert f"metrics/generate_tuned.json:{key}" in every, list(every)
+    loss = diffs["plots"]["data"]["Training loss"][0]
+    assert set(loss["revisions"]) == {"workspace", "main"}
+    revs = {v["rev"] for v in loss["content"]["data"]["values"]}
+    assert revs == {"workspace", "main"}, "main's DVCLive logs must come from the cache"
+
+
+# --- DVCLive and plots ---------------------------------------------------------------------------------------
+def test_dvclive_logs_render_declared_plots_and_leave_dvc_yaml_alone(reproduced_project, tmp_path):
+    project = reproduced_project
+    yamls = sorted(
+        str(p.relative_to(project)) for p in project.rglob("dvc.yaml") if not {".dvc", ".git"} & set(p.parts)
+    )
+    assert yamls == ["dvc.yaml"], yamls
+    assert not (project / "dvclive" / "train" / "dvc.yaml").exists()
+    before = git(project, "show", "HEAD~1:dvc.yaml").stdout.encode()
+    assert (project / "dvc.yaml").read_bytes() == before, "the run rewrote dvc.yaml"
+
+    steps = json.loads((project / "metrics" / "train.json").read_text())["steps"]
+    declared = yaml.safe_load((project / "dvc.yaml").read_text())["plots"]
+    for plot in declared:
+        ((title, spec),) = plot.items()
+        for path in spec["y"]:
+            assert (project / path).is_file(), f"plot {title!r} reads {path}, which the run did not write"
+    loss_rows = (project / "dvclive/train/plots/metrics/loss.tsv").read_text().splitlines()
+    assert loss_rows[0].split("\t") == ["step", "loss"] and len(loss_rows) - 1 == steps, loss_rows
+
+    shown = json.loads(dvc(project, "plots", "show", "--json").stdout)
+    assert "errors" not in shown, shown.get("errors")
+    for plot in declared:
+        (title,) = plot.keys()
+        rendered = shown["data"][title]
+        values = rendered[0]["content"]["data"]["values"]
+        assert values, f"plot {title!r} rendered without data"
+    loss_values = shown["data"]["Training loss"][0]["content"]["data"]["values"]
+    assert len(loss_values) == steps and all(math.isfinite(float(v["loss"])) for v in loss_values)
+
+    html = tmp_path / "plots"
+    dvc(project, "plots", "show", "-o", str(html))
+    assert "Training loss" in (html / "index.html").read_text()
+    assert git(project, "status", "--porcelain").stdout == ""
+
+
+# --- large artifacts: links ----------------------------------------------------------------------------------
+def test_large_artifacts_are_read_only_hardlinks_into_the_cache(reproduced_project):
+    project = reproduced_project
+    cache_type = dvc(project, "config", "cache.type").stdout.strip()
+    assert cache_type.split(",")[0] == "hardlink", cache_type
+    for rel in ("models/base/model.safetensors", "models/merged/model.safetensors", "models/adapter"):
+        paths = [project / rel] if rel.endswith(".safetensors") else sorted((project / rel).rglob("*.safetensors"))
+        for path in paths:
+            cached = cache_path(project, path)
+            assert cached.is_file(), f"{path} is not in the cache"
+            assert path.samefile(cached), f"{path} is a copy, not a link to {cached}"
+            assert path.stat().st_mode & 0o222 == 0, f"{path} is writable: writing it would corrupt the cache"
+
+
+def test_stages_rerun_on_read_only_links_when_a_merge_param_changes(workflow):
+    step = workflow.merge_param()
+    result = step["result"]
+    assert result.returncode == 0, output(result)[-4000:]
+    ran = stages_run(output(result))
+    assert "merge" in ran and "train" not in ran, ran
+    assert UP_TO_DATE in step["status"]
+    project = workflow.project
+    for rel in ("models/base/model.safetensors", "models/merged/model.safetensors"):
+        path = project / rel
+        cached = cache_path(project, path)
+        assert path.samefile(cached)
+        # The cache entry is still named by its content: nothing wrote through the link.
+        assert md5_of(cached) == cached.parent.name + cached.name
+
+
+# --- remote --------------------------------------------------------------------------------------------------
+def test_push_to_local_remote_then_clone_and_pull(workflow):
+    workflow.reset()
+    project, root = workflow.project, workflow.root
+    remote = root / "remote"
+    git(project, "checkout", "-q", "-b", "with-remote")
+    try:
+        dvc(project, "remote", "add", "-d", "local", str(remote))
+        git(project, "commit", "-q", "-am", "DVC remote")
+        assert "pushed" in output(dvc(project, "push"))
+    finally:
+        workflow.reset()
+
+    clone = root / "clone"
+    git(root, "clone", "-q", "-b", "with-remote", str(project), str(clone))
+    assert "local" in dvc(clone, "remote", "list").stdout
+    assert not (clone / "models" / "adapter").exists()
+    dvc(clone, "pull")
+    for rel in ("models/adapter", "models/merged", "models/base", "dvclive/train"):
+        assert tree_digest(clone / rel) == tree_digest(project / rel), rel
+    assert (clone / "data" / "train.jsonl").read_bytes() == (project / "data" / "train.jsonl").read_bytes()
+    assert UP_TO_DATE in output(dvc(clone, "status"))
+
+    # Credentials never go into .dvc/config (committed): `dvc remote modify --local` writes .dvc/config.local.
+    for config in (REPO_ROOT / ".dvc" / "config", clone / ".dvc" / "config"):
+        assert not CREDENTIAL_KEYS.search(config.read_text()), config
+    dvc(clone, "remote", "add", "store", "s3://example-bucket/qlora-gsm8k")
+    dvc(clone, "remote", "modify", "--local", "store", "secret_access_key", "not-a-real-secret")
+    assert "not-a-real-secret" not in (clone / ".dvc" / "config").read_text()
+    assert "not-a-real-secret" in (clone / ".dvc" / "config.local").read_text()
+    git(clone, "check-ignore", "-q", ".dvc/config.local")
+    assert "config.local" not in git(clone, "status", "--porcelain").stdout

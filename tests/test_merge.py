@@ -1,0 +1,211 @@
+"""Adapter merge into the full-precision base, the merge check, and the merge stage's failure mode."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import bitsandbytes as bnb
+import pytest
+import torch
+import yaml
+
+from qlora_gsm8k.config import parse_params
+from qlora_gsm8k.gsm8k import write_jsonl
+from qlora_gsm8k.merging import load_with_adapter, merge_adapter, merge_check
+from qlora_gsm8k.modeling import load_model
+from qlora_gsm8k.prompts import encode_examples, pad_batch
+from qlora_gsm8k.training import train_adapter
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+TINY = {
+    "model": {"name": "tiny-llama"},
+    "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+    "train": {
+        "micro_batch_size": 4,
+        "max_length": 256,
+        "learning_rate": 5e-2,
+        "epochs": 1.0,
+        "warmup_ratio": 0.0,
+        "lr_scheduler": "constant",
+    },
+    "eval": {"batch_size": 2, "max_new_tokens": 4, "merge_check_size": 2, "dtype": "float32"},
+}
+
+
+def _params(**eval_overrides):
+    raw = {k: dict(v) for k, v in TINY.items()}
+    raw["eval"].update(eval_overrides)
+    return parse_params(raw)
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory, tiny_base_dir, examples):
+    root = tmp_path_factory.mktemp("merge")
+    rows = examples[:12]
+    write_jsonl(rows, root / "train.jsonl")
+    train_adapter(
+        _params(),
+        rows,
+        base_dir=tiny_base_dir,
+        adapter_dir=root / "adapter",
+        checkpoint_root=root / "checkpoints",
+        live_dir=None,
+        train_file=root / "train.jsonl",
+    )
+    return root / "adapter"
+
+
+@pytest.fixture(scope="module")
+def eval_rows(dataset_dir):
+    from qlora_gsm8k.gsm8k import read_jsonl
+
+    return read_jsonl(dataset_dir / "test.jsonl")[:4]
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_tokenizer, eval_rows):
+    encoded, _ = encode_examples(tiny_tokenizer, eval_rows, None)
+    return pad_batch(encoded, tiny_tokenizer.pad_token_id)
+
+
+def _logits(model, batch):
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+@pytest.fixture(scope="module")
+def merged(tiny_base_dir, adapter_dir):
+    return merge_adapter(tiny_base_dir, adapter_dir, "float32")
+
+
+@pytest.mark.slow
+def test_merged_equals_unmerged_adapter_on_full_precision_base(merged, tiny_base_dir, adapter_dir, batch):
+    from peft import PeftModel
+
+    model, tokenizer = merged
+    assert not isinstance(model, PeftModel)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    assert not any("lora_" in name for name, _ in model.named_parameters())
+    assert model.generation_config.pad_token_id == tokenizer.pad_token_id != tokenizer.eos_token_id
+
+    unmerged = load_with_adapter(tiny_base_dir, adapter_dir, "float32")
+    base = load_model(tiny_base_dir, dtype=torch.float32)
+    merged_logits, unmerged_logits, base_logits = (_logits(m, batch) for m in (model, unmerged, base))
+    mask = batch["attention_mask"].bool()
+    assert torch.allclose(merged_logits[mask], unmerged_logits[mask], atol=1e-4)
+    assert (merged_logits[mask] - base_logits[mask]).abs().max() > 1e-2  # the adapter did something
+
+
+@pytest.mark.slow
+def test_merging_into_4bit_would_change_outputs(merged, tiny_base_dir, adapter_dir, batch):
+    """Why merge_adapter reloads the base: the 4-bit model differs from the merged fp32 one."""
+    params = _params()
+    adapter_4bit = load_with_adapter(tiny_base_dir, adapter_dir, "float32", quant=params.quant)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in adapter_4bit.modules())
+    diff = (_logits(merged[0], batch) - _logits(adapter_4bit, batch)).abs().max()
+    assert diff > 1e-4
+
+
+@pytest.mark.slow
+def test_merged_dir_loads_with_auto_model(merged, batch, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = merged
+    model.save_pretrained(tmp_path / "merged", safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path / "merged")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    assert type(reloaded).__name__ == "LlamaForCausalLM"
+    assert torch.equal(_logits(reloaded, batch), _logits(model, batch))
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+
+
+@pytest.mark.slow
+def test_merge_check_metrics(merged, tiny_base_dir, adapter_dir, eval_rows):
+    model, tokenizer = merged
+    params = _params()
+    metrics = merge_check(model, tiny_base_dir, adapter_dir, tokenizer, eval_rows[:2], params)
+    assert set(metrics) == {
+        "kl_merged_vs_4bit_adapter",
+        "kl_merged_vs_16bit_adapter",
+        "kl_tokens",
+        "exact_match_merged",
+        "exact_match_4bit_adapter",
+        "exact_match_gap",
+        "check_examples",
+        "kl_threshold",
+        "precision",
+    }
+    # the merge itself is exact; what remains against the training-time model is NF4 rounding of the base
+    assert 0 <= metrics["kl_merged_vs_16bit_adapter"] < 1e-8
+    assert metrics["kl_merged_vs_4bit_adapter"] > 10 * max(metrics["kl_merged_vs_16bit_adapter"], 1e-9)
+    assert math.isfinite(metrics["kl_merged_vs_4bit_adapter"]) and metrics["kl_merged_vs_4bit_adapter"] < 1.0
+    assert metrics["kl_tokens"] == sum(e.response_tokens for e in encode_examples(tokenizer, eval_rows[:2], None)[0])
+    assert metrics["check_examples"] == 2
+    assert metrics["kl_threshold"] == params.eval.merge_kl_threshold
+    assert metrics["precision"] == "float32"
+    assert metrics["exact_match_gap"] == metrics["exact_match_merged"] - metrics["exact_match_4bit_adapter"]
+
+
+def _run_merge_stage(tmp_path, tiny_base_dir, adapter_dir, dataset_dir, threshold):
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params.setdefault(section, {}).update(values)
+    params["eval"]["merge_kl_threshold"] = threshold
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [
+        sys.executable,
+        "-m",
+        "stages.merge",
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--base",
+        str(tiny_base_dir),
+        "--adapter",
+        str(adapter_dir),
+        "--eval",
+        str(dataset_dir / "test.jsonl"),
+        "--out",
+        str(tmp_path / "merged"),
+        "--metrics-out",
+        str(tmp_path / "merge.json"),
+    ]
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_merge_stage_fails_cleanly_above_threshold(tmp_path, tiny_base_dir, adapter_dir, dataset_dir):
+    result = _run_merge_stage(tmp_path, tiny_base_dir, adapter_dir, dataset_dir, threshold=1e-12)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "eval.merge_kl_threshold" in errors[0] and "1e-12" in errors[0]
+    assert not (tmp_path / "merged").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".merged")]  # no temp dir left behind
+    # the metrics the message points at were written, with the failing KL
+    metrics = json.loads((tmp_path / "merge.json").read_text())["merge"]
+    assert metrics["kl_merged_vs_4bit_adapter"] > 1e-12
+    assert f"{metrics['kl_merged_vs_4bit_adapter']:.3g}" in errors[0]
+
+
+@pytest.mark.slow
+def test_merge_stage_writes_a_loadable_model_below_threshold(tmp_path, tiny_base_dir, adapter_dir, dataset_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = _run_merge_stage(tmp_path, tiny_base_dir, adapter_dir, dataset_dir, threshold=1.0)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert model.generation_config.pad_token_id == tokenizer.pad_token_id
+    assert json.loads((tmp_path / "merge.json").read_text())["merge"]["check_examples"] == 2

@@ -1,0 +1,224 @@
+"""Base-vs-tuned report: generations table, flips, paired metrics, plot CSVs, Markdown, the compare stage."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from qlora_gsm8k.evaluation import Generation, mcnemar_exact_p, score_generations
+from qlora_gsm8k.gsm8k import Example, write_jsonl
+from qlora_gsm8k.report import (
+    accuracy_plot_rows,
+    compare_metrics,
+    flips_plot_rows,
+    generations_table,
+    markdown_report,
+    read_generations,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+EXAMPLES = [
+    Example("How many apples? Q10", "5 + 5 = 10\n#### 10", 10),
+    Example("How many pears? Q11", "#### 11", 11),
+    Example("How many plums? Q12", "#### 12", 12),
+    Example("How many figs? Q13", "#### 13", 13),
+    Example("How many kiwis? Q14", "#### 14", 14),
+]
+# (base output, tuned output) per row:
+OUTPUTS = [
+    ("I think 3", "so\n#### 10"),  # wrong -> right
+    ("#### 11", "it is 7"),  # right -> wrong
+    ("#### 12", "#### 12"),  # both right
+    ("no idea", "still 0"),  # both wrong
+    ("maybe 14", "#### 14"),  # right (flexible) both: same; strict wrong -> right
+]
+
+
+def _scored(which: int) -> list[dict]:
+    gens = [Generation(text=o[which], new_tokens=5, hit_token_cap=False) for o in OUTPUTS]
+    return score_generations(EXAMPLES, gens)[0]
+
+
+@pytest.fixture
+def table():
+    return generations_table(EXAMPLES, _scored(0), _scored(1))
+
+
+PERPLEXITY = {
+    "base": {"perplexity": 12.0, "mean_nll": 2.4849},
+    "tuned": {"perplexity": 4.0, "mean_nll": 1.3863},
+}
+
+
+def test_generations_table_flips(table):
+    assert table["index"].tolist() == [10, 11, 12, 13, 14]
+    assert table["flip"].tolist() == ["wrong_to_right", "right_to_wrong", "same", "same", "same"]
+    assert table["base_correct"].tolist() == [False, True, True, False, True]
+    assert table["tuned_correct"].tolist() == [True, False, True, False, True]
+    assert table["base_correct_strict"].tolist() == [False, True, True, False, False]
+    assert table["tuned_correct_strict"].tolist() == [True, False, True, False, True]
+    assert table["reference_number"].tolist() == ["10", "11", "12", "13", "14"]
+    numbers = table["base_number"].tolist()
+    assert numbers[:3] + numbers[4:] == ["3", "11", "12", "14"] and pd.isna(numbers[3])
+    assert table.loc[0, "tuned_output"] == "so\n#### 10"
+
+
+def test_generations_table_refuses_misaligned_rows():
+    base, tuned = _scored(0), _scored(1)
+    with pytest.raises(ValueError, match="row counts differ"):
+        generations_table(EXAMPLES, base[:-1], tuned)
+    swapped = [tuned[1], tuned[0], *tuned[2:]]
+    with pytest.raises(ValueError, match="not aligned at eval row 10"):
+        generations_table(EXAMPLES, base, swapped)
+
+
+def test_compare_metrics(table):
+    metrics = compare_metrics(table, PERPLEXITY)
+    paired = metrics["paired"]
+    assert paired["examples"] == 5
+    assert paired["flips_wrong_to_right"] == 1 and paired["flips_right_to_wrong"] == 1
+    assert paired["both_right"] == 2 and paired["both_wrong"] == 1
+    assert paired["accuracy_diff"] == 0.0
+    assert paired["mcnemar_p"] == 1.0
+    # strict: rows 10 and 14 go wrong -> right, row 11 right -> wrong
+    assert paired["strict_flips_wrong_to_right"] == 2 and paired["strict_flips_right_to_wrong"] == 1
+    assert paired["strict_mcnemar_p"] == pytest.approx(mcnemar_exact_p(2, 1))
+    assert metrics["delta"]["perplexity"] == pytest.approx(-8.0)
+    assert metrics["delta"]["mean_nll"] == pytest.approx(1.3863 - 2.4849)
+    assert "delta" not in compare_metrics(table, {})
+    json.dumps(metrics)  # what the compare stage writes must be JSON
+
+
+def test_plot_rows(table):
+    accuracy = accuracy_plot_rows(table)
+    assert accuracy.to_dict("records") == [
+        {"model": "base", "metric": "exact_match_flexible", "value": pytest.approx(0.6)},
+        {"model": "base", "metric": "exact_match_strict", "value": pytest.approx(0.4)},
+        {"model": "tuned", "metric": "exact_match_flexible", "value": pytest.approx(0.6)},
+        {"model": "tuned", "metric": "exact_match_strict", "value": pytest.approx(0.6)},
+    ]
+    flips = flips_plot_rows(table)
+    assert flips.to_dict("records") == [
+        {"outcome": "wrong_to_right", "questions": 1},
+        {"outcome": "right_to_wrong", "questions": 1},
+        {"outcome": "same", "questions": 3},
+    ]
+    # the CSV dvc plots reads: header with the x/y fields dvc.yaml names
+    csv = flips.to_csv(index=False)
+    assert csv.splitlines()[0] == "outcome,questions"
+    assert pd.read_csv(io.StringIO(csv))["questions"].sum() == len(table)
+    assert accuracy.to_csv(index=False).splitlines()[0] == "model,metric,value"
+
+
+def test_flips_plot_rows_lists_every_outcome_even_when_absent():
+    same = generations_table(EXAMPLES, _scored(0), _scored(0))
+    assert flips_plot_rows(same).to_dict("records") == [
+        {"outcome": "wrong_to_right", "questions": 0},
+        {"outcome": "right_to_wrong", "questions": 0},
+        {"outcome": "same", "questions": 5},
+    ]
+
+
+def _section(report: str, title: str) -> str:
+    start = report.index(f"## {title}")
+    end = report.find("\n## ", start + 1)
+    return report[start : end if end != -1 else len(report)]
+
+
+def test_markdown_report_flips_sections(table):
+    report = markdown_report(table, compare_metrics(table, PERPLEXITY), samples=2)
+    assert report.startswith("# Base vs tuned on the eval slice")
+    assert "5 questions" in report
+    assert "1 wrong→right, 1 right→wrong" in report
+    w2r = _section(report, "Wrong → right (1)")
+    assert "### Eval row 10: reference 10, base 3 (wrong), tuned 10 (right)" in w2r
+    assert "How many apples? Q10" in w2r and "I think 3" in w2r and "so\n#### 10" in w2r
+    assert "Q11" not in w2r
+    r2w = _section(report, "Right → wrong (1)")
+    assert "### Eval row 11: reference 11, base 11 (right), tuned 7 (wrong)" in r2w
+    assert "Q10" not in r2w
+    sample = _section(report, "Sample (2)")
+    assert "Eval row 10" in sample and "Eval row 11" in sample and "Eval row 12" not in sample
+
+
+def test_markdown_report_missing_number_is_not_nan(table):
+    report = markdown_report(table, compare_metrics(table, {}), samples=5)
+    assert "### Eval row 13: reference 13, base no number (wrong), tuned 0 (wrong)" in report
+    assert "nan" not in report.lower()
+
+
+def test_markdown_report_no_flips_and_fences(table):
+    same = generations_table(EXAMPLES, _scored(0), _scored(0))
+    report = markdown_report(same, compare_metrics(same, {}), samples=0)
+    assert "## Wrong → right (0)\n\nNone." in report
+    assert "## Right → wrong (0)\n\nNone." in report
+    # an output holding a code fence cannot break out of its block
+    fenced = table.copy()
+    fenced.loc[0, "tuned_output"] = "```\n# injected heading\n```"
+    report = markdown_report(fenced, compare_metrics(fenced, {}), samples=0)
+    w2r = _section(report, "Wrong → right (1)")
+    assert "\n# injected heading" in w2r
+    assert w2r.count("```") % 2 == 0
+    assert "```\n# injected" not in w2r
+
+
+def test_read_generations_roundtrip(tmp_path):
+    rows = _scored(1)
+    (tmp_path / "g.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+    assert read_generations(tmp_path / "g.jsonl") == rows
+
+
+@pytest.mark.slow
+def test_compare_stage_end_to_end(tmp_path):
+    write_jsonl(EXAMPLES, tmp_path / "eval.jsonl")
+    for label, which in (("base", 0), ("tuned", 1)):
+        (tmp_path / f"gen_{label}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _scored(which)))
+        (tmp_path / f"ppl_{label}.json").write_text(json.dumps({label: PERPLEXITY[label]}))
+    (tmp_path / "params.yaml").write_text("eval:\n  report_samples: 1\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "stages.compare",
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--eval",
+        str(tmp_path / "eval.jsonl"),
+        "--base-generations",
+        str(tmp_path / "gen_base.jsonl"),
+        "--tuned-generations",
+        str(tmp_path / "gen_tuned.jsonl"),
+        "--base-perplexity",
+        str(tmp_path / "ppl_base.json"),
+        "--tuned-perplexity",
+        str(tmp_path / "ppl_tuned.json"),
+        "--metrics-out",
+        str(out / "compare.json"),
+        "--table-out",
+        str(out / "generations.csv"),
+        "--report-out",
+        str(out / "comparison.md"),
+        "--plots-dir",
+        str(out / "plots"),
+    ]
+    result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "compare.json").read_text())
+    assert metrics["paired"]["flips_wrong_to_right"] == 1
+    assert metrics["delta"]["perplexity"] == pytest.approx(-8.0)
+    csv = pd.read_csv(out / "generations.csv")
+    assert csv["index"].tolist() == [10, 11, 12, 13, 14]
+    assert csv["flip"].tolist()[:2] == ["wrong_to_right", "right_to_wrong"]
+    assert "## Sample (1)" in (out / "comparison.md").read_text()
+    assert pd.read_csv(out / "plots" / "flips.csv")["questions"].tolist() == [1, 1, 3]
+    assert set(pd.read_csv(out / "plots" / "accuracy.csv")["model"]) == {"base", "tuned"}

@@ -1,0 +1,308 @@
+"""QLoRA for real on CPU: bitsandbytes NF4 base, peft LoRA, the pre-flight label checks, train_adapter."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from qlora_gsm8k.config import LoraConfig, QuantConfig, parse_params
+from qlora_gsm8k.errors import UserError
+from qlora_gsm8k.gsm8k import write_jsonl
+from qlora_gsm8k.modeling import load_model, load_tokenizer, lora_config
+from qlora_gsm8k.prompts import IGNORE_INDEX, Collator, Encoded, encode_examples
+from qlora_gsm8k.training import PreflightError, preflight, train_adapter
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _linear4bit(model) -> dict[str, bnb.nn.Linear4bit]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+
+
+def _dequantized(module: bnb.nn.Linear4bit) -> torch.Tensor:
+    return bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).clone()
+
+
+# --- the 4-bit base ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def base_4bit(tiny_base_dir):
+    return load_model(tiny_base_dir, dtype=torch.float32, quant=QuantConfig(quant_type="nf4", double_quant=True))
+
+
+def test_base_loads_as_nf4_params4bit(base_4bit, tiny_base_dir):
+    quantized = _linear4bit(base_4bit)
+    # every projection of both layers; lm_head stays in full precision
+    expected = [
+        f"model.layers.{i}.{'self_attn' if p.endswith(('q_proj', 'k_proj', 'v_proj', 'o_proj')) else 'mlp'}.{p}"
+        for i in range(2)
+        for p in PROJECTIONS
+    ]
+    assert sorted(quantized) == sorted(expected)
+    full = load_model(tiny_base_dir, dtype=torch.float32)
+    for name, module in quantized.items():
+        weight = module.weight
+        assert isinstance(weight, bnb.nn.Params4bit)
+        assert weight.dtype == torch.uint8
+        assert weight.quant_state.quant_type == "nf4"
+        assert weight.quant_state.nested  # double quantisation of the absmax
+        original = full.get_submodule(name).weight
+        # two 4-bit codes per byte
+        assert weight.numel() * 2 == original.numel()
+        # NF4 is a rounding of the real weights: close, but not equal
+        deq = _dequantized(module)
+        assert deq.shape == original.shape
+        err = (deq - original).abs().max()
+        assert 0 < err < 0.25 * original.abs().max()
+    assert not isinstance(base_4bit.lm_head, bnb.nn.Linear4bit)
+
+
+def test_fp4_is_a_different_quantisation(tiny_base_dir, base_4bit):
+    fp4 = load_model(tiny_base_dir, dtype=torch.float32, quant=QuantConfig(quant_type="fp4", double_quant=False))
+    name = "model.layers.0.self_attn.q_proj"
+    module = fp4.get_submodule(name)
+    assert module.weight.quant_state.quant_type == "fp4"
+    assert not torch.equal(_dequantized(module), _dequantized(base_4bit.get_submodule(name)))
+
+
+# --- a QLoRA optimisation loop -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_qlora_steps_train_only_lora_and_leave_the_4bit_base_untouched(base_4bit, tiny_tokenizer, examples):
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    before = {name: (m.weight.data.clone(), _dequantized(m)) for name, m in _linear4bit(base_4bit).items()}
+    model = prepare_model_for_kbit_training(base_4bit, use_gradient_checkpointing=False)
+    torch.manual_seed(0)  # LoRA A's random init: the same trajectory whatever ran before
+    model = get_peft_model(model, lora_config(LoraConfig(r=8, alpha=16, dropout=0.0)))
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    assert len(trainable) == 2 * 2 * 2  # (A, B) x (q_proj, v_proj) x 2 layers
+    lora_before = {n: p.detach().clone() for n, p in trainable.items()}
+    assert all(not p.any() for n, p in lora_before.items() if ".lora_B." in n)  # B starts at zero
+
+    encoded, _ = encode_examples(tiny_tokenizer, examples[:4], max_length=None)
+    batch = Collator(tiny_tokenizer.pad_token_id)([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
+    optimizer = torch.optim.AdamW(trainable.values(), lr=1e-2)
+    model.train()
+    losses = []
+    for _ in range(12):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0] - 0.1, losses
+    assert sum(b < a for a, b in zip(losses, losses[1:], strict=False)) >= 9, losses
+
+    for name, p in trainable.items():
+        assert not torch.equal(p.detach(), lora_before[name]), f"{name} did not change"
+    after = _linear4bit(model)
+    assert len(after) == len(before)
+    for name, (codes, deq) in before.items():
+        # LoRA wraps the targeted layers; the 4-bit layer is then its base_layer
+        wrapped = name.endswith(("q_proj", "v_proj"))
+        module = after[f"base_model.model.{name}" + (".base_layer" if wrapped else "")]
+        assert isinstance(module.weight, bnb.nn.Params4bit)
+        assert module.weight.quant_state.quant_type == "nf4"
+        assert torch.equal(module.weight.data, codes), f"{name}: 4-bit codes changed"
+        assert torch.equal(_dequantized(module), deq), f"{name}: dequantised weights changed"
+        assert not module.weight.requires_grad
+
+
+# --- pre-flight ----------------------------------------------------------------------------------------
+
+
+def _good(tokenizer, rows):
+    encoded, kept = encode_examples(tokenizer, rows, max_length=None)
+    return encoded, kept
+
+
+def test_preflight_passes_good_encodings(tiny_tokenizer, examples):
+    encoded, kept = _good(tiny_tokenizer, examples[:4])
+    preflight(tiny_tokenizer, kept, encoded, Collator(tiny_tokenizer.pad_token_id))
+
+
+def _broken_row(tokenizer, enc: Encoded, kind: str) -> Encoded:
+    ids, labels = list(enc.input_ids), list(enc.labels)
+    if kind == "prompt masked":
+        labels = list(ids)  # labels = input_ids: the prompt is trained on
+    elif kind == "EOS supervised":
+        labels[-1] = IGNORE_INDEX  # what pad == eos with DataCollatorForLanguageModeling does
+    elif kind == "one BOS":
+        # a second BOS, as when the templated text is tokenized again with special tokens
+        ids = ids[:-1] + [tokenizer.bos_token_id, ids[-1]]
+        labels = labels[:-1] + [IGNORE_INDEX, labels[-1]]
+    elif kind == "response supervised":
+        labels = [IGNORE_INDEX] * len(ids)
+    elif kind == "same template":
+        ids = ids[:2] + ids[3:]
+        labels = labels[:2] + labels[3:]
+    return Encoded(input_ids=ids, labels=labels)
+
+
+@pytest.mark.parametrize(
+    "check", ["prompt masked", "EOS supervised", "one BOS", "response supervised", "same template"]
+)
+def test_preflight_names_the_broken_check(tiny_tokenizer, examples, check):
+    encoded, kept = _good(tiny_tokenizer, examples[:4])
+    broken = encoded[:2] + [_broken_row(tiny_tokenizer, encoded[2], check)] + encoded[3:]
+    with pytest.raises(PreflightError, match=f"^pre-flight check '{check}' failed: ") as err:
+        preflight(tiny_tokenizer, kept, broken, Collator(tiny_tokenizer.pad_token_id))
+    if check != "same template":
+        assert "row 2" in str(err.value)
+    assert isinstance(err.value, UserError)
+
+
+def test_preflight_pad_equal_to_eos(tiny_base_dir, examples):
+    tok = load_tokenizer(tiny_base_dir)
+    encoded, kept = _good(tok, examples[:4])
+    tok.pad_token = tok.eos_token
+    with pytest.raises(PreflightError, match="'pad != eos'"):
+        preflight(tok, kept, encoded, Collator(tok.pad_token_id))
+
+
+class _LabelsOnPaddingCollator(Collator):
+    """A collator that pads labels with the pad id instead of -100 (the bug the check exists for)."""
+
+    def __call__(self, rows):
+        batch = super().__call__(rows)
+        batch["labels"][batch["attention_mask"] == 0] = self.pad_token_id
+        return batch
+
+
+def test_preflight_padding_masked(tiny_tokenizer, examples):
+    encoded, kept = _good(tiny_tokenizer, examples[:4])
+    assert len({len(e.input_ids) for e in encoded}) > 1  # the batch has padding
+    with pytest.raises(PreflightError, match="'padding masked'"):
+        preflight(tiny_tokenizer, kept, encoded, _LabelsOnPaddingCollator(tiny_tokenizer.pad_token_id))
+
+
+# --- train_adapter end to end ----------------------------------------------------------------------------
+
+
+def _tiny_params(**train):
+    return parse_params(
+        {
+            "model": {"name": "tiny-llama"},
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+            "train": {
+                "micro_batch_size": 4,
+                "max_length": 256,
+                "learning_rate": 2e-2,
+                "epochs": 1.0,
+                "warmup_ratio": 0.0,
+                "lr_scheduler": "constant",
+                "save_steps": 50,
+                **train,
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_base_dir, examples):
+    root = tmp_path_factory.mktemp("train")
+    rows = examples[:12]
+    write_jsonl(rows, root / "train.jsonl")
+    metrics = train_adapter(
+        _tiny_params(),
+        rows,
+        base_dir=tiny_base_dir,
+        adapter_dir=root / "adapter",
+        checkpoint_root=root / "checkpoints",
+        live_dir=None,
+        train_file=root / "train.jsonl",
+    )
+    return root, metrics
+
+
+@pytest.mark.slow
+def test_train_adapter_metrics_and_files(trained, tiny_base_dir):
+    root, metrics = trained
+    adapter = root / "adapter"
+    assert metrics["steps"] == 3  # 12 rows / micro batch 4, one epoch
+    assert metrics["examples"] == 12 and metrics["dropped_too_long"] == 0
+    assert math.isfinite(metrics["train_loss"]) and 0 < metrics["train_loss"] < 10
+    assert metrics["resumed"] is False
+    assert metrics["compute_dtype"] == "float32" and metrics["device"] == "cpu"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["lora_alpha"] == 16
+    assert sorted(config["target_modules"]) == ["q_proj", "v_proj"]
+    assert config["base_model_name_or_path"] == str(tiny_base_dir)
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    assert len(tensors) == 8 and all(".lora_A." in k or ".lora_B." in k for k in tensors)
+    assert sum(t.numel() for t in tensors.values()) == metrics["trainable_params"]
+    for key, tensor in tensors.items():
+        if ".lora_B." in key:
+            assert tensor.abs().max() > 0, f"{key} is still zero: the adapter never trained"
+    # the tokenizer travels with the adapter, with its distinct pad
+    tok = load_tokenizer(adapter)
+    assert tok.pad_token_id != tok.eos_token_id
+    # checkpoints of a finished run are removed
+    checkpoints = root / "checkpoints"
+    assert not checkpoints.exists() or not any(checkpoints.iterdir())
+
+
+@pytest.mark.slow
+def test_adapter_loads_with_auto_peft_and_changes_outputs(trained, tiny_base_dir, tiny_tokenizer, examples):
+    from peft import AutoPeftModelForCausalLM, PeftModel
+
+    root, _ = trained
+    model = AutoPeftModelForCausalLM.from_pretrained(str(root / "adapter"))
+    assert isinstance(model, PeftModel)
+    base = load_model(tiny_base_dir, dtype=torch.float32)
+    encoded, _ = encode_examples(tiny_tokenizer, examples[:2], None)
+    ids = torch.tensor([encoded[0].input_ids])
+    with torch.no_grad():
+        tuned_logits = model(input_ids=ids).logits
+        base_logits = base(input_ids=ids).logits
+        with model.disable_adapter():
+            disabled = model(input_ids=ids).logits
+    assert torch.allclose(disabled, base_logits, atol=1e-5)
+    assert (tuned_logits - base_logits).abs().max() > 1e-3
+
+
+@pytest.mark.slow
+def test_train_adapter_drops_long_rows(tmp_path, tiny_base_dir, tiny_tokenizer, examples):
+    rows = examples[:8]
+    lengths = sorted(len(e.input_ids) for e in encode_examples(tiny_tokenizer, rows, None)[0])
+    limit = lengths[5]
+    write_jsonl(rows, tmp_path / "train.jsonl")
+    metrics = train_adapter(
+        _tiny_params(max_length=limit, micro_batch_size=8),
+        rows,
+        base_dir=tiny_base_dir,
+        adapter_dir=tmp_path / "adapter",
+        checkpoint_root=tmp_path / "checkpoints",
+        live_dir=None,
+        train_file=tmp_path / "train.jsonl",
+    )
+    kept = sum(n <= limit for n in lengths)
+    assert metrics["examples"] == kept and metrics["dropped_too_long"] == len(rows) - kept > 0
+    assert metrics["steps"] == 1
+
+
+def test_train_adapter_refuses_when_every_row_is_too_long(tmp_path, tiny_base_dir, examples):
+    rows = examples[:4]
+    write_jsonl(rows, tmp_path / "train.jsonl")
+    with pytest.raises(UserError, match=r"longer than train\.max_length=16"):
+        train_adapter(
+            _tiny_params(max_length=16),
+            rows,
+            base_dir=tiny_base_dir,
+            adapter_dir=tmp_path / "adapter",
+            checkpoint_root=tmp_path / "checkpoints",
+            live_dir=None,
+            train_file=tmp_path / "train.jsonl",
+        )
+    assert not (tmp_path / "adapter").exists()

@@ -1,0 +1,495 @@
+"""Bad input gets one clear line, before any model is loaded, and touches nothing.
+
+Every user error (a param of the wrong type or out of range, an unknown key, LoRA target modules the model
+lacks, a missing or unreadable data source, malformed JSONL, a row without '#### <answer>', a model that
+cannot be found offline, GPU out of memory) makes the stage exit 2 in seconds with exactly one line on
+stderr, naming the param, file:line or model and what is allowed, and no traceback. Through `dvc repro`
+the check_params stage catches them all before any stage that owns outputs runs, so dvc.lock, metrics/
+and the DVC cache are left exactly as they were."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO_ROOT, TINY_PARAMS, dvc, git, merge_params, run, stages_run, tool_env
+from qlora_gsm8k.config import TrainConfig, parse_params
+from qlora_gsm8k.errors import USER_ERROR_EXIT_CODE, UserError, eval_oom_message, stage_main
+from qlora_gsm8k.gsm8k import write_jsonl
+from qlora_gsm8k.training import train_adapter, train_oom_message
+
+# A user error must be reported in seconds; generous for 2 shared CPU cores importing torch.
+FAST_SECONDS = 45
+
+
+def _params(dataset_dir: Path, overrides: dict | None = None) -> dict:
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params = merge_params(params, TINY_PARAMS)
+    params = merge_params(params, {"data": {"source": str(dataset_dir)}})
+    return merge_params(params, overrides or {})
+
+
+def _write_params(tmp_path: Path, dataset_dir: Path, overrides: dict | None = None) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(_params(dataset_dir, overrides), sort_keys=False))
+    return path
+
+
+def _stage(name: str, *args: str, cwd: Path = REPO_ROOT, env: dict | None = None):
+    start = time.monotonic()
+    result = run([sys.executable, "-m", f"stages.{name}", *args], cwd=cwd, check=False, env=env or tool_env())
+    return result, time.monotonic() - start
+
+
+def assert_one_line_error(result, seconds: float, *expected: str) -> str:
+    """Exit 2, exactly one line on stderr, starting 'error: ' and holding every expected piece."""
+    output = result.stdout + result.stderr
+    assert result.returncode == USER_ERROR_EXIT_CODE, output
+    assert "Traceback" not in output, output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
+    line = lines[0]
+    assert line.startswith("error: "), line
+    for piece in expected:
+        assert piece in line, f"{piece!r} not in {line!r}"
+    assert seconds < FAST_SECONDS, f"took {seconds:.0f}s"
+    return line
+
+
+def _check_params(params_file: Path, tmp_path: Path, env: dict | None = None):
+    out = tmp_path / "params_checked.txt"
+    result, seconds = _stage("check_params", "--params", str(params_file), "--out", str(out), env=env)
+    if result.returncode != 0:
+        assert not out.exists(), "the marker must not be written when a check fails"
+    return result, seconds
+
+
+# --- every param: type, range, unknown keys ------------------------------------------------------------------
+
+PARAM_CASES = {
+    "int-given-text": ({"lora": {"r": "sixteen"}}, ["lora.r must be int", "'sixteen'"]),
+    "float-given-text": ({"train": {"learning_rate": "fast"}}, ["train.learning_rate must be a finite number"]),
+    "bool-given-text": ({"train": {"gradient_checkpointing": "yes"}}, ["train.gradient_checkpointing must be bool"]),
+    "list-given-text": ({"lora": {"target_modules": "q_proj"}}, ["lora.target_modules must be a list of str"]),
+    "choice-not-allowed": ({"quant": {"quant_type": "int3"}}, ["quant.quant_type must be one of 'nf4', 'fp4'"]),
+    "lora-r-zero": ({"lora": {"r": 0}}, ["lora.r must be > 0, got 0"]),
+    "lora-r-negative": ({"lora": {"r": -8}}, ["lora.r must be > 0, got -8"]),
+    "learning-rate-zero": ({"train": {"learning_rate": 0}}, ["train.learning_rate must be > 0"]),
+    "learning-rate-negative": ({"train": {"learning_rate": -2e-4}}, ["train.learning_rate must be > 0"]),
+    "dropout-one": ({"lora": {"dropout": 1.0}}, ["lora.dropout must be in [0, 1), got 1.0"]),
+    "dropout-negative": ({"lora": {"dropout": -0.1}}, ["lora.dropout must be in [0, 1)"]),
+    "train-size-zero": ({"data": {"train_size": 0}}, ["data.train_size must be > 0, got 0"]),
+    "eval-size-negative": ({"data": {"eval_size": -5}}, ["data.eval_size must be > 0, got -5"]),
+    "micro-batch-zero": ({"train": {"micro_batch_size": 0}}, ["train.micro_batch_size must be > 0"]),
+    "eval-batch-zero": ({"eval": {"batch_size": 0}}, ["eval.batch_size must be > 0"]),
+    "unknown-key": (
+        {"lora": {"rank": 8}},
+        ["unknown param lora.rank", "allowed lora: r, alpha, dropout, target_modules"],
+    ),
+    "unknown-section": ({"trian": {"epochs": 1}}, ["unknown param trian", "allowed sections: model, data, lora"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PARAM_CASES))
+def test_bad_param_fails_check_params_in_one_line(case, tmp_path, dataset_dir):
+    overrides, expected = PARAM_CASES[case]
+    result, seconds = _check_params(_write_params(tmp_path, dataset_dir, overrides), tmp_path)
+    assert_one_line_error(result, seconds, *expected)
+
+
+def test_slice_larger_than_split_fails_in_one_line(tmp_path, dataset_dir):
+    # The synthetic split has 300 train and 150 test rows.
+    for overrides, expected in (
+        ({"data": {"train_size": 301}}, "data.train_offset + data.train_size = 301 exceeds the 300 rows"),
+        ({"data": {"eval_offset": 100, "eval_size": 60}}, "data.eval_offset + data.eval_size = 160 exceeds the 150"),
+    ):
+        params_file = _write_params(tmp_path, dataset_dir, overrides)
+        for stage in ("check_params", "fetch"):
+            if stage == "check_params":
+                result, seconds = _check_params(params_file, tmp_path)
+            else:
+                result, seconds = _stage("fetch", "--params", str(params_file), *_fetch_outs(tmp_path))
+            assert_one_line_error(result, seconds, expected)
+            assert not (tmp_path / "train.jsonl").exists()
+
+
+def _all_stage_commands(project: Path) -> dict[str, list[str]]:
+    """Every stage's command line as dvc.yaml runs it (foreach stages with their first item)."""
+    commands = {}
+    for name, stage in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].items():
+        if "foreach" in stage:
+            key, item = next(iter(stage["foreach"].items()))
+            cmd = stage["do"]["cmd"].replace("${item}", item).replace("${key}", key)
+        else:
+            cmd = stage["cmd"]
+        commands[name] = cmd.split()
+    return commands
+
+
+@pytest.mark.slow
+def test_every_stage_refuses_a_typo_before_doing_anything(project):
+    """Whichever stage runs first (dvc repro -s, a stage script by hand), params are validated first."""
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["lora"]["rank"] = raw["lora"].pop("r")
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    def files() -> list[Path]:
+        skip = {".git", "__pycache__"}
+        return sorted(p.relative_to(project) for p in project.rglob("*") if not skip & set(p.parts))
+
+    before = files()
+    for name, cmd in _all_stage_commands(project).items():
+        assert cmd[:2] == ["python", "-m"], cmd
+        start = time.monotonic()
+        result = run([sys.executable, *cmd[1:]], cwd=project, check=False)
+        assert_one_line_error(result, time.monotonic() - start, "unknown param lora.rank")
+        assert files() == before, f"stage {name} wrote files before failing"
+
+
+# --- data: missing, unreadable, malformed, no '####' ------------------------------------------------------------
+
+
+def _fetch_outs(tmp_path: Path) -> list[str]:
+    return [
+        "--train-out",
+        str(tmp_path / "train.jsonl"),
+        "--eval-out",
+        str(tmp_path / "eval.jsonl"),
+        "--source-out",
+        str(tmp_path / "source.json"),
+    ]
+
+
+def _corrupt_copy(dataset_dir: Path, dest: Path, split: str, line_no: int, text: str) -> Path:
+    shutil.copytree(dataset_dir, dest)
+    lines = (dest / f"{split}.jsonl").read_text().splitlines()
+    lines[line_no - 1] = text
+    (dest / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return dest
+
+
+def _bad_sources(dataset_dir: Path, root: Path) -> dict[str, tuple[Path, list[str]]]:
+    """Data sources that are wrong in one way each, with what the error line must say."""
+    missing = root / "no-such-dir"
+    no_test = root / "no-test"
+    shutil.copytree(dataset_dir, no_test)
+    (no_test / "test.jsonl").unlink()
+    not_a_file = root / "not-a-file"
+    shutil.copytree(dataset_dir, not_a_file)
+    (not_a_file / "train.jsonl").unlink()
+    (not_a_file / "train.jsonl").mkdir()
+    not_utf8 = root / "not-utf8"
+    shutil.copytree(dataset_dir, not_utf8)
+    (not_utf8 / "train.jsonl").write_bytes(b'{"question": "\xff\xfe", "answer": "#### 1"}\n')
+    malformed = _corrupt_copy(dataset_dir, root / "malformed", "train", 3, '{"question": "Ava has", "answer": ')
+    no_answer = _corrupt_copy(
+        dataset_dir, root / "no-answer", "test", 5, json.dumps({"question": "How many?", "answer": "Seven."})
+    )
+    not_object = _corrupt_copy(dataset_dir, root / "not-object", "train", 7, "[1, 2]")
+    return {
+        "missing-dir": (missing, [f"data.source '{missing}' is not a directory"]),
+        "missing-file": (no_test, [f"{no_test / 'test.jsonl'} does not exist"]),
+        "unreadable-file": (not_a_file, [f"cannot read {not_a_file / 'train.jsonl'}"]),
+        "not-utf8": (not_utf8, [f"cannot read {not_utf8 / 'train.jsonl'}"]),
+        "malformed-jsonl": (malformed, [f"{malformed / 'train.jsonl'}:3: malformed JSON"]),
+        "no-#### answer": (no_answer, [f"{no_answer / 'test.jsonl'}:5: 'answer' has no '#### <number>' final line"]),
+        "not-an-object": (not_object, [f"{not_object / 'train.jsonl'}:7: expected a JSON object"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def bad_sources(dataset_dir, tmp_path_factory):
+    return _bad_sources(dataset_dir, tmp_path_factory.mktemp("bad-data"))
+
+
+BAD_SOURCES = [
+    "missing-dir",
+    "missing-file",
+    "unreadable-file",
+    "not-utf8",
+    "malformed-jsonl",
+    "no-#### answer",
+    "not-an-object",
+]
+
+
+@pytest.mark.parametrize("case", BAD_SOURCES)
+@pytest.mark.parametrize("stage", ["check_params", "fetch"])
+def test_bad_data_source_fails_in_one_line(case, stage, bad_sources, dataset_dir, tmp_path):
+    source, expected = bad_sources[case]
+    params_file = _write_params(tmp_path, dataset_dir, {"data": {"source": str(source)}})
+    if stage == "check_params":
+        result, seconds = _check_params(params_file, tmp_path)
+    else:
+        result, seconds = _stage("fetch", "--params", str(params_file), *_fetch_outs(tmp_path))
+    assert_one_line_error(result, seconds, *expected)
+    assert not any(tmp_path.glob("*.jsonl")) and not (tmp_path / "source.json").exists()
+
+
+def test_train_stage_names_the_bad_line_of_its_input(tmp_path, dataset_dir, tiny_base_dir):
+    rows = (dataset_dir / "train.jsonl").read_text().splitlines()[:6]
+    rows[4] = '{"question": "x", "answer": "no number here"}'
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    params_file = _write_params(tmp_path, dataset_dir)
+    result, seconds = _stage(
+        "train",
+        "--params",
+        str(params_file),
+        "--base",
+        str(tiny_base_dir),
+        "--train",
+        str(tmp_path / "train.jsonl"),
+        "--adapter-out",
+        str(tmp_path / "adapter"),
+        "--metrics-out",
+        str(tmp_path / "train.json"),
+        "--live-dir",
+        str(tmp_path / "live"),
+        "--checkpoints",
+        str(tmp_path / "checkpoints"),
+    )
+    assert_one_line_error(result, seconds, f"{tmp_path / 'train.jsonl'}:5: 'answer' has no '#### <number>'")
+    assert not (tmp_path / "adapter").exists() and not (tmp_path / "train.json").exists()
+
+
+# --- the model: not found offline, not a model, LoRA targets it lacks ---------------------------------------------
+
+
+def test_model_not_found_offline_fails_in_one_line_naming_the_fix(tmp_path, dataset_dir):
+    params_file = _write_params(tmp_path, dataset_dir, {"model": {"name": "nobody/no-such-model"}})
+    expected = [
+        "cannot load model 'nobody/no-such-model'",
+        "Set model.name to a local model directory",
+        "tiny-llama",
+    ]
+    result, seconds = _check_params(params_file, tmp_path)
+    assert_one_line_error(result, seconds, *expected)
+    result, seconds = _stage("base", "--params", str(params_file), "--out", str(tmp_path / "base"))
+    assert_one_line_error(result, seconds, *expected)
+    assert not (tmp_path / "base").exists()
+
+
+def test_unreachable_hub_fails_fast_without_offline_mode(tmp_path, dataset_dir):
+    """HF_HUB_OFFLINE unset and no network: a probe of the Hub turns a minute of retries into seconds."""
+    env = tool_env()
+    env.pop("HF_HUB_OFFLINE", None)
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens on the discard port: unreachable at once
+    params_file = _write_params(tmp_path, dataset_dir, {"model": {"name": "nobody/no-such-model"}})
+    result, seconds = _check_params(params_file, tmp_path, env=env)
+    assert_one_line_error(result, seconds, "cannot load model 'nobody/no-such-model'")
+    assert seconds < 30
+
+
+@pytest.mark.parametrize("case", ["missing-dir", "no-config", "no-safetensors"])
+def test_local_model_that_is_not_a_model_fails_in_one_line(case, tmp_path, dataset_dir, tiny_base_dir):
+    model_dir = tmp_path / "model"
+    if case == "missing-dir":
+        expected = f"model.name '{model_dir}' is not a directory"
+    elif case == "no-config":
+        model_dir.mkdir()
+        expected = f"model.name '{model_dir}' is not a model directory (no config.json)"
+    else:
+        shutil.copytree(tiny_base_dir, model_dir)
+        for weights in model_dir.glob("*.safetensors"):
+            weights.unlink()
+        expected = f"model.name '{model_dir}' has no *.safetensors weights"
+    params_file = _write_params(tmp_path, dataset_dir, {"model": {"name": str(model_dir)}})
+    result, seconds = _check_params(params_file, tmp_path)
+    assert_one_line_error(result, seconds, expected)
+    result, seconds = _stage("base", "--params", str(params_file), "--out", str(tmp_path / "base"))
+    assert_one_line_error(result, seconds, expected)
+
+
+def test_lora_target_modules_missing_from_the_model_fail_in_one_line(tmp_path, dataset_dir, tiny_base_dir):
+    params_file = _write_params(tmp_path, dataset_dir, {"lora": {"target_modules": ["q_proj", "query_key_value"]}})
+    expected = [
+        "lora.target_modules ['query_key_value'] not found in the model",
+        "its linear layers are: down_proj, gate_proj, k_proj",
+    ]
+    # Before the base is materialised (check_params reads the model's config only)...
+    result, seconds = _check_params(params_file, tmp_path)
+    assert_one_line_error(result, seconds, *expected)
+    # ...and against the materialised base, before train deletes its outputs.
+    out = tmp_path / "model_checked.txt"
+    result, seconds = _stage(
+        "check_model", "--params", str(params_file), "--base", str(tiny_base_dir), "--out", str(out)
+    )
+    assert_one_line_error(result, seconds, *expected)
+    assert not out.exists()
+
+
+def test_valid_params_pass_check_params(tmp_path, dataset_dir):
+    result, _ = _check_params(_write_params(tmp_path, dataset_dir), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "params_checked.txt").read_text() == "params.yaml is valid\n"
+
+
+# --- through dvc repro: dvc.lock, metrics/ and the DVC cache untouched ---------------------------------------------
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    if not root.exists():
+        return {}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _snapshot(project: Path) -> dict:
+    data = _tree_digest(project / "data")
+    # check_params' own marker: DVC deletes a stage's outputs before running it, and it is the stage
+    # that fails. Constant content, not cached; the next good `dvc repro` writes it again.
+    data.pop("params_checked.txt", None)
+    return {
+        "dvc.lock": (project / "dvc.lock").read_bytes(),
+        "metrics": _tree_digest(project / "metrics"),
+        "cache": _tree_digest(project / ".dvc" / "cache"),
+        "models": _tree_digest(project / "models"),
+        "data": data,
+    }
+
+
+@pytest.fixture(scope="module")
+def reproduced_copy(reproduced_project, tmp_path_factory):
+    """A private clone of the reproduced project, with its DVC cache, checked out."""
+    project = tmp_path_factory.mktemp("reproduced-copy") / "project"
+    git(reproduced_project.parent, "clone", "-q", str(reproduced_project), str(project))
+    git(project, "config", "user.email", "tests@example.com")
+    git(project, "config", "user.name", "tests")
+    shutil.copytree(reproduced_project / ".dvc" / "cache", project / ".dvc" / "cache")
+    dvc(project, "checkout")
+    assert dvc(project, "status", "--json").stdout.strip() == "{}"
+    return project
+
+
+def _dvc_cases(dataset_dir: Path, root: Path) -> dict[str, tuple[dict, str]]:
+    sources = _bad_sources(dataset_dir, root)
+    return {
+        "unknown-key": ({"lora": {"rank": 8}}, "unknown param lora.rank"),
+        "out-of-range": ({"train": {"learning_rate": 0}}, "train.learning_rate must be > 0"),
+        "wrong-type": ({"data": {"eval_size": "many"}}, "data.eval_size must be int"),
+        "slice-too-large": ({"data": {"train_size": 301}}, "exceeds the 300 rows"),
+        "missing-source": ({"data": {"source": str(sources["missing-dir"][0])}}, "is not a directory"),
+        "malformed-jsonl": ({"data": {"source": str(sources["malformed-jsonl"][0])}}, "train.jsonl:3: malformed JSON"),
+        "no-answer": ({"data": {"source": str(sources["no-#### answer"][0])}}, "test.jsonl:5: 'answer' has no '####"),
+        "target-modules": ({"lora": {"target_modules": ["q_proj", "qkv"]}}, "lora.target_modules ['qkv'] not found"),
+        "model-offline": ({"model": {"name": "nobody/no-such-model"}}, "cannot load model 'nobody/no-such-model'"),
+    }
+
+
+@pytest.mark.slow
+def test_dvc_repro_with_bad_input_leaves_lock_metrics_and_cache_untouched(
+    reproduced_copy, dataset_dir, tmp_path_factory
+):
+    project = reproduced_copy
+    good_params = (project / "params.yaml").read_text()
+    before = _snapshot(project)
+    cases = _dvc_cases(dataset_dir, tmp_path_factory.mktemp("dvc-bad-data"))
+    for case, (overrides, expected) in cases.items():
+        params = merge_params(yaml.safe_load(good_params), overrides)
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        start = time.monotonic()
+        result = dvc(project, "repro", check=False)
+        seconds = time.monotonic() - start
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, f"{case}: dvc repro succeeded\n{output}"
+        assert f"error: {expected}" in output or expected in output, f"{case}:\n{output}"
+        assert "Traceback" not in output, f"{case}:\n{output}"
+        assert stages_run(output) == {"check_params"}, f"{case}: {stages_run(output)}"
+        assert seconds < 2 * FAST_SECONDS, f"{case}: {seconds:.0f}s"
+        assert _snapshot(project) == before, f"{case}: dvc.lock, metrics/, models/, data/ or the cache changed"
+    # Back to good params: only the check re-runs; every result is still current.
+    (project / "params.yaml").write_text(good_params)
+    result = dvc(project, "repro")
+    assert stages_run(result.stdout) == {"check_params"}, result.stdout
+    assert _snapshot(project) == before
+    assert dvc(project, "status", "--json").stdout.strip() == "{}"
+
+
+# --- out of GPU memory: a message naming the batch settings to lower ------------------------------------------------
+
+
+def test_train_oom_message_names_every_batch_setting():
+    message = train_oom_message(TrainConfig(micro_batch_size=16, grad_accum=1, max_length=512))
+    for setting in (
+        "train.micro_batch_size=16",
+        "train.grad_accum=1",
+        "train.max_length=512",
+        "train.gradient_checkpointing=false",
+    ):
+        assert setting in message
+    # a concrete way to keep the effective batch
+    assert "-S train.micro_batch_size=8 -S train.grad_accum=2" in message
+    assert "effective batch of 16" in message
+    assert "\n" not in message
+    # nothing left to halve: the other knobs are still named
+    small = train_oom_message(TrainConfig(micro_batch_size=1, grad_accum=8, gradient_checkpointing=True))
+    assert "raise train.grad_accum" not in small and "train.max_length" in small
+    assert "train.gradient_checkpointing=true" in small
+
+
+def test_oom_outside_training_exits_with_one_line_naming_eval_batch_size(capsys):
+    @stage_main
+    def evaluate():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate()
+    assert exit_info.value.code == USER_ERROR_EXIT_CODE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: out of GPU memory")
+    assert "eval.batch_size" in err and eval_oom_message() in err
+
+
+def test_other_errors_keep_their_traceback():
+    @stage_main
+    def buggy():
+        raise RuntimeError("a bug, not a user error")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        buggy()
+
+
+@pytest.mark.slow
+def test_oom_during_training_becomes_a_user_error(tmp_path, tiny_base_dir, examples):
+    """A real torch.OutOfMemoryError raised inside the Trainer's loop (from a callback) reaches the user as
+    one UserError naming the batch settings; no adapter appears."""
+    from transformers import TrainerCallback
+
+    class OutOfMemoryAtStep2(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    params = parse_params(
+        {"model": {"name": "tiny-llama"}, "lora": {"r": 4}, "train": {"micro_batch_size": 2, "max_length": 256}}
+    )
+    rows = examples[:8]
+    write_jsonl(rows, tmp_path / "train.jsonl")
+    with pytest.raises(UserError) as err:
+        train_adapter(
+            params,
+            rows,
+            base_dir=tiny_base_dir,
+            adapter_dir=tmp_path / "adapter",
+            checkpoint_root=tmp_path / "checkpoints",
+            live_dir=None,
+            train_file=tmp_path / "train.jsonl",
+            callbacks=[OutOfMemoryAtStep2()],
+        )
+    message = str(err.value)
+    assert message.startswith("out of GPU memory while training")
+    for setting in ("train.micro_batch_size=2", "train.grad_accum=1", "train.max_length=256"):
+        assert setting in message
+    assert "train.gradient_checkpointing" in message
+    assert not (tmp_path / "adapter").exists()
