@@ -87,6 +87,9 @@ class TrainConfig:
     group_by_length: bool = True
     logging_steps: int = 1
     save_steps: int = 50
+    # > 1: one DDP process per GPU (accelerate launch); micro_batch_size is per GPU, so the effective batch
+    # is micro_batch_size * grad_accum * num_gpus.
+    num_gpus: int = 1
 
     def validate(self) -> None:
         if not self.learning_rate > 0:
@@ -102,6 +105,7 @@ class TrainConfig:
         _non_negative("train.weight_decay", self.weight_decay)
         _positive("train.logging_steps", self.logging_steps)
         _positive("train.save_steps", self.save_steps)
+        _positive("train.num_gpus", self.num_gpus)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -157,13 +158,15 @@ def load_splits(cfg: DataConfig) -> tuple[list[Example], list[Example], dict]:
 
 
 def _load_hub_splits(cfg: DataConfig) -> tuple[list[Example], list[Example], dict]:
+    if not (offline_mode() or hub_reachable()):
+        # Only the local cache can serve it: offline mode (read when datasets is imported) makes datasets look
+        # there at once instead of retrying the network for half a minute.
+        os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         import datasets
     except ImportError:
         raise UserError("the 'datasets' package is needed to read data.source from the Hub") from None
     try:
-        if not (offline_mode() or hub_reachable()):
-            raise ConnectionError("the Hugging Face Hub is unreachable")
         loaded = datasets.load_dataset(cfg.source, cfg.config, revision=cfg.revision)
     except Exception as err:  # noqa: BLE001 - datasets raises many types for "not reachable"
         raise UserError(

@@ -66,6 +66,10 @@ def preflight(tokenizer, examples: list[Example], encoded: list[Encoded], collat
         labels = batch["labels"][row]
         ids = batch["input_ids"][row]
         mask = batch["attention_mask"][row].bool()
+        if tokenizer.bos_token_id is not None:
+            n_bos = int((ids[mask] == tokenizer.bos_token_id).sum())
+            if n_bos != 1 or int(ids[mask][0]) != tokenizer.bos_token_id:
+                fail("one BOS", f"row {row}: {n_bos} BOS tokens, first token {int(ids[mask][0])}")
         if enc.input_ids[:n_prompt] != prompt:
             fail("same template", "the training prompt differs from the prompt used at evaluation")
         if (labels[:n_prompt] != IGNORE_INDEX).any():
@@ -77,10 +81,6 @@ def preflight(tokenizer, examples: list[Example], encoded: list[Encoded], collat
             fail("response supervised", f"row {row}: no response token has a label")
         if int(supervised[-1]) != tokenizer.eos_token_id:
             fail("EOS supervised", f"row {row}: the last supervised token is {tokenizer.decode(supervised[-1:])!r}")
-        if tokenizer.bos_token_id is not None:
-            n_bos = int((ids[mask] == tokenizer.bos_token_id).sum())
-            if n_bos != 1 or int(ids[mask][0]) != tokenizer.bos_token_id:
-                fail("one BOS", f"row {row}: {n_bos} BOS tokens, first token {int(ids[mask][0])}")
 
 
 COMPLETE_MARKER = "checkpoint_complete.json"
@@ -229,7 +229,7 @@ def train_adapter(
     params: Params,
     train_examples: list[Example],
     base_dir: Path,
-    adapter_dir: Path,
+    adapter_dir: Path | None,
     checkpoint_root: Path,
     live_dir: Path | None,
     train_file: Path | None = None,
@@ -287,6 +287,10 @@ def train_adapter(
         gradient_checkpointing=cfg.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         remove_unused_columns=False,
+        # Frozen 4-bit weights take no gradient; DDP must not wait for them.
+        ddp_find_unused_parameters=False,
+        # Explicit on CPU: multi-process runs then use DDP over gloo (the launch path CI tests).
+        use_cpu=device().type == "cpu",
         report_to="none",
         dataloader_num_workers=0,
         disable_tqdm=False,
@@ -307,10 +311,11 @@ def train_adapter(
         raise UserError(train_oom_message(cfg)) from None
     seconds = time.perf_counter() - start
 
-    model.save_pretrained(str(adapter_dir), safe_serialization=True)
-    tokenizer.save_pretrained(str(adapter_dir))
-    # The adapter points at the base by a path relative to the repo root, where stages run.
-    _set_adapter_base(adapter_dir, base_dir)
+    if adapter_dir is not None:
+        model.save_pretrained(str(adapter_dir), safe_serialization=True)
+        tokenizer.save_pretrained(str(adapter_dir))
+        # The adapter points at the base by a path relative to the repo root, where stages run.
+        _set_adapter_base(adapter_dir, base_dir)
 
     steps = trainer.state.global_step
     resumed_from_step = int(Path(resume_from).name.split("-")[1]) if resume_from else 0
@@ -331,6 +336,8 @@ def train_adapter(
         "resumed_from_step": resumed_from_step,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "device": device().type,
+        "num_processes": args.world_size,
+        "effective_batch": cfg.micro_batch_size * cfg.grad_accum * args.world_size,
         "compute_dtype": str(compute_dtype).removeprefix("torch."),
     }
     if torch.cuda.is_available():
@@ -347,4 +354,8 @@ def _set_adapter_base(adapter_dir: Path, base_dir: Path) -> None:
     config_path = adapter_dir / "adapter_config.json"
     config = json.loads(config_path.read_text())
     config["base_model_name_or_path"] = str(base_dir)
+    # peft keeps target_modules as a set: its saved order follows the process's hash seed, so two identical
+    # runs would write different adapter_config.json files (and DVC would see different adapters).
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
     atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")

@@ -1,11 +1,16 @@
 """Train the QLoRA adapter: 4-bit NF4 base, LoRA, HF Trainer, resumable checkpoints, DVCLive curves.
 
 Interrupted (Ctrl-C, SIGTERM, a crash, out of memory)? Run `dvc repro` again: training resumes from the
-last complete checkpoint under --checkpoints, which is not a DVC output, so DVC leaves it alone."""
+last complete checkpoint under --checkpoints, which is not a DVC output, so DVC leaves it alone.
 
+train.num_gpus > 1: the stage relaunches itself with one DDP process per GPU; rank 0 alone writes outputs."""
+
+import contextlib
+import sys
 from pathlib import Path
 
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
+from qlora_gsm8k.distributed import is_main_process, launched, relaunch
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.gsm8k import read_jsonl
 from qlora_gsm8k.io import atomic_directory, write_json
@@ -22,10 +27,16 @@ def main() -> None:
     parser.add_argument("--live-dir", required=True, help="DVCLive log directory")
     parser.add_argument("--checkpoints", required=True, help="kept across interrupted runs, for resume")
     args, params = parse_stage_args(parser)
+    if params.train.num_gpus > 1 and not launched():
+        relaunch(params.train.num_gpus, "stages.train", sys.argv[1:])
+        return
     examples = read_jsonl(args.train)
     checkpoints = Path(args.checkpoints)
-    # The adapter appears under --adapter-out only once complete (temporary sibling + rename).
-    with atomic_directory(args.adapter_out) as tmp:
+    main_process = is_main_process()
+    # The adapter appears under --adapter-out only once complete (temporary sibling + rename); other ranks
+    # train alongside and write nothing.
+    output = atomic_directory(args.adapter_out) if main_process else contextlib.nullcontext(None)
+    with output as tmp:
         metrics = train_adapter(
             params,
             examples,
@@ -36,6 +47,8 @@ def main() -> None:
             train_file=Path(args.train),
             keep_checkpoints=True,
         )
+    if not main_process:
+        return
     write_json(args.metrics_out, metrics)
     # Only now, with adapter and metrics in place, are the checkpoints of this run no longer needed.
     discard_finished_runs(checkpoints)
