@@ -180,12 +180,8 @@ def source_model_config(cfg: ModelConfig):
 
 def check_model_source(cfg: ModelConfig, target_modules: list[str]) -> None:
     """The model can be found (locally or in the Hub cache when offline) and has lora.target_modules."""
-    config = source_model_config(cfg)
-    from transformers import AutoModelForCausalLM
-
     try:
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+        skeleton = skeleton_from_config(source_model_config(cfg))
     except ValueError as err:
         raise UserError(f"model {cfg.name!r} is not a causal language model: {err}".splitlines()[0]) from None
     check_target_modules(skeleton, target_modules)
@@ -276,13 +272,25 @@ def load_model(path: str | Path, dtype: torch.dtype, quant: QuantConfig | None =
     return model
 
 
-def model_skeleton(path: str | Path):
-    """The architecture of a saved model on the meta device: module names without memory or weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def skeleton_from_config(config):
+    """A model's architecture on the meta device: module names without memory or weights."""
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+
+
+def model_skeleton(path: str | Path):
+    """The architecture of a saved model, from its config.json alone."""
+    from transformers import AutoConfig
+
+    return skeleton_from_config(AutoConfig.from_pretrained(str(path), trust_remote_code=False))
+
+
+def load_for_eval(path: str | Path, dtype_name: str):
+    """A saved model and its tokenizer as both evaluation stages run them; returns (model, tokenizer, precision)."""
+    dtype = resolve_dtype(dtype_name)
+    return load_model(path, dtype=dtype), load_tokenizer(path), str(dtype).removeprefix("torch.")
 
 
 def check_target_modules(model, target_modules: list[str]) -> None:

@@ -2,31 +2,25 @@
 
 import json
 
-from qlora_gsm8k.cli import parse_stage_args, stage_parser
+from qlora_gsm8k.cli import eval_stage_parser, parse_stage_args
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.evaluation import generate_answers, score_generations
 from qlora_gsm8k.gsm8k import read_jsonl
 from qlora_gsm8k.io import atomic_write_text, write_json
-from qlora_gsm8k.modeling import load_model, load_tokenizer, resolve_dtype
+from qlora_gsm8k.modeling import load_for_eval
 
 
 @stage_main
 def main() -> None:
-    parser = stage_parser(__doc__)
-    parser.add_argument("--model", required=True, help="model directory")
-    parser.add_argument("--label", required=True, choices=["base", "tuned"])
-    parser.add_argument("--eval", required=True)
+    parser = eval_stage_parser(__doc__)
     parser.add_argument("--generations-out", required=True, help="JSONL, one scored output per row")
-    parser.add_argument("--metrics-out", required=True)
     args, params = parse_stage_args(parser)
     examples = read_jsonl(args.eval)
-    tokenizer = load_tokenizer(args.model, padding_side="left")
-    dtype = resolve_dtype(params.eval.dtype)
-    model = load_model(args.model, dtype=dtype)
+    model, tokenizer, precision = load_for_eval(args.model, params.eval.dtype)
     questions = [e.question for e in examples]
     generations = generate_answers(model, tokenizer, questions, params.eval.batch_size, params.eval.max_new_tokens)
     rows, summary = score_generations(examples, generations)
-    summary["precision"] = str(dtype).removeprefix("torch.")
+    summary["precision"] = precision
     atomic_write_text(args.generations_out, "".join(json.dumps(r) + "\n" for r in rows))
     write_json(args.metrics_out, {args.label: summary})
     print(

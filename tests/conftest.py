@@ -62,6 +62,38 @@ def tiny_tokenizer(tiny_base_dir):
     return load_tokenizer(tiny_base_dir)
 
 
+def train_stage_outputs(out: Path, checkpoints: Path | None = None) -> list[str]:
+    """The train stage's output arguments, every output under `out` (checkpoints too, unless given)."""
+    return [
+        "--adapter-out",
+        str(out / "adapter"),
+        "--metrics-out",
+        str(out / "train.json"),
+        "--live-dir",
+        str(out / "live"),
+        "--checkpoints",
+        str(checkpoints or out / "checkpoints"),
+    ]
+
+
+def train_tiny_adapter(params, rows, base_dir: Path, root: Path, **kwargs) -> dict:
+    """`train_adapter` on `rows`, written to root/train.jsonl, with the adapter at root/adapter."""
+    from qlora_gsm8k.gsm8k import write_jsonl
+    from qlora_gsm8k.training import train_adapter
+
+    write_jsonl(rows, root / "train.jsonl")
+    kwargs.setdefault("live_dir", None)
+    return train_adapter(
+        params,
+        rows,
+        base_dir=base_dir,
+        adapter_dir=root / "adapter",
+        checkpoint_root=root / "checkpoints",
+        train_file=root / "train.jsonl",
+        **kwargs,
+    )
+
+
 def _project_files() -> list[str]:
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, run, tool_env
+from conftest import REPO_ROOT, run, tool_env, train_stage_outputs
 from qlora_gsm8k.distributed import launch_command
 from qlora_gsm8k.gsm8k import read_jsonl, write_jsonl
 
@@ -23,13 +23,12 @@ def _train(tmp_path, base_dir, train_file, name: str, **train) -> tuple[object, 
     out = tmp_path / name
     result = run(
         [sys.executable, "-m", "stages.train", "--params", str(params_file), "--base", str(base_dir)]
-        + ["--train", str(train_file), "--adapter-out", str(out / "adapter"), "--metrics-out", str(out / "m.json")]
-        + ["--live-dir", str(out / "live"), "--checkpoints", str(tmp_path / "checkpoints")],
+        + ["--train", str(train_file), *train_stage_outputs(out, tmp_path / "checkpoints")],
         cwd=REPO_ROOT,
         env=tool_env(),
         check=False,
     )
-    metrics = json.loads((out / "m.json").read_text()) if (out / "m.json").exists() else None
+    metrics = json.loads((out / "train.json").read_text()) if (out / "train.json").exists() else None
     return result, metrics
 
 
@@ -57,7 +56,7 @@ def test_two_processes_match_one_at_equal_effective_batch(tmp_path, tiny_base_di
     assert one["effective_batch"] == two["effective_batch"] == 16
     assert one["steps"] == two["steps"] == 4
     # Rank 0 alone wrote: one adapter, one metrics file, one set of curves, no stray temporaries.
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["adapter", "live", "m.json"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["adapter", "live", "train.json"]
     assert (tmp_path / "two/adapter/adapter_model.safetensors").is_file()
     curve_one, curve_two = _losses(tmp_path / "one/live"), _losses(tmp_path / "two/live")
     assert len(curve_one) == len(curve_two) == 4

@@ -14,12 +14,11 @@ import pytest
 import torch
 import yaml
 
+from conftest import train_tiny_adapter
 from qlora_gsm8k.config import parse_params
-from qlora_gsm8k.gsm8k import write_jsonl
 from qlora_gsm8k.merging import load_with_adapter, merge_adapter, merge_check
 from qlora_gsm8k.modeling import load_model
 from qlora_gsm8k.prompts import encode_examples, pad_batch
-from qlora_gsm8k.training import train_adapter
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,16 +47,7 @@ def _params(**eval_overrides):
 def adapter_dir(tmp_path_factory, tiny_base_dir, examples):
     root = tmp_path_factory.mktemp("merge")
     rows = examples[:12]
-    write_jsonl(rows, root / "train.jsonl")
-    train_adapter(
-        _params(),
-        rows,
-        base_dir=tiny_base_dir,
-        adapter_dir=root / "adapter",
-        checkpoint_root=root / "checkpoints",
-        live_dir=None,
-        train_file=root / "train.jsonl",
-    )
+    train_tiny_adapter(_params(), rows, tiny_base_dir, root)
     return root / "adapter"
 
 

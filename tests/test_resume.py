@@ -22,7 +22,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from conftest import dvc, make_project, run, stages_run, tool_env
+from conftest import dvc, make_project, run, stages_run, tool_env, train_stage_outputs
 from qlora_gsm8k.config import parse_params
 from qlora_gsm8k.io import atomic_directory, atomic_write_text, write_json
 from qlora_gsm8k.prompts import encode_examples
@@ -210,14 +210,7 @@ def resume_project(tmp_path_factory, dataset_dir):
             "-m",
             "stages.train",
             *STAGE_ARGS,
-            "--adapter-out",
-            str(reference / "adapter"),
-            "--metrics-out",
-            str(reference / "train.json"),
-            "--live-dir",
-            str(reference / "live"),
-            "--checkpoints",
-            str(reference / "checkpoints"),
+            *train_stage_outputs(reference),
         ],
         cwd=project,
     )
@@ -292,14 +285,7 @@ def test_changed_params_do_not_resume_a_foreign_checkpoint(resume_project, tmp_p
         "--params",
         str(project / "params.yaml"),
         *STAGE_ARGS,
-        "--adapter-out",
-        str(tmp_path / "adapter"),
-        "--metrics-out",
-        str(tmp_path / "train.json"),
-        "--live-dir",
-        str(tmp_path / "live"),
-        "--checkpoints",
-        str(checkpoints),
+        *train_stage_outputs(tmp_path, checkpoints),
     ]
     proc = _start(cmd, project, tmp_path / "killed.log")
     deadline = time.monotonic() + 300

@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import train_tiny_adapter
 from qlora_gsm8k.config import LoraConfig, QuantConfig, parse_params
 from qlora_gsm8k.errors import UserError
-from qlora_gsm8k.gsm8k import write_jsonl
 from qlora_gsm8k.modeling import load_model, load_tokenizer, lora_config
 from qlora_gsm8k.prompts import IGNORE_INDEX, Collator, Encoded, encode_examples
-from qlora_gsm8k.training import PreflightError, preflight, train_adapter
+from qlora_gsm8k.training import PreflightError, preflight
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -213,16 +213,7 @@ def _tiny_params(**train):
 def trained(tmp_path_factory, tiny_base_dir, examples):
     root = tmp_path_factory.mktemp("train")
     rows = examples[:12]
-    write_jsonl(rows, root / "train.jsonl")
-    metrics = train_adapter(
-        _tiny_params(),
-        rows,
-        base_dir=tiny_base_dir,
-        adapter_dir=root / "adapter",
-        checkpoint_root=root / "checkpoints",
-        live_dir=None,
-        train_file=root / "train.jsonl",
-    )
+    metrics = train_tiny_adapter(_tiny_params(), rows, tiny_base_dir, root)
     return root, metrics
 
 
@@ -277,16 +268,7 @@ def test_train_adapter_drops_long_rows(tmp_path, tiny_base_dir, tiny_tokenizer, 
     rows = examples[:8]
     lengths = sorted(len(e.input_ids) for e in encode_examples(tiny_tokenizer, rows, None)[0])
     limit = lengths[5]
-    write_jsonl(rows, tmp_path / "train.jsonl")
-    metrics = train_adapter(
-        _tiny_params(max_length=limit, micro_batch_size=8),
-        rows,
-        base_dir=tiny_base_dir,
-        adapter_dir=tmp_path / "adapter",
-        checkpoint_root=tmp_path / "checkpoints",
-        live_dir=None,
-        train_file=tmp_path / "train.jsonl",
-    )
+    metrics = train_tiny_adapter(_tiny_params(max_length=limit, micro_batch_size=8), rows, tiny_base_dir, tmp_path)
     kept = sum(n <= limit for n in lengths)
     assert metrics["examples"] == kept and metrics["dropped_too_long"] == len(rows) - kept > 0
     assert metrics["steps"] == 1
@@ -294,15 +276,6 @@ def test_train_adapter_drops_long_rows(tmp_path, tiny_base_dir, tiny_tokenizer, 
 
 def test_train_adapter_refuses_when_every_row_is_too_long(tmp_path, tiny_base_dir, examples):
     rows = examples[:4]
-    write_jsonl(rows, tmp_path / "train.jsonl")
     with pytest.raises(UserError, match=r"longer than train\.max_length=16"):
-        train_adapter(
-            _tiny_params(max_length=16),
-            rows,
-            base_dir=tiny_base_dir,
-            adapter_dir=tmp_path / "adapter",
-            checkpoint_root=tmp_path / "checkpoints",
-            live_dir=None,
-            train_file=tmp_path / "train.jsonl",
-        )
+        train_tiny_adapter(_tiny_params(max_length=16), rows, tiny_base_dir, tmp_path)
     assert not (tmp_path / "adapter").exists()

@@ -20,11 +20,21 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO_ROOT, TINY_PARAMS, dvc, git, merge_params, run, stages_run, tool_env
+from conftest import (
+    REPO_ROOT,
+    TINY_PARAMS,
+    dvc,
+    git,
+    merge_params,
+    run,
+    stages_run,
+    tool_env,
+    train_stage_outputs,
+    train_tiny_adapter,
+)
 from qlora_gsm8k.config import TrainConfig, parse_params
 from qlora_gsm8k.errors import USER_ERROR_EXIT_CODE, UserError, eval_oom_message, stage_main
-from qlora_gsm8k.gsm8k import write_jsonl
-from qlora_gsm8k.training import train_adapter, train_oom_message
+from qlora_gsm8k.training import train_oom_message
 
 # A user error must be reported in seconds; generous for 2 shared CPU cores importing torch.
 FAST_SECONDS = 45
@@ -247,14 +257,7 @@ def test_train_stage_names_the_bad_line_of_its_input(tmp_path, dataset_dir, tiny
         str(tiny_base_dir),
         "--train",
         str(tmp_path / "train.jsonl"),
-        "--adapter-out",
-        str(tmp_path / "adapter"),
-        "--metrics-out",
-        str(tmp_path / "train.json"),
-        "--live-dir",
-        str(tmp_path / "live"),
-        "--checkpoints",
-        str(tmp_path / "checkpoints"),
+        *train_stage_outputs(tmp_path),
     )
     assert_one_line_error(result, seconds, f"{tmp_path / 'train.jsonl'}:5: 'answer' has no '#### <number>'")
     assert not (tmp_path / "adapter").exists() and not (tmp_path / "train.json").exists()
@@ -475,18 +478,8 @@ def test_oom_during_training_becomes_a_user_error(tmp_path, tiny_base_dir, examp
         {"model": {"name": "tiny-llama"}, "lora": {"r": 4}, "train": {"micro_batch_size": 2, "max_length": 256}}
     )
     rows = examples[:8]
-    write_jsonl(rows, tmp_path / "train.jsonl")
     with pytest.raises(UserError) as err:
-        train_adapter(
-            params,
-            rows,
-            base_dir=tiny_base_dir,
-            adapter_dir=tmp_path / "adapter",
-            checkpoint_root=tmp_path / "checkpoints",
-            live_dir=None,
-            train_file=tmp_path / "train.jsonl",
-            callbacks=[OutOfMemoryAtStep2()],
-        )
+        train_tiny_adapter(params, rows, tiny_base_dir, tmp_path, callbacks=[OutOfMemoryAtStep2()])
     message = str(err.value)
     assert message.startswith("out of GPU memory while training")
     for setting in ("train.micro_batch_size=2", "train.grad_accum=1", "train.max_length=256"):
