@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from .config import DataConfig
 from .errors import UserError
-from .hub import hub_reachable, offline_mode
+from .hub import hub_reachable, offline_mode, use_local_cache_only
 
 # lm-evaluation-harness gsm8k: strict-match takes the first "#### number";
 # flexible-extract takes the last number-looking span of the output.
@@ -161,7 +160,7 @@ def _load_hub_splits(cfg: DataConfig) -> tuple[list[Example], list[Example], dic
     if not (offline_mode() or hub_reachable()):
         # Only the local cache can serve it: offline mode (read when datasets is imported) makes datasets look
         # there at once instead of retrying the network for half a minute.
-        os.environ["HF_HUB_OFFLINE"] = "1"
+        use_local_cache_only()
     try:
         import datasets
     except ImportError:

@@ -24,3 +24,13 @@ def hub_reachable(timeout: float = 5.0) -> bool:
     except OSError:
         return False
     return True
+
+
+def use_local_cache_only() -> None:
+    """Make the Hugging Face libraries read only the local cache for the rest of this process. Passing
+    local_files_only is not enough: some look-ups (transformers' adapter-config probe) ignore it and retry
+    the network for half a minute."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True

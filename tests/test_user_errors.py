@@ -291,6 +291,29 @@ def test_unreachable_hub_fails_fast_without_offline_mode(tmp_path, dataset_dir):
     assert seconds < 30
 
 
+@pytest.mark.slow
+def test_unreachable_hub_still_serves_a_model_from_the_local_cache(tmp_path, dataset_dir, tiny_base_dir):
+    """A Hub id at its pinned revision that is in the Hugging Face cache loads with no network at all."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    cache = tmp_path / "hf-cache"
+    snapshot = cache / "models--someone--cached-model" / "snapshots" / revision
+    shutil.copytree(tiny_base_dir, snapshot)
+    env = tool_env()
+    env.pop("HF_HUB_OFFLINE", None)
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_CACHE=str(cache))
+    model = {"name": "someone/cached-model", "revision": revision}
+    params_file = _write_params(tmp_path, dataset_dir, {"model": model})
+    result, _ = _check_params(params_file, tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    result, seconds = _stage("base", "--params", str(params_file), "--out", str(tmp_path / "base"), env=env)
+    assert result.returncode == 0, result.stderr
+    # No network retries on the way (transformers' adapter probe ignores local_files_only: 25 s of backoff);
+    # the stage itself takes about 5 s here.
+    assert seconds < 20, f"took {seconds:.0f}s"
+    assert (tmp_path / "base/model.safetensors").is_file()
+    assert json.loads((tmp_path / "base/provenance.json").read_text())["revision"] == revision
+
+
 @pytest.mark.parametrize("case", ["missing-dir", "no-config", "no-safetensors"])
 def test_local_model_that_is_not_a_model_fails_in_one_line(case, tmp_path, dataset_dir, tiny_base_dir):
     model_dir = tmp_path / "model"
