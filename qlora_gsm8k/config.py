@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -239,12 +240,29 @@ def parse_params(raw: Any) -> Params:
     return params
 
 
+# Hugging Face user access tokens: "hf_" and 30-odd letters and digits.
+_HF_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{20,}")
+
+
+def refuse_secrets(text: str, path: Path) -> None:
+    """A token in params.yaml would be committed to git and copied into dvc.lock and every experiment:
+    refuse it, naming the line but never echoing the value."""
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if _HF_TOKEN_PATTERN.search(line):
+            raise UserError(
+                f"{path}:{line_no} holds what looks like a Hugging Face token; remove it (and revoke it if it "
+                "was committed) and set the HF_TOKEN environment variable instead: params are recorded in git "
+                "and dvc.lock, the environment is not"
+            )
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror}") from None
+    refuse_secrets(text, path)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .config import DataConfig
 from .errors import UserError
-from .hub import hub_reachable, offline_mode, use_local_cache_only
+from .hub import local_cache_only
 
 # lm-evaluation-harness gsm8k: strict-match takes the first "#### number";
 # flexible-extract takes the last number-looking span of the output.
@@ -157,10 +157,7 @@ def load_splits(cfg: DataConfig) -> tuple[list[Example], list[Example], dict]:
 
 
 def _load_hub_splits(cfg: DataConfig) -> tuple[list[Example], list[Example], dict]:
-    if not (offline_mode() or hub_reachable()):
-        # Only the local cache can serve it: offline mode (read when datasets is imported) makes datasets look
-        # there at once instead of retrying the network for half a minute.
-        use_local_cache_only()
+    local_cache_only()  # before importing datasets
     try:
         import datasets
     except ImportError:

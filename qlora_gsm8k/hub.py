@@ -26,11 +26,16 @@ def hub_reachable(timeout: float = 5.0) -> bool:
     return True
 
 
-def use_local_cache_only() -> None:
-    """Make the Hugging Face libraries read only the local cache for the rest of this process. Passing
-    local_files_only is not enough: some look-ups (transformers' adapter-config probe) ignore it and retry
-    the network for half a minute."""
+def local_cache_only() -> bool:
+    """True when the Hub cannot be reached (or offline mode is on); then the Hugging Face libraries are
+    switched to read only the local cache for the rest of this process, so a missing model or dataset
+    fails in seconds. Passing local_files_only is not enough: some look-ups (transformers' adapter-config
+    probe) ignore it and retry the network for half a minute."""
+    if hub_reachable():
+        return False
+    # Set before `datasets` is imported, which reads it then; huggingface_hub reads its constant per call.
     os.environ["HF_HUB_OFFLINE"] = "1"
     from huggingface_hub import constants
 
     constants.HF_HUB_OFFLINE = True
+    return True

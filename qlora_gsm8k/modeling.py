@@ -10,7 +10,7 @@ import torch
 
 from .config import TINY_LLAMA, LoraConfig, ModelConfig, QuantConfig
 from .errors import UserError
-from .hub import hub_reachable, use_local_cache_only
+from .hub import local_cache_only
 
 # Chat template shared by the tiny model; the same shape as TinyLlama-Chat's (Zephyr style).
 TINY_CHAT_TEMPLATE = (
@@ -138,10 +138,7 @@ def hf_token() -> str | None:
 def _hub_kwargs(cfg: ModelConfig) -> dict:
     """Pinned revision, the env token, and the local cache only when the Hub cannot be reached (seconds,
     instead of a minute of retries before the same error)."""
-    offline = not hub_reachable()
-    if offline:
-        use_local_cache_only()
-    return {"revision": cfg.revision, "token": hf_token(), "local_files_only": offline}
+    return {"revision": cfg.revision, "token": hf_token(), "local_files_only": local_cache_only()}
 
 
 def _check_local_model_dir(name: str) -> Path:

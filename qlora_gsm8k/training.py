@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .config import Params, TrainConfig, params_as_dict
+from .distributed import is_main_process
 from .errors import UserError
 from .gsm8k import Example
 from .io import atomic_write_text, file_sha256
@@ -186,8 +186,8 @@ def _callbacks(live_dir: Path | None, resume_from: str | None) -> list:
             atomic_write_text(checkpoint / COMPLETE_MARKER, json.dumps({"step": state.global_step}) + "\n")
 
     callbacks = [CheckpointComplete()]
-    # Under DDP every rank runs this; one writes the curves (RANK is set by torchrun/accelerate).
-    if live_dir is None or int(os.environ.get("RANK", "0")) != 0:
+    # Under DDP every rank runs this; rank 0 alone writes the curves.
+    if live_dir is None or not is_main_process():
         return callbacks
     try:
         from dvclive import Live
