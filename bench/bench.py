@@ -10,7 +10,10 @@ Runs compared (same rows, same LoRA settings, same effective batch):
 - seed-style: what a typical QLoRA notebook does: every row padded to 512, micro-batch 4 x grad-accum 4,
   fp16, gradient checkpointing, plain HF Trainer.
 - ours: `qlora_gsm8k.training.train_adapter` with params.yaml's train settings.
+- ablations of ours (GPU only), one lever undone each: what each lever is worth.
 - lean: ours with the LEAN preset below (the README's preset for 8-16 GB cards).
+With --profile-steps N, N steps of ours run under torch.profiler (not timed): profile.txt says where the time
+of a step goes (GPU kernel time against wall time, top operators).
 """
 
 from __future__ import annotations
@@ -44,8 +47,18 @@ from qlora_gsm8k.prompts import IGNORE_INDEX, encode_examples  # noqa: E402
 from qlora_gsm8k.synthetic import write_dataset_dir  # noqa: E402
 from qlora_gsm8k.training import EncodedDataset, train_adapter  # noqa: E402
 
-# Lean preset for small GPUs: the same effective batch in small micro-batches, activations recomputed.
-LEAN = {"micro_batch_size": 4, "grad_accum": 4, "gradient_checkpointing": True}
+# Lean preset for small GPUs: the same batch, activations recomputed in the backward pass instead of kept.
+LEAN = {"gradient_checkpointing": True}
+# One lever of ours changed per run: what each lever is worth. Keys: params changes by section, peft's fp32
+# upcast, Liger kernels left out, cuDNN attention.
+ABLATIONS = {
+    "ours without Liger kernels": {"changes": {"train": {"liger_kernel": False}}},
+    "ours, Liger without its RoPE kernel": {"liger_kernel_config": {"rope": False}},
+    "ours with cuDNN attention": {"cudnn_attention": True},
+    "ours with peft's fp32 upcast": {"upcast_fp32": True},
+    "ours, unsorted batches": {"changes": {"train": {"group_by_length": False}}},
+    "ours without double quantization": {"changes": {"quant": {"double_quant": False}}},
+}
 SEED_STYLE_PAD_TO = 512
 
 # TinyLlama-1.1B: same FLOPs and memory as the real model, random weights.
@@ -160,29 +173,113 @@ def LossRecorder():  # noqa: N802 - builds a TrainerCallback without importing t
     return _loss_recorder_class()()
 
 
-def train_ours(params: Params, base_dir: Path, examples: list[Example], work: Path, name: str) -> dict:
-    train_file = work / f"{name}-train.jsonl"
+def train_ours(
+    params: Params,
+    base_dir: Path,
+    examples: list[Example],
+    work: Path,
+    name: str,
+    changes: dict | None = None,
+    upcast_fp32: bool | None = None,
+    liger_kernel_config: dict | None = None,
+    cudnn_attention: bool = False,
+    extra_callbacks: list | None = None,
+) -> dict:
+    import qlora_gsm8k.modeling as modeling
+
+    params = _with(params, changes or {})
+    slug = "".join(c if c.isalnum() else "-" for c in name)
+    train_file = work / f"{slug}-train.jsonl"
     write_jsonl(examples, train_file)
     _reset_peak()
-    metrics = train_adapter(
-        params,
-        examples,
-        base_dir=base_dir,
-        adapter_dir=work / f"{name}-adapter",
-        checkpoint_root=work / f"{name}-checkpoints",
-        live_dir=None,
-        train_file=train_file,
-        callbacks=[recorder := LossRecorder()],
-    )
+    modeling.CUDNN_ATTENTION = cudnn_attention
+    try:
+        metrics = train_adapter(
+            params,
+            examples,
+            base_dir=base_dir,
+            adapter_dir=work / f"{slug}-adapter",
+            checkpoint_root=work / f"{slug}-checkpoints",
+            live_dir=None,
+            train_file=train_file,
+            callbacks=[recorder := LossRecorder(), *(extra_callbacks or [])],
+            upcast_fp32=upcast_fp32,
+            liger_kernel_config=liger_kernel_config,
+        )
+    finally:
+        modeling.CUDNN_ATTENTION = False
     return {
         "tokens_per_second": metrics["tokens_per_second"],
         "seconds": metrics["seconds"],
         "peak_gib": _peak(),
         "losses": recorder.losses,
+        "liger_kernel": metrics["liger_kernel"],
+        "params_train": dataclasses.asdict(params.train),
     }
 
 
-def time_evaluation(params: Params, base_dir: Path, test_rows: list[Example], max_new_tokens: int) -> dict:
+def _profiler_class():
+    from transformers import TrainerCallback
+
+    class StepProfiler(TrainerCallback):
+        """torch.profiler over optimizer steps [first, first + count): kernel time against wall time."""
+
+        def __init__(self, first: int, count: int):
+            self.first, self.count, self.profiler, self.wall = first, count, None, 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == self.first and self.profiler is None:
+                from torch.profiler import ProfilerActivity, profile
+
+                activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+                self.profiler = profile(activities=activities)
+                _sync()
+                self.profiler.__enter__()
+                self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.profiler is not None and state.global_step == self.first + self.count:
+                _sync()
+                self.wall = time.perf_counter() - self.start
+                self.profiler.__exit__(None, None, None)
+                self.done = self.profiler
+                self.profiler = None
+
+    return StepProfiler
+
+
+def profile_ours(params: Params, base_dir: Path, examples: list[Example], work: Path, steps: int) -> str:
+    """Where a training step's time goes: GPU kernel time against wall time, then the top operators."""
+    profiler = _profiler_class()(first=3, count=steps)
+    rows = examples[: params.train.micro_batch_size * params.train.grad_accum * (steps + 5)]
+    train_ours(params, base_dir, rows, work, "profile", extra_callbacks=[profiler])
+    prof = getattr(profiler, "done", None)
+    if prof is None:
+        return "profile: too few steps ran\n"
+    events = prof.key_averages()
+    kernel_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    kernel_us = kernel_us or sum(getattr(e, "self_device_time_total", 0) for e in events)
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    head = (
+        f"{steps} optimizer steps of ours under torch.profiler: wall {profiler.wall * 1e3:.0f} ms "
+        f"({profiler.wall * 1e3 / steps:.1f} ms/step), GPU kernel time {kernel_us / 1e3:.0f} ms "
+        f"({kernel_us / 1e3 / steps:.1f} ms/step, {kernel_us / 1e6 / profiler.wall:.0%} of wall), "
+        f"{launches / steps:.0f} kernel launches/step\n\n"
+    )
+    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    return (
+        head
+        + events.table(sort_by=sort, row_limit=30, max_name_column_width=70)
+        + "\n"
+        + events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=70)
+    )
+
+
+def time_evaluation(
+    params: Params, base_dir: Path, test_rows: list[Example], max_new_tokens: int, generation_batch_sizes: list[int]
+) -> dict:
+    """Perplexity and greedy generation as the evaluation stages run them, one model load; generation once
+    per batch size asked for (the first is params.yaml's eval.generation_batch_size)."""
     from qlora_gsm8k.modeling import resolve_dtype
 
     model = load_model(base_dir, dtype=resolve_dtype(params.eval.dtype))
@@ -192,18 +289,27 @@ def time_evaluation(params: Params, base_dir: Path, test_rows: list[Example], ma
     response_nll(model, tokenizer, test_rows, params.eval.batch_size)
     _sync()
     perplexity_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    generations = generate_answers(
-        model, tokenizer, [e.question for e in test_rows], params.eval.batch_size, max_new_tokens
-    )
-    _sync()
-    generation_seconds = time.perf_counter() - start
+    _reset_peak()
+    generation = []
+    for batch_size in generation_batch_sizes:
+        _reset_peak()
+        start = time.perf_counter()
+        generations = generate_answers(model, tokenizer, [e.question for e in test_rows], batch_size, max_new_tokens)
+        _sync()
+        generation.append(
+            {
+                "batch_size": batch_size,
+                "seconds": time.perf_counter() - start,
+                "generated_tokens": sum(g.new_tokens for g in generations),
+                "peak_gib": _peak(),
+            }
+        )
     return {
         "questions": len(test_rows),
         "max_new_tokens": max_new_tokens,
+        "perplexity_batch_size": params.eval.batch_size,
         "perplexity_seconds": perplexity_seconds,
-        "generation_seconds": generation_seconds,
-        "generated_tokens": sum(g.new_tokens for g in generations),
+        "generation": generation,
     }
 
 
@@ -222,28 +328,43 @@ def _peak() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
-def _with_train(params: Params, **changes) -> Params:
+def _with(params: Params, changes: dict[str, dict]) -> Params:
     raw = params_as_dict(params)
-    raw["train"].update(changes)
+    for section, values in changes.items():
+        raw[section].update(values)
     return parse_params(raw)
 
 
 def table(results: dict) -> str:
-    seed = results["train"]["seed-style"]["tokens_per_second"]
-    lines = ["| run | real tokens/s | peak GPU GiB | × seed-style | final loss |", "|---|---|---|---|---|"]
+    seed = results["train"].get("seed-style", {}).get("tokens_per_second")
+    lines = [
+        "| run | real tokens/s | seconds | peak GPU GiB | × seed-style | final loss |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, row in results["train"].items():
+        if "error" in row:
+            lines.append(f"| {name} | failed: {row['error'][:80]} | | | | |")
+            continue
         peak = f"{row['peak_gib']:.2f}" if row["peak_gib"] is not None else "n/a (CPU)"
         final = f"{row['losses'][-1]:.4f}" if row["losses"] else "n/a"
         lines.append(
-            f"| {name} | {row['tokens_per_second']:,.0f} | {peak} | {row['tokens_per_second'] / seed:.2f} | {final} |"
+            f"| {name} | {row['tokens_per_second']:,.0f} | {row['seconds']:.1f} | {peak} | "
+            f"{row['tokens_per_second'] / seed if seed else float('nan'):.2f} | {final} |"
         )
-    ev = results["eval"]
+    ev = results.get("eval")
+    if not ev:
+        return "\n".join(lines)
     lines += [
         "",
-        f"Perplexity over {ev['questions']} test questions: {ev['perplexity_seconds']:.1f} s. "
-        f"Greedy generation, {ev['max_new_tokens']} new tokens max: {ev['generation_seconds']:.1f} s "
-        f"({ev['generated_tokens']:,} tokens).",
+        f"Perplexity over {ev['questions']} test questions (batch {ev['perplexity_batch_size']}): "
+        f"{ev['perplexity_seconds']:.1f} s.",
     ]
+    for gen in ev["generation"]:
+        peak = f", peak {gen['peak_gib']:.1f} GiB" if gen["peak_gib"] is not None else ""
+        lines.append(
+            f"Greedy generation of {ev['questions']} questions, {ev['max_new_tokens']} new tokens max, batch "
+            f"{gen['batch_size']}: {gen['seconds']:.1f} s ({gen['generated_tokens']:,} tokens{peak})."
+        )
     return "\n".join(lines)
 
 
@@ -257,6 +378,9 @@ def plot_losses(results: dict, path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, row in results["train"].items():
+        # The ablations follow ours closely; the curves that must agree are the slow path's and ours.
+        if "error" in row or name not in ("seed-style", "ours", "lean"):
+            continue
         # Optimizer steps differ only if the effective batch did; x is the share of the epoch.
         losses = row["losses"]
         ax.plot([(i + 1) / len(losses) for i in range(len(losses))], losses, label=name)
@@ -277,8 +401,30 @@ def main() -> None:
     parser.add_argument("--eval-rows", type=int, default=1319, help="test questions for the eval timings")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", type=Path, required=True, help="directory for results.json, table.md, losses")
+    parser.add_argument(
+        "--generation-batch-sizes",
+        default="",
+        help="comma-separated extra batch sizes to time generation at, after params.yaml's",
+    )
+    parser.add_argument("--no-ablations", action="store_true", help="skip the one-lever-changed runs of ours")
+    parser.add_argument(
+        "--ablations", default="", help="comma-separated words: run only the ablations whose names hold one"
+    )
+    parser.add_argument("--no-eval", action="store_true", help="skip the perplexity and generation timings")
+    parser.add_argument("--profile-steps", type=int, default=0, help="profile this many steps of ours")
+    parser.add_argument(
+        "--save-base", type=Path, help="only build the TinyLlama-arch base into this directory and exit"
+    )
+    parser.add_argument("--out", type=Path, help="directory for results.json, table.md, losses.png")
     args = parser.parse_args()
+    if args.save_base:
+        if not args.tokenizer:
+            parser.error("--save-base needs --tokenizer")
+        build_tinyllama_arch_base(args.tokenizer, args.save_base)
+        print(f"TinyLlama-1.1B-arch base with random weights saved to {args.save_base}")
+        return
+    if not args.out:
+        parser.error("--out is required")
 
     params = load_params(args.params)
     work = Path(tempfile.mkdtemp(prefix="qlora-bench-"))
@@ -296,24 +442,66 @@ def main() -> None:
         base_dir = build_tinyllama_arch_base(args.tokenizer, work / "base")
     train_rows = read_jsonl(data_dir / "train.jsonl")[: args.rows]
     test_rows = read_jsonl(data_dir / "test.jsonl")[: args.eval_rows]
+    on_gpu = torch.cuda.is_available()
+    generation_batch_sizes = [params.eval.generation_batch_size] + [
+        int(b) for b in args.generation_batch_sizes.split(",") if b
+    ]
 
     results = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name() if on_gpu else platform.processor() or "cpu",
         "versions": _versions(),
         "rows": len(train_rows),
         "params_train": dataclasses.asdict(params.train),
         "params_lora": dataclasses.asdict(params.lora),
         "train": {},
     }
-    results["train"]["seed-style"] = train_seed_style(params, base_dir, train_rows, work)
-    results["train"]["ours"] = train_ours(params, base_dir, train_rows, work, "ours")
-    results["train"]["lean"] = train_ours(_with_train(params, **LEAN), base_dir, train_rows, work, "lean")
-    results["eval"] = time_evaluation(params, base_dir, test_rows, args.max_new_tokens)
-
+    runs = results["train"]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    def record(name: str, run) -> None:
+        """One run; a failing one is recorded with its error and the others still run. Results are written
+        after every run, so a benchmark stopped at a time limit keeps what it measured."""
+        try:
+            runs[name] = run()
+        except Exception as err:  # noqa: BLE001 - the benchmark reports every failure and goes on
+            runs[name] = {"error": f"{type(err).__name__}: {err}"}
+            print(f"{name} failed: {runs[name]['error']}")
+        (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    record("seed-style", lambda: train_seed_style(params, base_dir, train_rows, work))
+    # Liger patches transformers' Llama code for the whole process, and never undoes a patch: runs without
+    # Liger go first, then those leaving some of its kernels out, then the rest.
+    ablations = {} if args.no_ablations else ABLATIONS
+    if args.ablations:
+        words = [w.strip().lower() for w in args.ablations.split(",") if w.strip()]
+        ablations = {name: lever for name, lever in ablations.items() if any(w in name.lower() for w in words)}
+
+    def liger_use(lever: dict) -> int:
+        if lever.get("changes", {}).get("train", {}).get("liger_kernel") is False:
+            return 0
+        return 1 if "liger_kernel_config" in lever else 2
+
+    def ablation(name: str, lever: dict):
+        return lambda: train_ours(params, base_dir, train_rows, work, name, **lever)
+
+    for name, lever in sorted(ablations.items(), key=lambda item: liger_use(item[1])):
+        if liger_use(lever) < 2:
+            record(name, ablation(name, lever))
+    if not args.no_eval:
+        results["eval"] = time_evaluation(params, base_dir, test_rows, args.max_new_tokens, generation_batch_sizes)
+    if args.profile_steps:
+        # Also compiles Liger's Triton kernels once, as any earlier run on the machine would have.
+        profile = profile_ours(params, base_dir, train_rows, work, args.profile_steps)
+        (args.out / "profile.txt").write_text(profile)
+        print(profile.split("\n\n")[0])
+    record("ours", lambda: train_ours(params, base_dir, train_rows, work, "ours"))
+    for name, lever in ablations.items():
+        if liger_use(lever) == 2:
+            record(name, ablation(name, lever))
+    record("lean", ablation("lean", {"changes": {"train": LEAN}}))
+
     rendered = table(results)
     (args.out / "table.md").write_text(rendered + "\n")
     plot_losses(results, args.out / "losses.png")
@@ -323,7 +511,7 @@ def main() -> None:
 def _versions() -> dict:
     import importlib.metadata as md
 
-    names = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+    names = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "liger-kernel", "triton")
     return {n: md.version(n) for n in names if _installed(n)}
 
 

@@ -38,8 +38,9 @@ def one_line(text: str) -> str:
 def eval_oom_message() -> str:
     """Out of GPU memory outside training (merge check, perplexity, generation)."""
     return (
-        "out of GPU memory. Lower eval.batch_size (and eval.max_new_tokens for generation) in params.yaml, "
-        "e.g. dvc exp run -S eval.batch_size=8; the model itself must also fit: use a smaller model.name "
+        "out of GPU memory. Lower eval.batch_size (perplexity, merge check) or eval.generation_batch_size "
+        "(and eval.max_new_tokens) for generation in params.yaml, e.g. dvc exp run -S eval.batch_size=8 "
+        "-S eval.generation_batch_size=32; the model itself must also fit: use a smaller model.name "
         "or a GPU with more memory"
     )
 

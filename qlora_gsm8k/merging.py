@@ -41,7 +41,7 @@ def merge_check(merged, base_dir: Path, adapter_dir: Path, tokenizer, examples: 
     questions = [e.question for e in examples]
     accuracies = {}
     for name, model in (("merged", merged), ("adapter_4bit", adapter_4bit)):
-        gens = generate_answers(model, tokenizer, questions, cfg.batch_size, cfg.max_new_tokens)
+        gens = generate_answers(model, tokenizer, questions, cfg.generation_batch_size, cfg.max_new_tokens)
         accuracies[name] = score_generations(examples, gens)[1]["exact_match_flexible"]
     return {
         "kl_merged_vs_4bit_adapter": kl_4bit["mean_kl"],

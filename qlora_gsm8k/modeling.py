@@ -29,6 +29,18 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+# PyTorch picks cuDNN's attention first on Hopper. cuDNN builds an execution plan for every new sequence
+# length, about 2 ms of CPU per layer call (profiled on an H200, bench/RESULTS.md), and every batch of
+# length-grouped training rows, and every generated token, is a new length: off, the flash and
+# memory-efficient kernels do the same work with no planning. The benchmark flips it to measure both.
+CUDNN_ATTENTION = False
+
+
+def configure_attention_backends() -> None:
+    if torch.cuda.is_available():
+        torch.backends.cuda.enable_cudnn_sdp(CUDNN_ATTENTION)
+
+
 def resolve_dtype(name: str) -> torch.dtype:
     """'auto' is bfloat16 where the GPU supports it, float32 on CPU (bf16 matmuls are slow there)."""
     if name == "auto":
@@ -257,6 +269,7 @@ def load_model(path: str | Path, dtype: torch.dtype, quant: QuantConfig | None =
     """Load a saved model: 16-bit (or fp32) when `quant` is None, else bitsandbytes 4-bit."""
     from transformers import AutoModelForCausalLM
 
+    configure_attention_backends()
     kwargs = {}
     if quant is not None:
         kwargs["quantization_config"] = quantization_config(quant)

@@ -10,6 +10,7 @@ with the same adapter, bit for bit on CPU, as an uninterrupted one (tests/test_r
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import re
@@ -86,7 +87,7 @@ def preflight(tokenizer, examples: list[Example], encoded: list[Encoded], collat
 COMPLETE_MARKER = "checkpoint_complete.json"
 FINISHED_MARKER = "FINISHED"
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
-_FINGERPRINT_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+_FINGERPRINT_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "liger-kernel")
 
 
 def run_fingerprint(params: Params, encoded: list[Encoded], base_dir: Path) -> str:
@@ -132,6 +133,45 @@ def discard_finished_runs(checkpoint_root: Path) -> None:
     for run_dir in checkpoint_root.iterdir():
         if (run_dir / FINISHED_MARKER).is_file():
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# Liger's RoPE kernel is left out: on an H200 it cost about 1.8 ms of CPU per call (bench/results/run2,
+# profile.txt) and the run without it was faster (14.4k vs 13.2k tokens/s, same run).
+LIGER_KERNELS = {"rope": False}
+
+
+def liger_kernel_enabled(cfg: TrainConfig) -> bool:
+    """Whether Liger's kernels are used: they are Triton kernels, so a CUDA GPU and liger-kernel are needed."""
+    if cfg.liger_kernel is False:
+        return False
+    on_gpu = device().type == "cuda"
+    installed = importlib.util.find_spec("liger_kernel") is not None
+    if cfg.liger_kernel is True and not (on_gpu and installed):
+        missing = "a CUDA GPU (its kernels are Triton)" if not on_gpu else "liger-kernel: pip install liger-kernel"
+        raise UserError(f"train.liger_kernel is true but needs {missing}; or set -S train.liger_kernel=auto")
+    return on_gpu and installed
+
+
+def freeze_base(model, compute_dtype: torch.dtype, gradient_checkpointing: bool, upcast_fp32: bool | None = None):
+    """Freeze every base weight before LoRA is added.
+
+    peft's prepare_model_for_kbit_training also casts the 16-bit weights left unquantized (embeddings, norms,
+    lm_head) to float32. With float16 compute that is needed (float16 norms overflow); with bfloat16 it only
+    makes the residual stream float32 and adds a cast per op under autocast, so it is skipped (None = that
+    rule; the benchmark sets it to compare both)."""
+    from peft import prepare_model_for_kbit_training
+
+    if upcast_fp32 is None:
+        upcast_fp32 = compute_dtype != torch.bfloat16
+    if upcast_fp32:
+        return prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
 
 
 def train_oom_message(cfg: TrainConfig) -> str:
@@ -235,6 +275,8 @@ def train_adapter(
     train_file: Path | None = None,
     callbacks: list | None = None,
     keep_checkpoints: bool = False,
+    upcast_fp32: bool | None = None,
+    liger_kernel_config: dict | None = None,
 ) -> dict:
     """Train a LoRA adapter on the 4-bit base; save it (with tokenizer) to adapter_dir. Returns metrics.
 
@@ -242,7 +284,7 @@ def train_adapter(
     checkpoints are deleted at the end, unless keep_checkpoints: then the run is only marked finished and
     the caller discards it (discard_finished_runs) once its outputs are safely in place.
     `train_file` is accepted for callers' convenience; the run is identified by the tokenized rows."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model
     from transformers import Trainer, TrainingArguments, set_seed
 
     cfg = params.train
@@ -253,14 +295,15 @@ def train_adapter(
     collator = Collator(tokenizer.pad_token_id)
     preflight(tokenizer, kept_examples, encoded, collator)
 
-    model = load_model(base_dir, dtype=resolve_dtype(params.quant.compute_dtype), quant=params.quant)
+    use_liger = liger_kernel_enabled(cfg)
+    compute_dtype = resolve_dtype(params.quant.compute_dtype)
+    model = load_model(base_dir, dtype=compute_dtype, quant=params.quant)
     check_target_modules(model, params.lora.target_modules)
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    model = freeze_base(model, compute_dtype, cfg.gradient_checkpointing, upcast_fp32)
     # LoRA A starts random: seed it, or two runs with the same params start from different adapters.
     set_seed(cfg.seed)
     model = get_peft_model(model, lora_config(params.lora))
 
-    compute_dtype = resolve_dtype(params.quant.compute_dtype)
     run_dir = checkpoint_root / run_fingerprint(params, encoded, base_dir)
     resume_from = last_checkpoint(run_dir)
     if resume_from:
@@ -294,6 +337,8 @@ def train_adapter(
         report_to="none",
         dataloader_num_workers=0,
         disable_tqdm=False,
+        use_liger_kernel=use_liger,
+        liger_kernel_config=LIGER_KERNELS if liger_kernel_config is None else liger_kernel_config,
     )
     trainer = Trainer(
         model=model,
@@ -339,6 +384,7 @@ def train_adapter(
         "num_processes": args.world_size,
         "effective_batch": cfg.micro_batch_size * cfg.grad_accum * args.world_size,
         "compute_dtype": str(compute_dtype).removeprefix("torch."),
+        "liger_kernel": use_liger,
     }
     if torch.cuda.is_available():
         metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30

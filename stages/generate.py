@@ -18,7 +18,9 @@ def main() -> None:
     examples = read_jsonl(args.eval)
     model, tokenizer, precision = load_for_eval(args.model, params.eval.dtype)
     questions = [e.question for e in examples]
-    generations = generate_answers(model, tokenizer, questions, params.eval.batch_size, params.eval.max_new_tokens)
+    generations = generate_answers(
+        model, tokenizer, questions, params.eval.generation_batch_size, params.eval.max_new_tokens
+    )
     rows, summary = score_generations(examples, generations)
     summary["precision"] = precision
     atomic_write_text(args.generations_out, "".join(json.dumps(r) + "\n" for r in rows))

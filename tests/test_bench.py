@@ -4,7 +4,9 @@ import json
 import sys
 
 import pytest
+import yaml
 
+from bench.bench import ABLATIONS
 from conftest import REPO_ROOT, run, tool_env
 
 
@@ -12,11 +14,38 @@ from conftest import REPO_ROOT, run, tool_env
 def test_bench_smoke_runs_all_configurations(tmp_path):
     result = run([sys.executable, "bench/bench.py", "--smoke", "--out", str(tmp_path)], cwd=REPO_ROOT, env=tool_env())
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["train"]) == {"seed-style", "ours", "lean"}
-    for name, row in results["train"].items():
+    runs = results["train"]
+    assert {"seed-style", "ours", "lean"} <= set(runs)
+    assert set(runs) - {"seed-style", "ours", "lean"} == set(ABLATIONS)
+    for name, row in runs.items():
+        assert "error" not in row, (name, row.get("error"))
         assert row["tokens_per_second"] > 0, name
         # Same rows and effective batch: the same number of optimizer steps, each logged.
-        assert len(row["losses"]) == len(results["train"]["ours"]["losses"]) > 0, name
-    assert results["eval"]["questions"] == 16 and results["eval"]["generation_seconds"] > 0
+        assert len(row["losses"]) == len(runs["ours"]["losses"]) > 0, name
+    # Each ablation ran with its one lever changed and nothing else.
+    assert runs["ours, unsorted batches"]["params_train"]["group_by_length"] is False
+    assert runs["ours"]["params_train"]["group_by_length"] is True
+    assert runs["lean"]["params_train"]["gradient_checkpointing"] is True
+    assert runs["ours"]["liger_kernel"] is False  # auto: no GPU here
+    assert results["eval"]["questions"] == 16
+    assert results["eval"]["generation"][0]["seconds"] > 0
+    assert results["eval"]["generation"][0]["batch_size"] == 256  # params.yaml's eval.generation_batch_size
     assert "| seed-style |" in result.stdout and "× seed-style" in result.stdout
     assert (tmp_path / "table.md").read_text().startswith("| run |")
+
+
+@pytest.mark.slow
+def test_bench_records_a_failing_run_and_goes_on(tmp_path):
+    """A run that fails (here liger_kernel=true on a machine without a GPU) is a row with its error; the
+    others are still measured and the table is still written."""
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["train"]["liger_kernel"] = True
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    out = tmp_path / "out"
+    command = [sys.executable, "bench/bench.py", "--smoke", "--no-ablations", "--no-eval", "--params", str(params_file)]
+    result = run([*command, "--out", str(out)], cwd=REPO_ROOT, env=tool_env())
+    runs = json.loads((out / "results.json").read_text())["train"]
+    assert "needs a CUDA GPU" in runs["ours"]["error"] and "needs a CUDA GPU" in runs["lean"]["error"]
+    assert runs["seed-style"]["tokens_per_second"] > 0
+    assert "| ours | failed: UserError: train.liger_kernel is true" in result.stdout

@@ -279,3 +279,40 @@ def test_train_adapter_refuses_when_every_row_is_too_long(tmp_path, tiny_base_di
     with pytest.raises(UserError, match=r"longer than train\.max_length=16"):
         train_tiny_adapter(_tiny_params(max_length=16), rows, tiny_base_dir, tmp_path)
     assert not (tmp_path / "adapter").exists()
+
+
+# --- speed levers that must not change what is trained --------------------------------------------------
+
+
+def test_liger_kernel_auto_is_off_without_a_gpu_and_true_says_what_is_missing():
+    from qlora_gsm8k.config import TrainConfig
+    from qlora_gsm8k.training import liger_kernel_enabled
+
+    assert liger_kernel_enabled(TrainConfig(liger_kernel="auto")) is False
+    assert liger_kernel_enabled(TrainConfig(liger_kernel=False)) is False
+    with pytest.raises(UserError, match=r"train.liger_kernel is true but needs a CUDA GPU"):
+        liger_kernel_enabled(TrainConfig(liger_kernel=True))
+
+
+@pytest.mark.parametrize(
+    ("compute", "upcast", "expected"),
+    [
+        # bf16 compute: the unquantized weights stay 16-bit (no fp32 residual stream, no casts per op).
+        (torch.bfloat16, None, torch.bfloat16),
+        # fp16 compute: peft's fp32 upcast, as fp16 norms overflow.
+        (torch.float16, None, torch.float32),
+        # the benchmark's ablation forces the upcast under bf16
+        (torch.bfloat16, True, torch.float32),
+    ],
+)
+def test_freeze_base_freezes_everything_and_upcasts_only_when_needed(tiny_base_dir, compute, upcast, expected):
+    from qlora_gsm8k.training import freeze_base
+
+    name = str(compute).removeprefix("torch.")
+    model = load_model(tiny_base_dir, dtype=compute, quant=QuantConfig(compute_dtype=name))
+    model = freeze_base(model, compute, gradient_checkpointing=False, upcast_fp32=upcast)
+    assert not any(p.requires_grad for p in model.parameters())
+    unquantized = {n: p.dtype for n, p in model.named_parameters() if not isinstance(p, bnb.nn.Params4bit)}
+    assert {"model.norm.weight", "lm_head.weight", "model.embed_tokens.weight"} <= set(unquantized)
+    assert set(unquantized.values()) == {expected}
+    assert len(_linear4bit(model)) == 2 * len(PROJECTIONS)  # the 4-bit layers are untouched

@@ -1,0 +1,120 @@
+"""Wall time of the default `dvc repro`, end to end, model load included, with each stage's share.
+
+Copies this project's tracked files into a fresh git repository, points `model.name` and `data.source` at
+local directories (nothing is downloaded), runs `dvc repro` from scratch and then a no-op `dvc repro`, and
+timestamps every line DVC prints, so the slow stages show. Every other param stays as in params.yaml.
+
+    python bench/time_repro.py --model DIR --data DIR --out OUT
+(the model directory: e.g. the TinyLlama-arch base that `bench/bench.py --save-base DIR` builds)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+_STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
+
+
+def copy_project(dest: Path) -> None:
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for name in tracked.splitlines():
+        source = ROOT / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+
+
+def timed_run(command: list[str], cwd: Path, env: dict, log) -> tuple[float, dict[str, float], int]:
+    """Run, echoing each output line with its elapsed time; returns wall seconds and seconds per stage."""
+    start = time.perf_counter()
+    stages: dict[str, float] = {}
+    current, current_start = None, start
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        now = time.perf_counter()
+        print(f"[{now - start:7.1f} s] {line}", end="", file=log, flush=True)
+        match = _STAGE_LINE.match(line)
+        if match:
+            if current:
+                stages[current] = now - current_start
+            current, current_start = match.group(1), now
+    returncode = process.wait()
+    end = time.perf_counter()
+    if current:
+        stages[current] = end - current_start
+    return end - start, stages, returncode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="local model directory for model.name")
+    parser.add_argument("--data", type=Path, required=True, help="directory with train.jsonl and test.jsonl")
+    parser.add_argument("--out", type=Path, required=True, help="directory for repro_timing.json")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="qlora-repro-"))
+    copy_project(work)
+    params_file = work / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["model"]["name"] = str(args.model.resolve())
+    params["data"]["source"] = str(args.data.resolve())
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+
+    # Stage commands call `python`: make it this interpreter, with this interpreter's import path.
+    bin_dir = work / ".bin"
+    bin_dir.mkdir()
+    # A wrapper, not a symlink: a virtual environment's python finds its packages by the path it was run as.
+    wrapper = bin_dir / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    git = shutil.which("git")
+    if git:
+        for command in (
+            ["init", "-q"],
+            ["add", "-A"],
+            ["-c", "user.name=bench", "-c", "user.email=b@b", "commit", "-qm", "bench"],
+        ):
+            subprocess.run([git, *command], cwd=work, check=True, env=env)
+    else:
+        subprocess.run([sys.executable, "-m", "dvc", "config", "core.no_scm", "true"], cwd=work, check=True, env=env)
+
+    dvc = [sys.executable, "-m", "dvc"]
+    wall, stages, returncode = timed_run([*dvc, "repro"], work, env, sys.stdout)
+    noop_wall, _, noop_returncode = timed_run([*dvc, "repro"], work, env, sys.stdout)
+    metrics = {}
+    for path in sorted((work / "metrics").glob("*.json")):
+        metrics[path.name] = json.loads(path.read_text())
+    result = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "git": bool(git),
+        "dvc_repro_seconds": wall,
+        "dvc_repro_returncode": returncode,
+        "stage_seconds": stages,
+        "noop_repro_seconds": noop_wall,
+        "noop_returncode": noop_returncode,
+        "train_metrics": metrics.get("train.json"),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "repro_timing.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"dvc repro: {wall:.1f} s (rc {returncode}); no-op dvc repro: {noop_wall:.1f} s")
+    for stage, seconds in stages.items():
+        print(f"  {stage:24s} {seconds:6.1f} s")
+    if returncode:
+        sys.exit(returncode)
+
+
+if __name__ == "__main__":
+    main()
