@@ -338,18 +338,20 @@ def _with(params: Params, changes: dict[str, dict]) -> Params:
 def table(results: dict) -> str:
     seed = results["train"].get("seed-style", {}).get("tokens_per_second")
     lines = [
-        "| run | real tokens/s | seconds | peak GPU GiB | × seed-style | final loss |",
-        "|---|---|---|---|---|---|",
+        "| run | real tokens/s | seconds | peak GPU GiB | × seed-style | mean loss | final loss |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, row in results["train"].items():
         if "error" in row:
-            lines.append(f"| {name} | failed: {row['error'][:80]} | | | | |")
+            lines.append(f"| {name} | failed: {row['error'][:80]} | | | | | |")
             continue
         peak = f"{row['peak_gib']:.2f}" if row["peak_gib"] is not None else "n/a (CPU)"
         final = f"{row['losses'][-1]:.4f}" if row["losses"] else "n/a"
+        # One step's loss is noisy; the mean over the run is what shows two runs learned the same.
+        mean = f"{sum(row['losses']) / len(row['losses']):.4f}" if row["losses"] else "n/a"
         lines.append(
             f"| {name} | {row['tokens_per_second']:,.0f} | {row['seconds']:.1f} | {peak} | "
-            f"{row['tokens_per_second'] / seed if seed else float('nan'):.2f} | {final} |"
+            f"{row['tokens_per_second'] / seed if seed else float('nan'):.2f} | {mean} | {final} |"
         )
     ev = results.get("eval")
     if not ev:
@@ -416,7 +418,11 @@ def main() -> None:
         "--save-base", type=Path, help="only build the TinyLlama-arch base into this directory and exit"
     )
     parser.add_argument("--out", type=Path, help="directory for results.json, table.md, losses.png")
+    parser.add_argument("--render", type=Path, help="only print the table of a results.json written earlier")
     args = parser.parse_args()
+    if args.render:
+        print(table(json.loads(args.render.read_text())))
+        return
     if args.save_base:
         if not args.tokenizer:
             parser.error("--save-base needs --tokenizer")
