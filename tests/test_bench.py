@@ -49,3 +49,23 @@ def test_bench_records_a_failing_run_and_goes_on(tmp_path):
     assert "needs a CUDA GPU" in runs["ours"]["error"] and "needs a CUDA GPU" in runs["lean"]["error"]
     assert runs["seed-style"]["tokens_per_second"] > 0
     assert "| ours | failed: UserError: train.liger_kernel is true" in result.stdout
+
+
+@pytest.mark.slow
+def test_time_repro_runs_the_whole_pipeline_and_times_every_stage(tmp_path, tiny_base_dir, dataset_dir):
+    """The script behind the recorded `dvc repro` timing: a real repro of the tracked project on a local model
+    directory and local data, every stage timed, then a no-op repro."""
+    command = [sys.executable, "bench/time_repro.py", "--model", str(tiny_base_dir), "--data", str(dataset_dir)]
+    result = run([*command, "--out", str(tmp_path)], cwd=REPO_ROOT, env=tool_env())
+    timing = json.loads((tmp_path / "repro_timing.json").read_text())
+    assert timing["dvc_repro_returncode"] == 0 and timing["noop_returncode"] == 0
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    expected = {f"{name}@{key}" for name, stage in stages.items() if "foreach" in stage for key in stage["foreach"]}
+    expected |= {name for name, stage in stages.items() if "foreach" not in stage}
+    assert set(timing["stage_seconds"]) == expected
+    assert all(seconds > 0 for seconds in timing["stage_seconds"].values())
+    assert sum(timing["stage_seconds"].values()) <= timing["dvc_repro_seconds"]
+    # nothing changed: the second repro runs no stage
+    assert timing["noop_repro_seconds"] < timing["dvc_repro_seconds"] / 3
+    assert timing["train_metrics"]["steps"] > 0
+    assert "dvc repro:" in result.stdout and "no-op dvc repro:" in result.stdout
