@@ -293,13 +293,6 @@ def skeleton_from_config(config):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
 
 
-def model_skeleton(path: str | Path):
-    """The architecture of a saved model, from its config.json alone."""
-    from transformers import AutoConfig
-
-    return skeleton_from_config(AutoConfig.from_pretrained(str(path), trust_remote_code=False))
-
-
 def load_for_eval(path: str | Path, dtype_name: str):
     """A saved model and its tokenizer as both evaluation stages run them; returns (model, tokenizer, precision)."""
     dtype = resolve_dtype(dtype_name)

@@ -202,7 +202,7 @@ def _comparable(metrics: dict) -> dict:
 def resume_project(tmp_path_factory, dataset_dir):
     """A project whose upstream stages have run, plus a reference: the train stage run uninterrupted."""
     project = make_project(tmp_path_factory.mktemp("resume"), dataset_dir, RESUME_OVERRIDES)
-    dvc(project, "repro", "check_model", "fetch")
+    dvc(project, "repro", "base", "fetch")
     reference = project.parent / "reference"
     run(
         [
