@@ -14,16 +14,6 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def eval_stage_parser(description: str) -> argparse.ArgumentParser:
-    """Arguments of the stages that evaluate one model (base or tuned) on the eval slice."""
-    parser = stage_parser(description)
-    parser.add_argument("--model", required=True, help="model directory")
-    parser.add_argument("--label", required=True, choices=["base", "tuned"])
-    parser.add_argument("--eval", required=True, help="eval slice (JSONL)")
-    parser.add_argument("--metrics-out", required=True)
-    return parser
-
-
 def parse_stage_args(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Params]:
     args = parser.parse_args()
     # Quiet the libraries' advisory chatter; progress bars and our own lines stay.

@@ -28,8 +28,8 @@ ORIGINAL_R = TINY_PARAMS["lora"]["r"]
 UP_TO_DATE = "Data and pipelines are up to date."
 TRAIN_CACHED = "Stage 'train' is cached - skipping run, checking out outputs"
 # Stages that read only the base model and the eval rows: nothing about LoRA or training may re-run them.
-BASE_ONLY = {"fetch", "base", "perplexity@base", "generate@base"}
-AFTER_TRAIN = {"train", "merge", "perplexity@tuned", "generate@tuned", "compare"}
+BASE_ONLY = {"fetch", "base", "evaluate@base"}
+AFTER_TRAIN = {"train", "merge", "evaluate@tuned", "compare"}
 CREDENTIAL_KEYS = re.compile(
     r"password|secret|token|access_key|key_id|credential|sas_|connection_string|keyfile|private_key", re.I
 )

@@ -376,17 +376,21 @@ def _stage(module: str, *args: str):
 
 
 @pytest.mark.slow
-def test_perplexity_and_generate_stages(tmp_path, tiny_base_dir, model, tiny_tokenizer, rows):
+def test_evaluate_stage_writes_perplexity_and_generations_from_one_load(
+    tmp_path, tiny_base_dir, model, tiny_tokenizer, rows
+):
     import json
 
     from qlora_gsm8k.gsm8k import write_jsonl
 
     write_jsonl(rows[:4], tmp_path / "eval.jsonl")
-    (tmp_path / "params.yaml").write_text("eval:\n  batch_size: 3\n  max_new_tokens: 5\n  dtype: float32\n")
-    common = ["--params", str(tmp_path / "params.yaml"), "--model", str(tiny_base_dir), "--eval"]
+    (tmp_path / "params.yaml").write_text(
+        "eval:\n  batch_size: 3\n  generation_batch_size: 3\n  max_new_tokens: 5\n  dtype: float32\n"
+    )
     result = _stage(
-        "stages.perplexity", *common, str(tmp_path / "eval.jsonl"), "--label", "base",
-        "--metrics-out", str(tmp_path / "ppl.json"),
+        "stages.evaluate", "--params", str(tmp_path / "params.yaml"), "--model", str(tiny_base_dir),
+        "--eval", str(tmp_path / "eval.jsonl"), "--label", "base", "--perplexity-out", str(tmp_path / "ppl.json"),
+        "--generations-out", str(tmp_path / "gen.jsonl"), "--generation-metrics-out", str(tmp_path / "gen.json"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     ppl = json.loads((tmp_path / "ppl.json").read_text())["base"]
@@ -394,11 +398,6 @@ def test_perplexity_and_generate_stages(tmp_path, tiny_base_dir, model, tiny_tok
     assert ppl["perplexity"] == pytest.approx(expected["perplexity"], rel=1e-6)
     assert ppl["tokens"] == expected["tokens"] and ppl["precision"] == "float32"
 
-    result = _stage(
-        "stages.generate", *common, str(tmp_path / "eval.jsonl"), "--label", "base",
-        "--generations-out", str(tmp_path / "gen.jsonl"), "--metrics-out", str(tmp_path / "gen.json"),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
     lines = (tmp_path / "gen.jsonl").read_text().splitlines()
     assert [json.loads(line)["index"] for line in lines] == [e.index for e in rows[:4]]
     gens = generate_answers(model, tiny_tokenizer, [e.question for e in rows[:4]], 1, 5)

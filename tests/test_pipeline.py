@@ -82,9 +82,7 @@ def test_repro_outputs_load_as_users_load_them(reproduced_project):
         "base",
         "train",
         "merge",
-        "perplexity@base",
-        "perplexity@tuned",
-        "generate@base",
-        "generate@tuned",
+        "evaluate@base",
+        "evaluate@tuned",
         "compare",
     }

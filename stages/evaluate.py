@@ -1,0 +1,48 @@
+"""Evaluate one model (base or tuned) on the eval slice with one load: response-token perplexity, then greedy
+answers scored GSM8K-style. One stage, not two: each stage is a process that imports torch and loads the
+model, which on an H200 took longer than the perplexity itself (bench/RESULTS.md)."""
+
+import json
+
+from qlora_gsm8k.cli import parse_stage_args, stage_parser
+from qlora_gsm8k.errors import stage_main
+from qlora_gsm8k.evaluation import generate_answers, response_nll, score_generations
+from qlora_gsm8k.gsm8k import read_jsonl
+from qlora_gsm8k.io import atomic_write_text, write_json
+from qlora_gsm8k.modeling import load_for_eval
+
+
+@stage_main
+def main() -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--model", required=True, help="model directory")
+    parser.add_argument("--label", required=True, choices=["base", "tuned"])
+    parser.add_argument("--eval", required=True, help="eval slice (JSONL)")
+    parser.add_argument("--perplexity-out", required=True, help="perplexity metrics (JSON)")
+    parser.add_argument("--generations-out", required=True, help="JSONL, one scored output per row")
+    parser.add_argument("--generation-metrics-out", required=True, help="exact match and health (JSON)")
+    args, params = parse_stage_args(parser)
+    examples = read_jsonl(args.eval)
+    model, tokenizer, precision = load_for_eval(args.model, params.eval.dtype)
+
+    perplexity = response_nll(model, tokenizer, examples, params.eval.batch_size)
+    perplexity["precision"] = precision
+    write_json(args.perplexity_out, {args.label: perplexity})
+    print(f"{args.label} perplexity {perplexity['perplexity']:.3f} over {perplexity['tokens']} response tokens")
+
+    questions = [e.question for e in examples]
+    generations = generate_answers(
+        model, tokenizer, questions, params.eval.generation_batch_size, params.eval.max_new_tokens
+    )
+    rows, summary = score_generations(examples, generations)
+    summary["precision"] = precision
+    atomic_write_text(args.generations_out, "".join(json.dumps(r) + "\n" for r in rows))
+    write_json(args.generation_metrics_out, {args.label: summary})
+    print(
+        f"{args.label}: exact match strict {summary['exact_match_strict']:.3f}, "
+        f"flexible {summary['exact_match_flexible']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
