@@ -93,8 +93,9 @@ class TrainConfig:
     # > 1: one DDP process per GPU (accelerate launch); micro_batch_size is per GPU, so the effective batch
     # is micro_batch_size * grad_accum * num_gpus.
     num_gpus: int = 1
-    # Liger's fused Triton kernels (RMSNorm, SwiGLU, RoPE, linear + cross-entropy without the logits
-    # tensor). auto: on when a CUDA GPU is used and liger-kernel is installed; true: required.
+    # Liger's fused Triton kernels (RMSNorm, SwiGLU, linear + cross-entropy without the logits tensor; its
+    # RoPE is left out, see training.LIGER_KERNELS). auto: on when a CUDA GPU is used and liger-kernel is
+    # installed; true: required.
     liger_kernel: bool | Literal["auto"] = "auto"
 
     def validate(self) -> None:

@@ -8,7 +8,8 @@ Checked here, in this order (cheapest first):
 - the data: data.source readable, every JSONL line well-formed with a '#### <number>' answer, and the
   slices within their splits (the same code the fetch stage runs);
 - the model: found (local directory with safetensors weights, tiny-llama, or the Hub / its cache when
-  offline) and lora.target_modules exist in it (from its config alone, no weights loaded).
+  offline) and lora.target_modules exist in it (from its config alone, no weights loaded);
+- what train.liger_kernel=true needs (a CUDA GPU, liger-kernel installed).
 """
 
 import re
@@ -54,8 +55,10 @@ def main() -> None:
     check_revisions(params)
     check_data(params)
     from qlora_gsm8k.modeling import check_model_source
+    from qlora_gsm8k.training import liger_kernel_enabled
 
     check_model_source(params.model, params.lora.target_modules)
+    liger_kernel_enabled(params.train)
     # Constant content: downstream stages depend on it for ordering, and must not re-run because of it.
     atomic_write_text(args.out, "params.yaml is valid\n")
 

@@ -100,6 +100,16 @@ PARAM_CASES = {
     "eval-size-negative": ({"data": {"eval_size": -5}}, ["data.eval_size must be > 0, got -5"]),
     "micro-batch-zero": ({"train": {"micro_batch_size": 0}}, ["train.micro_batch_size must be > 0"]),
     "eval-batch-zero": ({"eval": {"batch_size": 0}}, ["eval.batch_size must be > 0"]),
+    "generation-batch-zero": ({"eval": {"generation_batch_size": 0}}, ["eval.generation_batch_size must be > 0"]),
+    "liger-kernel-not-a-choice": (
+        {"train": {"liger_kernel": "yes"}},
+        ["train.liger_kernel must be bool or one of 'auto', got 'yes'"],
+    ),
+    # Required, but this machine has no GPU: refused before train deletes its outputs.
+    "liger-kernel-required-without-gpu": (
+        {"train": {"liger_kernel": True}},
+        ["train.liger_kernel is true but needs a CUDA GPU"],
+    ),
     "unknown-key": (
         {"lora": {"rank": 8}},
         ["unknown param lora.rank", "allowed lora: r, alpha, dropout, target_modules"],
