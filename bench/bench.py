@@ -226,6 +226,7 @@ def _profiler_class():
 
         def __init__(self, first: int, count: int):
             self.first, self.count, self.profiler, self.wall = first, count, None, 0.0
+            self.done = None  # the finished profiler, once the steps have run
 
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step == self.first and self.profiler is None:
@@ -253,7 +254,7 @@ def profile_ours(params: Params, base_dir: Path, examples: list[Example], work: 
     profiler = _profiler_class()(first=3, count=steps)
     rows = examples[: params.train.micro_batch_size * params.train.grad_accum * (steps + 5)]
     train_ours(params, base_dir, rows, work, "profile", extra_callbacks=[profiler])
-    prof = getattr(profiler, "done", None)
+    prof = profiler.done
     if prof is None:
         return "profile: too few steps ran\n"
     events = prof.key_averages()
@@ -289,7 +290,6 @@ def time_evaluation(
     response_nll(model, tokenizer, test_rows, params.eval.batch_size)
     _sync()
     perplexity_seconds = time.perf_counter() - start
-    _reset_peak()
     generation = []
     for batch_size in generation_batch_sizes:
         _reset_peak()
