@@ -97,6 +97,9 @@ class TrainConfig:
     # RoPE is left out, see training.LIGER_KERNELS). auto: on when a CUDA GPU is used and liger-kernel is
     # installed; true: required.
     liger_kernel: bool | Literal["auto"] = "auto"
+    # torch.compile each decoder layer (CUDA only): fuses the many small kernels whose CPU launch cost bounds
+    # a QLoRA step on a large GPU; costs compile time once per run (see bench/RESULTS.md).
+    compile: bool = False
 
     def validate(self) -> None:
         if not self.learning_rate > 0:

@@ -152,6 +152,30 @@ def liger_kernel_enabled(cfg: TrainConfig) -> bool:
     return on_gpu and installed
 
 
+def compile_enabled(cfg: TrainConfig) -> bool:
+    """Whether decoder layers are compiled; refused off CUDA, where bitsandbytes repacks 4-bit weights on their
+    first CPU forward and a graph traced before that fails."""
+    if cfg.compile and device().type != "cuda":
+        raise UserError("train.compile is true but needs a CUDA GPU; set -S train.compile=false")
+    return cfg.compile
+
+
+def compile_decoder_layers(model) -> int:
+    """torch.compile every decoder layer in place; returns how many. The layers share one compiled graph
+    (same code, parameters passed as inputs), so a 22-layer model compiles once per input shape, not 22 times;
+    the embedding, lm_head and loss stay eager (Liger's fused loss runs there)."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) and _is_decoder_layer(m[0])]
+    if not layers:
+        raise UserError("train.compile: no decoder layers found in this model")
+    for layer in layers[0]:
+        layer.compile()
+    return len(layers[0])
+
+
+def _is_decoder_layer(module) -> bool:
+    return type(module).__name__.endswith("DecoderLayer")
+
+
 def freeze_base(model, compute_dtype: torch.dtype, gradient_checkpointing: bool, upcast_fp32: bool | None = None):
     """Freeze every base weight before LoRA is added.
 
@@ -296,6 +320,7 @@ def train_adapter(
     preflight(tokenizer, kept_examples, encoded, collator)
 
     use_liger = liger_kernel_enabled(cfg)
+    use_compile = compile_enabled(cfg)
     compute_dtype = resolve_dtype(params.quant.compute_dtype)
     model = load_model(base_dir, dtype=compute_dtype, quant=params.quant)
     check_target_modules(model, params.lora.target_modules)
@@ -303,6 +328,8 @@ def train_adapter(
     # LoRA A starts random: seed it, or two runs with the same params start from different adapters.
     set_seed(cfg.seed)
     model = get_peft_model(model, lora_config(params.lora))
+    if use_compile:
+        compile_decoder_layers(model)
 
     run_dir = checkpoint_root / run_fingerprint(params, encoded, base_dir)
     resume_from = last_checkpoint(run_dir)
@@ -385,6 +412,7 @@ def train_adapter(
         "effective_batch": cfg.micro_batch_size * cfg.grad_accum * args.world_size,
         "compute_dtype": str(compute_dtype).removeprefix("torch."),
         "liger_kernel": use_liger,
+        "compile": use_compile,
     }
     if torch.cuda.is_available():
         metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30

@@ -9,7 +9,7 @@ Checked here, in this order (cheapest first):
   slices within their splits (the same code the fetch stage runs);
 - the model: found (local directory with safetensors weights, tiny-llama, or the Hub / its cache when
   offline) and lora.target_modules exist in it (from its config alone, no weights loaded);
-- what train.liger_kernel=true needs (a CUDA GPU, liger-kernel installed).
+- what train.liger_kernel=true needs (a CUDA GPU, liger-kernel installed), and train.compile=true (a CUDA GPU).
 """
 
 import re
@@ -55,10 +55,11 @@ def main() -> None:
     check_revisions(params)
     check_data(params)
     from qlora_gsm8k.modeling import check_model_source
-    from qlora_gsm8k.training import liger_kernel_enabled
+    from qlora_gsm8k.training import compile_enabled, liger_kernel_enabled
 
     check_model_source(params.model, params.lora.target_modules)
     liger_kernel_enabled(params.train)
+    compile_enabled(params.train)
     # Constant content: downstream stages depend on it for ordering, and must not re-run because of it.
     atomic_write_text(args.out, "params.yaml is valid\n")
 

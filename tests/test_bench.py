@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from bench.bench import ABLATIONS
+from bench.bench import ABLATIONS, GPU_ONLY
 from conftest import REPO_ROOT, run, tool_env
 
 
@@ -16,7 +16,9 @@ def test_bench_smoke_runs_all_configurations(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     runs = results["train"]
     assert {"seed-style", "ours", "lean"} <= set(runs)
-    assert set(runs) - {"seed-style", "ours", "lean"} == set(ABLATIONS)
+    cpu_ablations = {name for name in ABLATIONS if not any(g in name for g in GPU_ONLY)}
+    assert set(runs) - {"seed-style", "ours", "lean"} == cpu_ablations
+    assert cpu_ablations and cpu_ablations != set(ABLATIONS)
     for name, row in runs.items():
         assert "error" not in row, (name, row.get("error"))
         assert row["tokens_per_second"] > 0, name
@@ -27,11 +29,24 @@ def test_bench_smoke_runs_all_configurations(tmp_path):
     assert runs["ours"]["params_train"]["group_by_length"] is True
     assert runs["lean"]["params_train"]["gradient_checkpointing"] is True
     assert runs["ours"]["liger_kernel"] is False  # auto: no GPU here
+    assert runs["ours with double quantization"]["params_train"] == runs["ours"]["params_train"]
     assert results["eval"]["questions"] == 16
     assert results["eval"]["generation"][0]["seconds"] > 0
     assert results["eval"]["generation"][0]["batch_size"] == 256  # params.yaml's eval.generation_batch_size
     assert "| seed-style |" in result.stdout and "× seed-style" in result.stdout
     assert (tmp_path / "table.md").read_text().startswith("| run |")
+
+
+@pytest.mark.slow
+def test_bench_no_train_times_only_the_evaluation(tmp_path):
+    run(
+        [sys.executable, "bench/bench.py", "--smoke", "--no-train", "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        env=tool_env(),
+    )
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["train"] == {}
+    assert results["eval"]["perplexity_seconds"] > 0 and results["eval"]["generation"]
 
 
 @pytest.mark.slow

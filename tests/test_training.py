@@ -294,6 +294,27 @@ def test_liger_kernel_auto_is_off_without_a_gpu_and_true_says_what_is_missing():
         liger_kernel_enabled(TrainConfig(liger_kernel=True))
 
 
+def test_compile_is_refused_off_cuda_and_compiles_each_decoder_layer_under_peft(tiny_base_dir):
+    import torch
+    from peft import get_peft_model
+
+    from qlora_gsm8k.config import LoraConfig, TrainConfig
+    from qlora_gsm8k.modeling import load_model, lora_config
+    from qlora_gsm8k.training import compile_decoder_layers, compile_enabled
+
+    assert compile_enabled(TrainConfig()) is False
+    with pytest.raises(UserError, match=r"train.compile is true but needs a CUDA GPU"):
+        compile_enabled(TrainConfig(compile=True))
+    model = get_peft_model(load_model(tiny_base_dir, dtype=torch.float32), lora_config(LoraConfig()))
+    layers = model.base_model.model.model.layers
+    assert compile_decoder_layers(model) == len(layers) == 2
+    # Each layer's call goes through its compiled wrapper; nothing else (embeddings, lm_head) is compiled.
+    assert all(layer._compiled_call_impl is not None for layer in layers)
+    assert model.base_model.model.lm_head._compiled_call_impl is None
+    with pytest.raises(UserError, match="no decoder layers"):
+        compile_decoder_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
 @pytest.mark.parametrize(
     ("compute", "upcast", "expected"),
     [
