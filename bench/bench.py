@@ -47,8 +47,7 @@ from qlora_gsm8k.prompts import IGNORE_INDEX, encode_examples  # noqa: E402
 from qlora_gsm8k.synthetic import write_dataset_dir  # noqa: E402
 from qlora_gsm8k.training import EncodedDataset, train_adapter  # noqa: E402
 
-# Liger's fused linear + cross-entropy alone (no RMSNorm, SwiGLU or RoPE kernels), e.g. under torch.compile,
-# which fuses those itself.
+# Liger's fused linear + cross-entropy alone (no RMSNorm, SwiGLU or RoPE kernels).
 LIGER_LOSS_ONLY = {"rope": False, "rms_norm": False, "swiglu": False}
 # Lean preset for small GPUs: the same batch, activations recomputed in the backward pass instead of kept.
 LEAN = {"gradient_checkpointing": True}
@@ -65,10 +64,6 @@ ABLATIONS = {
     # the process (as every step after the first few of a long run does).
     "ours with torch.compile": {"changes": {"train": {"compile": True}}},
     "ours with torch.compile (compiled code cached)": {"changes": {"train": {"compile": True}}},
-    "ours with torch.compile, Liger loss kernel only": {
-        "changes": {"train": {"compile": True}},
-        "liger_kernel_config": LIGER_LOSS_ONLY,
-    },
 }
 # Ablations that need CUDA (torch.compile of 4-bit layers is refused on CPU).
 GPU_ONLY = ("torch.compile",)
