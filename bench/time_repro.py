@@ -4,14 +4,18 @@ Copies this project's tracked files into a fresh git repository, points `model.n
 local directories (nothing is downloaded), runs `dvc repro` from scratch and then a no-op `dvc repro`, and
 timestamps every line DVC prints, so the slow stages show. Every other param stays as in params.yaml.
 
-    python bench/time_repro.py --model DIR --data DIR --out OUT
-(the model directory: e.g. the TinyLlama-arch base that `bench/bench.py --save-base DIR` builds)."""
+    python bench/time_repro.py --model DIR --data DIR --out OUT [--profile]
+(the model directory: e.g. the TinyLlama-arch base that `bench/bench.py --save-base DIR` builds).
+With --profile every stage process runs under cProfile (slower) and OUT/stage_profiles.txt shows, per stage,
+where its time went: imports, model loads, saves, the work itself."""
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import pstats
 import re
 import shutil
 import subprocess
@@ -56,12 +60,32 @@ def timed_run(command: list[str], cwd: Path, env: dict, log) -> tuple[float, dic
     return end - start, stages, returncode
 
 
+def profile_summary(profiles: Path, rows: int = 25) -> str:
+    """Per stage: total time, time in imports, then the calls with the largest cumulative time."""
+    parts = []
+    for path in sorted(profiles.glob("*.prof"), key=lambda p: p.stat().st_mtime):
+        stats = pstats.Stats(str(path))
+        imports = sum(
+            cumulative
+            for (file, _, name), (_, _, _, cumulative, _) in stats.stats.items()
+            if name == "_find_and_load" and "importlib" in file
+        )
+        parts.append(f"== {path.stem}: {stats.total_tt:.1f} s under cProfile, {imports:.1f} s of it importing ==\n")
+        buffer = io.StringIO()
+        stats.stream = buffer
+        stats.sort_stats("cumulative").print_stats(rows)
+        parts.append(buffer.getvalue().split("\n", 6)[-1])
+    return "\n".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="local model directory for model.name")
     parser.add_argument("--data", type=Path, required=True, help="directory with train.jsonl and test.jsonl")
     parser.add_argument("--out", type=Path, required=True, help="directory for repro_timing.json")
+    parser.add_argument("--profile", action="store_true", help="run each stage under cProfile")
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
 
     work = Path(tempfile.mkdtemp(prefix="qlora-repro-"))
     copy_project(work)
@@ -76,7 +100,13 @@ def main() -> None:
     bin_dir.mkdir()
     # A wrapper, not a symlink: a virtual environment's python finds its packages by the path it was run as.
     wrapper = bin_dir / "python"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    profiles = args.out.resolve() / "profiles"
+    # Stage commands are `python -m stages.<name> ...`: "$2" names the stage's profile.
+    profiler = f'-m cProfile -o "{profiles}/$2.$$.prof" ' if args.profile else ""
+    if args.profile:
+        shutil.rmtree(profiles, ignore_errors=True)
+        profiles.mkdir(parents=True)
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" {profiler}"$@"\n')
     wrapper.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     git = shutil.which("git")
@@ -107,7 +137,8 @@ def main() -> None:
         "noop_returncode": noop_returncode,
         "train_metrics": metrics.get("train.json"),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.profile:
+        (args.out / "stage_profiles.txt").write_text(profile_summary(profiles))
     (args.out / "repro_timing.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"dvc repro: {wall:.1f} s (rc {returncode}); no-op dvc repro: {noop_wall:.1f} s")
     for stage, seconds in stages.items():

@@ -1,6 +1,7 @@
 """The speed benchmark's CPU smoke mode: the same script that produces the GPU table runs end to end."""
 
 import json
+import re
 import sys
 
 import pytest
@@ -69,9 +70,9 @@ def test_bench_records_a_failing_run_and_goes_on(tmp_path):
 @pytest.mark.slow
 def test_time_repro_runs_the_whole_pipeline_and_times_every_stage(tmp_path, tiny_base_dir, dataset_dir):
     """The script behind the recorded `dvc repro` timing: a real repro of the tracked project on a local model
-    directory and local data, every stage timed, then a no-op repro."""
+    directory and local data, every stage timed (and profiled), then a no-op repro."""
     command = [sys.executable, "bench/time_repro.py", "--model", str(tiny_base_dir), "--data", str(dataset_dir)]
-    result = run([*command, "--out", str(tmp_path)], cwd=REPO_ROOT, env=tool_env())
+    result = run([*command, "--out", str(tmp_path), "--profile"], cwd=REPO_ROOT, env=tool_env())
     timing = json.loads((tmp_path / "repro_timing.json").read_text())
     assert timing["dvc_repro_returncode"] == 0 and timing["noop_returncode"] == 0
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
@@ -84,3 +85,6 @@ def test_time_repro_runs_the_whole_pipeline_and_times_every_stage(tmp_path, tiny
     assert timing["noop_repro_seconds"] < timing["dvc_repro_seconds"] / 3
     assert timing["train_metrics"]["steps"] > 0
     assert "dvc repro:" in result.stdout and "no-op dvc repro:" in result.stdout
+    # One cProfile summary per stage process, in the order they ran (evaluate runs once per model).
+    profiled = re.findall(r"^== stages\.(\w+)\.\d+: ", (tmp_path / "stage_profiles.txt").read_text(), re.M)
+    assert profiled == [name.split("@")[0] for name in timing["stage_seconds"]]
