@@ -406,7 +406,7 @@ def reproduced_copy(reproduced_project, tmp_path_factory):
 def _dvc_cases(dataset_dir: Path, root: Path) -> dict[str, tuple[dict, str]]:
     sources = _bad_sources(dataset_dir, root)
     return {
-        "compile-without-gpu": ({"train": {"compile": True}}, ["train.compile is true but needs a CUDA GPU"]),
+        "compile-without-gpu": ({"train": {"compile": True}}, "train.compile is true but needs a CUDA GPU"),
         "unknown-key": ({"lora": {"rank": 8}}, "unknown param lora.rank"),
         "out-of-range": ({"train": {"learning_rate": 0}}, "train.learning_rate must be > 0"),
         "wrong-type": ({"data": {"eval_size": "many"}}, "data.eval_size must be int"),
