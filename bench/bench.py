@@ -10,7 +10,7 @@ Runs compared (same rows, same LoRA settings, same effective batch):
 - seed-style: what a typical QLoRA notebook does: every row padded to 512, micro-batch 4 x grad-accum 4,
   fp16, gradient checkpointing, plain HF Trainer.
 - ours: `qlora_gsm8k.training.train_adapter` with params.yaml's train settings.
-- ablations of ours (GPU only), one lever undone each: what each lever is worth.
+- ablations of ours, one lever changed each: what each lever is worth (the torch.compile ones on GPU only).
 - lean: ours with the LEAN preset below (the README's preset for 8-16 GB cards).
 With --profile-steps N, N steps of ours run under torch.profiler (not timed): profile.txt says where the time
 of a step goes (GPU kernel time against wall time, top operators).
