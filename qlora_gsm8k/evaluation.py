@@ -205,26 +205,37 @@ def paired_comparison(base_correct: list[bool], tuned_correct: list[bool]) -> di
 
 
 @torch.no_grad()
-def mean_kl(model_p, model_q, tokenizer, examples: list[Example], batch_size: int) -> dict:
-    """Mean over response tokens of KL(P || Q) between the next-token distributions of two models."""
+def response_logits(model, tokenizer, examples: list[Example], batch_size: int) -> list[torch.Tensor]:
+    """Per batch, the model's next-token logits at the response positions, float32 on the CPU (an exact copy
+    of bf16 or fp32 logits): kept, they let one model be compared after it has changed (merged)."""
     encoded, _ = encode_examples(tokenizer, examples, max_length=None)
-    total_kl, total_tokens = 0.0, 0
     # Dropout (LoRA's included) must be off, or the KL measures noise rather than the merge.
-    model_p.eval()
-    model_q.eval()
+    model.eval()
+    dev = next(model.parameters()).device
+    logits = []
     for batch_rows in _batches(encoded, batch_size):
         batch = pad_batch(batch_rows, tokenizer.pad_token_id)
         mask = batch["labels"][:, 1:] != IGNORE_INDEX
-        logps = []
-        for model in (model_p, model_q):
-            dev = next(model.parameters()).device
-            logits = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).logits[
-                :, :-1
-            ]
-            # Response positions only, in float64: a KL of nearly equal models is a difference of nearly
-            # equal numbers, which float32 turns into noise of either sign (a "negative KL").
-            logps.append(F.log_softmax(logits[mask.to(dev)].cpu().double(), dim=-1))
-        kl = (logps[0].exp() * (logps[0] - logps[1])).sum(-1)
-        total_kl += float(kl.sum())
-        total_tokens += int(mask.sum())
+        out = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).logits
+        logits.append(out[:, :-1][mask.to(dev)].float().cpu())
+    return logits
+
+
+def kl_between(logits_p: list[torch.Tensor], logits_q: list[torch.Tensor]) -> dict:
+    """Mean over response tokens of KL(P || Q), from two models' response_logits on the same examples."""
+    total_kl, total_tokens = 0.0, 0
+    for p, q in zip(logits_p, logits_q, strict=True):
+        # float64: a KL of nearly equal models is a difference of nearly equal numbers, which float32 turns
+        # into noise of either sign (a "negative KL").
+        log_p, log_q = F.log_softmax(p.double(), dim=-1), F.log_softmax(q.double(), dim=-1)
+        total_kl += float((log_p.exp() * (log_p - log_q)).sum())
+        total_tokens += p.shape[0]
     return {"mean_kl": total_kl / max(total_tokens, 1), "tokens": total_tokens}
+
+
+def mean_kl(model_p, model_q, tokenizer, examples: list[Example], batch_size: int) -> dict:
+    """Mean over response tokens of KL(P || Q) between the next-token distributions of two models."""
+    return kl_between(
+        response_logits(model_p, tokenizer, examples, batch_size),
+        response_logits(model_q, tokenizer, examples, batch_size),
+    )

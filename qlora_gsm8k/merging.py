@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .config import Params
 from .errors import UserError
-from .evaluation import generate_answers, mean_kl, score_generations
+from .evaluation import generate_answers, kl_between, response_logits, score_generations
 from .gsm8k import Example
 from .modeling import load_model, load_tokenizer, resolve_dtype
 
@@ -22,28 +22,30 @@ def load_with_adapter(base_dir: Path, adapter_dir: Path, dtype_name: str, quant=
     return PeftModel.from_pretrained(model, str(adapter_dir))
 
 
-def merge_adapter(base_dir: Path, adapter_dir: Path, dtype_name: str):
-    """Base reloaded in 16-bit (fp32 on CPU) + adapter, merged. Merging into 4-bit weights would
-    round the adapter into NF4 and change outputs."""
-    merged = load_with_adapter(base_dir, adapter_dir, dtype_name).merge_and_unload()
-    tokenizer = load_tokenizer(adapter_dir)
-    merged.generation_config.pad_token_id = tokenizer.pad_token_id
-    return merged, tokenizer
+def merge_adapter(base_dir: Path, adapter_dir: Path, examples: list[Example], params: Params):
+    """Merge the adapter into the base reloaded in 16-bit (fp32 on CPU) and check the merge on `examples`.
+    Returns (merged model, tokenizer, merge-check metrics).
 
-
-def merge_check(merged, base_dir: Path, adapter_dir: Path, tokenizer, examples: list[Example], params: Params):
+    Merging into 4-bit weights would round the adapter into NF4 and change outputs. The check compares the
+    merged model with the adapter on the 4-bit base it was trained on, and with the unmerged 16-bit model,
+    whose logits are taken before merging so the 16-bit base is loaded once."""
     cfg = params.eval
+    tokenizer = load_tokenizer(adapter_dir)
+    unmerged = load_with_adapter(base_dir, adapter_dir, cfg.dtype)
+    unmerged_logits = response_logits(unmerged, tokenizer, examples, cfg.batch_size)
+    merged = unmerged.merge_and_unload()
+    merged.generation_config.pad_token_id = tokenizer.pad_token_id
+    merged_logits = response_logits(merged, tokenizer, examples, cfg.batch_size)
+    kl_16bit = kl_between(merged_logits, unmerged_logits)
+    del unmerged_logits
     adapter_4bit = load_with_adapter(base_dir, adapter_dir, cfg.dtype, quant=params.quant)
-    kl_4bit = mean_kl(merged, adapter_4bit, tokenizer, examples, cfg.batch_size)
-    unmerged_16bit = load_with_adapter(base_dir, adapter_dir, cfg.dtype)
-    kl_16bit = mean_kl(merged, unmerged_16bit, tokenizer, examples, cfg.batch_size)
-    del unmerged_16bit
+    kl_4bit = kl_between(merged_logits, response_logits(adapter_4bit, tokenizer, examples, cfg.batch_size))
     questions = [e.question for e in examples]
     accuracies = {}
     for name, model in (("merged", merged), ("adapter_4bit", adapter_4bit)):
         gens = generate_answers(model, tokenizer, questions, cfg.generation_batch_size, cfg.max_new_tokens)
         accuracies[name] = score_generations(examples, gens)[1]["exact_match_flexible"]
-    return {
+    metrics = {
         "kl_merged_vs_4bit_adapter": kl_4bit["mean_kl"],
         "kl_merged_vs_16bit_adapter": kl_16bit["mean_kl"],
         "kl_tokens": kl_4bit["tokens"],
@@ -54,3 +56,4 @@ def merge_check(merged, base_dir: Path, adapter_dir: Path, tokenizer, examples: 
         "kl_threshold": cfg.merge_kl_threshold,
         "precision": str(resolve_dtype(cfg.dtype)).removeprefix("torch."),
     }
+    return merged, tokenizer, metrics

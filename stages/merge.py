@@ -7,7 +7,7 @@ from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.gsm8k import read_jsonl
 from qlora_gsm8k.io import atomic_directory, write_json
-from qlora_gsm8k.merging import MergeCheckError, merge_adapter, merge_check
+from qlora_gsm8k.merging import MergeCheckError, merge_adapter
 
 
 @stage_main
@@ -20,8 +20,7 @@ def main() -> None:
     parser.add_argument("--metrics-out", required=True)
     args, params = parse_stage_args(parser)
     examples = read_jsonl(args.eval)[: params.eval.merge_check_size]
-    merged, tokenizer = merge_adapter(Path(args.base), Path(args.adapter), params.eval.dtype)
-    metrics = merge_check(merged, Path(args.base), Path(args.adapter), tokenizer, examples, params)
+    merged, tokenizer, metrics = merge_adapter(Path(args.base), Path(args.adapter), examples, params)
     write_json(args.metrics_out, {"merge": metrics})
     if metrics["kl_merged_vs_4bit_adapter"] > params.eval.merge_kl_threshold:
         raise MergeCheckError(

@@ -16,7 +16,7 @@ import yaml
 
 from conftest import train_tiny_adapter
 from qlora_gsm8k.config import parse_params
-from qlora_gsm8k.merging import load_with_adapter, merge_adapter, merge_check
+from qlora_gsm8k.merging import load_with_adapter, merge_adapter
 from qlora_gsm8k.modeling import load_model
 from qlora_gsm8k.prompts import encode_examples, pad_batch
 
@@ -71,8 +71,14 @@ def _logits(model, batch):
 
 
 @pytest.fixture(scope="module")
-def merged(tiny_base_dir, adapter_dir):
-    return merge_adapter(tiny_base_dir, adapter_dir, "float32")
+def merge_result(tiny_base_dir, adapter_dir, eval_rows):
+    return merge_adapter(tiny_base_dir, adapter_dir, eval_rows[:2], _params())
+
+
+@pytest.fixture(scope="module")
+def merged(merge_result):
+    model, tokenizer, _ = merge_result
+    return model, tokenizer
 
 
 @pytest.mark.slow
@@ -117,10 +123,9 @@ def test_merged_dir_loads_with_auto_model(merged, batch, tmp_path):
 
 
 @pytest.mark.slow
-def test_merge_check_metrics(merged, tiny_base_dir, adapter_dir, eval_rows):
-    model, tokenizer = merged
+def test_merge_check_metrics(merge_result, eval_rows):
+    _, tokenizer, metrics = merge_result
     params = _params()
-    metrics = merge_check(model, tiny_base_dir, adapter_dir, tokenizer, eval_rows[:2], params)
     assert set(metrics) == {
         "kl_merged_vs_4bit_adapter",
         "kl_merged_vs_16bit_adapter",
