@@ -49,6 +49,7 @@ from qlora_gsm8k.training import EncodedDataset, train_adapter  # noqa: E402
 
 # Liger's fused linear + cross-entropy alone (no RMSNorm, SwiGLU or RoPE kernels).
 LIGER_LOSS_ONLY = {"rope": False, "rms_norm": False, "swiglu": False}
+COMPILE_LIGER_LOSS_ONLY = {"changes": {"train": {"compile": True}}, "liger_kernel_config": LIGER_LOSS_ONLY}
 # Lean preset for small GPUs: the same batch, activations recomputed in the backward pass instead of kept.
 LEAN = {"gradient_checkpointing": True}
 # One lever of ours changed per run: what each lever is worth. Keys: params changes by section, peft's fp32
@@ -64,6 +65,10 @@ ABLATIONS = {
     # the process (as every step after the first few of a long run does).
     "ours with torch.compile": {"changes": {"train": {"compile": True}}},
     "ours with torch.compile (compiled code cached)": {"changes": {"train": {"compile": True}}},
+    # Liger's RMSNorm kernel cannot be traced and splits every compiled layer in three; Inductor fuses RMSNorm
+    # itself. Liger's loss runs outside the compiled layers.
+    "ours with torch.compile, Liger loss kernel only": COMPILE_LIGER_LOSS_ONLY,
+    "ours with torch.compile, Liger loss kernel only (compiled code cached)": COMPILE_LIGER_LOSS_ONLY,
 }
 # Ablations that need CUDA (torch.compile of 4-bit layers is refused on CPU).
 GPU_ONLY = ("torch.compile",)
@@ -257,11 +262,13 @@ def _profiler_class():
     return StepProfiler
 
 
-def profile_ours(params: Params, base_dir: Path, examples: list[Example], work: Path, steps: int) -> str:
+def profile_ours(
+    params: Params, base_dir: Path, examples: list[Example], work: Path, steps: int, name: str = "ours", **lever
+) -> str:
     """Where a training step's time goes: GPU kernel time against wall time, then the top operators."""
     profiler = _profiler_class()(first=3, count=steps)
     rows = examples[: params.train.micro_batch_size * params.train.grad_accum * (steps + 5)]
-    train_ours(params, base_dir, rows, work, "profile", extra_callbacks=[profiler])
+    train_ours(params, base_dir, rows, work, "profile", extra_callbacks=[profiler], **lever)
     prof = profiler.done
     if prof is None:
         return "profile: too few steps ran\n"
@@ -270,7 +277,7 @@ def profile_ours(params: Params, base_dir: Path, examples: list[Example], work: 
     kernel_us = kernel_us or sum(getattr(e, "self_device_time_total", 0) for e in events)
     launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
     head = (
-        f"{steps} optimizer steps of ours under torch.profiler: wall {profiler.wall * 1e3:.0f} ms "
+        f"{steps} optimizer steps of {name} under torch.profiler: wall {profiler.wall * 1e3:.0f} ms "
         f"({profiler.wall * 1e3 / steps:.1f} ms/step), GPU kernel time {kernel_us / 1e3:.0f} ms "
         f"({kernel_us / 1e3 / steps:.1f} ms/step, {kernel_us / 1e6 / profiler.wall:.0%} of wall), "
         f"{launches / steps:.0f} kernel launches/step\n\n"
@@ -422,7 +429,13 @@ def main() -> None:
     )
     parser.add_argument("--no-eval", action="store_true", help="skip the perplexity and generation timings")
     parser.add_argument("--no-train", action="store_true", help="only the perplexity and generation timings")
-    parser.add_argument("--profile-steps", type=int, default=0, help="profile this many steps of ours")
+    parser.add_argument(
+        "--profile-steps",
+        type=int,
+        default=0,
+        help="profile this many steps of ours (and of ours compiled, once its compiled code is cached)",
+    )
+    parser.add_argument("--skip", default="", help="comma-separated: seed-style, lean (runs to leave out)")
     parser.add_argument(
         "--save-base", type=Path, help="only build the TinyLlama-arch base into this directory and exit"
     )
@@ -488,7 +501,14 @@ def main() -> None:
     def save() -> None:
         (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
-    if not args.no_train:
+    skip = {w.strip() for w in args.skip.split(",") if w.strip()}
+    if skip - {"seed-style", "lean"}:
+        parser.error(f"--skip takes seed-style and lean, not {', '.join(sorted(skip - {'seed-style', 'lean'}))}")
+    if on_gpu:
+        # Several compiled variants of the same decoder layer in one process: more than dynamo's default of 8
+        # cached graphs per function, and it would silently run the rest eagerly.
+        torch._dynamo.config.recompile_limit = 64
+    if not args.no_train and "seed-style" not in skip:
         record("seed-style", lambda: train_seed_style(params, base_dir, train_rows, work))
     # Liger patches transformers' Llama code for the whole process, and never undoes a patch: runs without
     # Liger go first, then those leaving some of its kernels out, then the rest.
@@ -523,7 +543,13 @@ def main() -> None:
     for name, lever in ablations.items():
         if liger_use(lever) == 2:
             record(name, ablation(name, lever))
-    if not args.no_train:
+    cached_compile = runs.get("ours with torch.compile (compiled code cached)", {})
+    if args.profile_steps and cached_compile and "error" not in cached_compile:
+        lever = ABLATIONS["ours with torch.compile (compiled code cached)"]
+        profile = profile_ours(params, base_dir, train_rows, work, args.profile_steps, "ours compiled", **lever)
+        (args.out / "profile_compile.txt").write_text(profile)
+        print(profile.split("\n\n")[0])
+    if not args.no_train and "lean" not in skip:
         record("lean", ablation("lean", {"changes": {"train": LEAN}}))
 
     rendered = table(results)

@@ -222,15 +222,18 @@ def response_logits(model, tokenizer, examples: list[Example], batch_size: int) 
 
 
 def kl_between(logits_p: list[torch.Tensor], logits_q: list[torch.Tensor]) -> dict:
-    """Mean over response tokens of KL(P || Q), from two models' response_logits on the same examples."""
-    total_kl, total_tokens = 0.0, 0
+    """Mean over response tokens of KL(P || Q), from two models' response_logits on the same examples, and
+    how often the two pick the same next token (what greedy decoding follows, without decoding)."""
+    total_kl, total_tokens, same_top1 = 0.0, 0, 0
     for p, q in zip(logits_p, logits_q, strict=True):
+        same_top1 += int((p.argmax(dim=-1) == q.argmax(dim=-1)).sum())
         # float64: a KL of nearly equal models is a difference of nearly equal numbers, which float32 turns
         # into noise of either sign (a "negative KL").
         log_p, log_q = F.log_softmax(p.double(), dim=-1), F.log_softmax(q.double(), dim=-1)
         total_kl += float((log_p.exp() * (log_p - log_q)).sum())
         total_tokens += p.shape[0]
-    return {"mean_kl": total_kl / max(total_tokens, 1), "tokens": total_tokens}
+    tokens = max(total_tokens, 1)
+    return {"mean_kl": total_kl / tokens, "top1_agreement": same_top1 / tokens, "tokens": total_tokens}
 
 
 def mean_kl(model_p, model_q, tokenizer, examples: list[Example], batch_size: int) -> dict:

@@ -327,12 +327,12 @@ def test_bootstrap_ci_degenerate_cases():
 
 def test_mean_kl_zero_for_same_model_and_hand_checked(model, tiny_tokenizer, rows):
     same = mean_kl(model, model, tiny_tokenizer, rows[:3], batch_size=2)
-    assert same["mean_kl"] == 0.0
+    assert same["mean_kl"] == 0.0 and same["top1_agreement"] == 1.0
     assert same["tokens"] == sum(encode_example(tiny_tokenizer, e, None).response_tokens for e in rows[:3])
 
     other, _ = build_tiny_llama(seed=7)
     got = mean_kl(model, other, tiny_tokenizer, rows[:3], batch_size=2)
-    total, count = 0.0, 0
+    total, count, same_top1 = 0.0, 0, 0
     with torch.no_grad():
         for example in rows[:3]:
             enc = encode_example(tiny_tokenizer, example, None)
@@ -342,10 +342,12 @@ def test_mean_kl_zero_for_same_model_and_hand_checked(model, tiny_tokenizer, row
             for t in range(1, len(enc.labels)):
                 if enc.labels[t] != IGNORE_INDEX:
                     total += float((p[t - 1].exp() * (p[t - 1] - q[t - 1])).sum())
+                    same_top1 += int(p[t - 1].argmax() == q[t - 1].argmax())
                     count += 1
     assert got["tokens"] == count
     assert got["mean_kl"] == pytest.approx(total / count, rel=1e-6)
     assert got["mean_kl"] > 1e-3
+    assert got["top1_agreement"] == same_top1 / count < 1.0
 
 
 def test_mean_kl_turns_dropout_off(model, tiny_tokenizer, rows):
