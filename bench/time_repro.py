@@ -4,7 +4,7 @@ Copies this project's tracked files into a fresh git repository, points `model.n
 local directories (nothing is downloaded), runs `dvc repro` from scratch and then a no-op `dvc repro`, and
 timestamps every line DVC prints, so the slow stages show. Every other param stays as in params.yaml.
 
-    python bench/time_repro.py --model DIR --data DIR --out OUT [--profile]
+    python bench/time_repro.py --model DIR --data DIR --out OUT [--profile] [--tree DIR]
 (the model directory: e.g. the TinyLlama-arch base that `bench/bench.py --save-base DIR` builds).
 With --profile every stage process runs under cProfile (slower) and OUT/stage_profiles.txt shows, per stage,
 where its time went: imports, model loads, saves, the work itself."""
@@ -30,7 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 _STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
 
 
-def copy_project(dest: Path) -> None:
+def copy_project(dest: Path, tree: Path | None = None) -> None:
+    """This checkout's tracked files, or every file of `tree` (e.g. an earlier commit's `git archive`)."""
+    if tree is not None:
+        shutil.copytree(tree, dest, dirs_exist_ok=True)
+        return
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     for name in tracked.splitlines():
         source = ROOT / name
@@ -85,11 +89,16 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="directory with train.jsonl and test.jsonl")
     parser.add_argument("--out", type=Path, required=True, help="directory for repro_timing.json")
     parser.add_argument("--profile", action="store_true", help="run each stage under cProfile")
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        help="time this project tree instead of the checkout, e.g. a baseline: git archive REV | tar -x -C DIR",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
     work = Path(tempfile.mkdtemp(prefix="qlora-repro-"))
-    copy_project(work)
+    copy_project(work, args.tree)
     params_file = work / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
     params["model"]["name"] = str(args.model.resolve())

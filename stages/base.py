@@ -1,5 +1,6 @@
 """Materialise the base model (tiny-llama, a local directory or a pinned Hub revision) on disk,
-so every later stage and the saved adapter read the same weights offline."""
+so every later stage and the saved adapter read the same weights offline. Weight files are copied, not
+loaded: no GPU, no model load."""
 
 from pathlib import Path
 
@@ -7,7 +8,7 @@ from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.config import ModelConfig
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.io import atomic_directory, file_sha256, write_json
-from qlora_gsm8k.modeling import load_source_model, model_kind, save_base
+from qlora_gsm8k.modeling import materialise_base, model_kind
 
 
 def provenance(cfg: ModelConfig) -> dict:
@@ -28,11 +29,9 @@ def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--out", required=True)
     args, params = parse_stage_args(parser)
-    model, tokenizer = load_source_model(params.model)
     with atomic_directory(args.out) as tmp:
-        save_base(model, tokenizer, tmp)
+        n_params = materialise_base(params.model, tmp)
         write_json(tmp / "provenance.json", provenance(params.model))
-    n_params = sum(p.numel() for p in model.parameters())
     print(f"saved base model {params.model.name} ({n_params / 1e6:.1f}M params) to {args.out}")
 
 

@@ -136,7 +136,7 @@ class _Payload:
 
 
 def test_pickled_weights_are_refused_and_never_unpickled(tmp_path, tiny_base_dir):
-    from qlora_gsm8k.modeling import check_model_source, load_source_model
+    from qlora_gsm8k.modeling import check_model_source, materialise_base
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()
@@ -145,7 +145,8 @@ def test_pickled_weights_are_refused_and_never_unpickled(tmp_path, tiny_base_dir
     marker = tmp_path / "unpickled"
     (model_dir / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
     cfg = ModelConfig(name=str(model_dir))
-    for load in (load_source_model, lambda c: check_model_source(c, ["q_proj"])):
+    (tmp_path / "out").mkdir()
+    for load in (lambda c: materialise_base(c, tmp_path / "out"), lambda c: check_model_source(c, ["q_proj"])):
         with pytest.raises(UserError, match=r"has no \*\.safetensors weights; only safetensors are loaded"):
             load(cfg)
     assert not marker.exists()

@@ -1,0 +1,44 @@
+"""The base stage: a local model directory (or Hub snapshot) materialised by copying its weight files."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from qlora_gsm8k.config import ModelConfig
+from qlora_gsm8k.modeling import build_tiny_llama, load_model, load_tokenizer, materialise_base
+
+
+def _source_with_pad_equal_to_eos(tmp_path):
+    """A saved model as many chat models ship: pad token = EOS, weights in two safetensors shards."""
+    model, tokenizer = build_tiny_llama(seed=3)
+    tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.eos_token_id
+    src = tmp_path / "source"
+    model.save_pretrained(src, safe_serialization=True, max_shard_size="100KB")
+    tokenizer.save_pretrained(src)
+    return model, src
+
+
+def test_local_base_is_copied_byte_for_byte_with_a_distinct_pad(tmp_path):
+    model, src = _source_with_pad_equal_to_eos(tmp_path)
+    shards = sorted(src.glob("*.safetensors"))
+    assert len(shards) > 1 and (src / "model.safetensors.index.json").is_file()
+    out = tmp_path / "base"
+    out.mkdir()
+
+    n_params = materialise_base(ModelConfig(name=str(src)), out)
+
+    assert n_params == sum(p.numel() for p in model.parameters())
+    for shard in shards:
+        assert (out / shard.name).read_bytes() == shard.read_bytes()
+    assert (out / "model.safetensors.index.json").read_bytes() == (src / "model.safetensors.index.json").read_bytes()
+    tokenizer = load_tokenizer(out)
+    assert tokenizer.pad_token_id == tokenizer.unk_token_id != tokenizer.eos_token_id
+    for name in ("config.json", "generation_config.json"):
+        assert json.loads((out / name).read_text())["pad_token_id"] == tokenizer.pad_token_id, name
+    reloaded = load_model(out, dtype=torch.float32)
+    ids = torch.tensor([[1, 5, 9, 12, 2]])
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
