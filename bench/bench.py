@@ -13,7 +13,9 @@ Runs compared (same rows, same LoRA settings, same effective batch):
 - ablations of ours, one lever changed each: what each lever is worth (the torch.compile ones on GPU only).
 - lean: ours with the LEAN preset below (the README's preset for 8-16 GB cards).
 With --profile-steps N, N steps of ours run under torch.profiler (not timed): profile.txt says where the time
-of a step goes (GPU kernel time against wall time, top operators).
+of a step goes (GPU kernel time against wall time, top operators); profile_compile.txt the same for ours with
+torch.compile once its compiled code is cached, when that ablation ran. --skip seed-style,lean leaves those
+runs out (ratios are then to ours).
 """
 
 from __future__ import annotations
@@ -55,6 +57,12 @@ from qlora_gsm8k.training import (  # noqa: E402
 # Liger's fused linear + cross-entropy alone (no RMSNorm, SwiGLU or RoPE kernels): what train.compile keeps.
 LIGER_LOSS_ONLY = LIGER_KERNELS_COMPILED
 COMPILE = {"train": {"compile": True}}
+COMPILE_CUDA_GRAPHS = {
+    "changes": COMPILE,
+    "liger_kernel_config": LIGER_KERNELS_COMPILED,
+    "compile_mode": "reduce-overhead",
+    "pad_to_multiple_of": 64,
+}
 # Lean preset for small GPUs: the same batch, activations recomputed in the backward pass instead of kept.
 LEAN = {"gradient_checkpointing": True}
 # One lever of ours changed per run: what each lever is worth. Keys: params changes by section, peft's fp32
@@ -74,6 +82,10 @@ ABLATIONS = {
         "changes": COMPILE,
         "liger_kernel_config": LIGER_KERNELS_COMPILED,
     },
+    # CUDA graphs replay a step's kernels without their CPU cost, but record one graph per sequence length:
+    # batches padded to a few lengths (multiples of 64) so the graphs are reused.
+    "ours with torch.compile and CUDA graphs, lengths padded to ×64": COMPILE_CUDA_GRAPHS,
+    "ours with torch.compile and CUDA graphs, lengths padded to ×64 (compiled code cached)": COMPILE_CUDA_GRAPHS,
     "ours with torch.compile and all Liger kernels": {"changes": COMPILE, "liger_kernel_config": LIGER_KERNELS},
     "ours with torch.compile and all Liger kernels (compiled code cached)": {
         "changes": COMPILE,
@@ -207,6 +219,8 @@ def train_ours(
     liger_kernel_config: dict | None = None,
     cudnn_attention: bool = False,
     extra_callbacks: list | None = None,
+    compile_mode: str | None = None,
+    pad_to_multiple_of: int = 1,
 ) -> dict:
     import qlora_gsm8k.modeling as modeling
 
@@ -228,6 +242,8 @@ def train_ours(
             callbacks=[recorder := LossRecorder(), *(extra_callbacks or [])],
             upcast_fp32=upcast_fp32,
             liger_kernel_config=liger_kernel_config,
+            compile_mode=compile_mode,
+            pad_to_multiple_of=pad_to_multiple_of,
         )
     finally:
         modeling.CUDNN_ATTENTION = False

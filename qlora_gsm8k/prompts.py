@@ -86,11 +86,13 @@ def encode_examples(tokenizer, examples: list[Example], max_length: int | None) 
     return [enc for enc, _ in kept], [e for _, e in kept]
 
 
-def pad_batch(rows: list[Encoded], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
-    """Pad to the longest row; padding gets attention 0 and label -100."""
+def pad_batch(
+    rows: list[Encoded], pad_token_id: int, padding_side: str = "right", multiple: int = 1
+) -> dict[str, torch.Tensor]:
+    """Pad to the longest row, rounded up to a multiple of `multiple`; padding gets attention 0 and label -100."""
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    width = max(len(r.input_ids) for r in rows)
+    width = -(-max(len(r.input_ids) for r in rows) // multiple) * multiple
     input_ids, labels, attention = [], [], []
     for row in rows:
         pad = width - len(row.input_ids)
@@ -114,9 +116,10 @@ def pad_batch(rows: list[Encoded], pad_token_id: int, padding_side: str = "right
 class Collator:
     """Trainer data collator over `Encoded` rows (right padding for training)."""
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 1):
         self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         encoded = [Encoded(input_ids=r["input_ids"], labels=r["labels"]) for r in rows]
-        return pad_batch(encoded, self.pad_token_id)
+        return pad_batch(encoded, self.pad_token_id, multiple=self.pad_to_multiple_of)

@@ -164,7 +164,7 @@ def compile_enabled(cfg: TrainConfig) -> bool:
     return cfg.compile
 
 
-def compile_decoder_layers(model) -> int:
+def compile_decoder_layers(model, mode: str | None = None) -> int:
     """torch.compile every decoder layer in place; returns how many. The layers share one compiled graph
     (same code, parameters passed as inputs), so a 22-layer model compiles once per input shape, not 22 times;
     the embedding, lm_head and loss stay eager (Liger's fused loss runs there)."""
@@ -172,7 +172,7 @@ def compile_decoder_layers(model) -> int:
     if not layers:
         raise UserError("train.compile: no decoder layers found in this model")
     for layer in layers[0]:
-        layer.compile()
+        layer.compile(mode=mode)
     return len(layers[0])
 
 
@@ -305,6 +305,8 @@ def train_adapter(
     keep_checkpoints: bool = False,
     upcast_fp32: bool | None = None,
     liger_kernel_config: dict | None = None,
+    compile_mode: str | None = None,
+    pad_to_multiple_of: int = 1,
 ) -> dict:
     """Train a LoRA adapter on the 4-bit base; save it (with tokenizer) to adapter_dir. Returns metrics.
 
@@ -320,7 +322,7 @@ def train_adapter(
     encoded, kept_examples = encode_examples(tokenizer, train_examples, cfg.max_length)
     if not encoded:
         raise UserError(f"every training row is longer than train.max_length={cfg.max_length}; raise it")
-    collator = Collator(tokenizer.pad_token_id)
+    collator = Collator(tokenizer.pad_token_id, pad_to_multiple_of)
     preflight(tokenizer, kept_examples, encoded, collator)
 
     use_liger = liger_kernel_enabled(cfg)
@@ -333,7 +335,7 @@ def train_adapter(
     set_seed(cfg.seed)
     model = get_peft_model(model, lora_config(params.lora))
     if use_compile:
-        compile_decoder_layers(model)
+        compile_decoder_layers(model, compile_mode)
 
     run_dir = checkpoint_root / run_fingerprint(params, encoded, base_dir)
     resume_from = last_checkpoint(run_dir)

@@ -145,6 +145,14 @@ def test_pad_batch_left():
     assert batch["labels"].tolist() == [[-100, -100, 11, 12, 2], [-100, -100, -100, 20, 2]]
 
 
+def test_pad_batch_rounds_the_width_up_to_a_multiple():
+    batch = pad_batch(_rows(), pad_token_id=3, multiple=4)
+    assert batch["input_ids"].tolist() == [[1, 10, 11, 12, 2, 3, 3, 3], [1, 20, 2, 3, 3, 3, 3, 3]]
+    assert batch["labels"][0].tolist() == [-100, -100, 11, 12, 2, -100, -100, -100]
+    assert batch["attention_mask"].sum().item() == 8
+    assert pad_batch(_rows(), pad_token_id=3, multiple=5)["input_ids"].shape == (2, 5)  # already a multiple
+
+
 def test_pad_batch_rejects_unknown_side():
     with pytest.raises(ValueError, match="padding_side"):
         pad_batch(_rows(), pad_token_id=3, padding_side="middle")
