@@ -28,6 +28,14 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def pin_to_one_gpu() -> None:
+    """Keep a single-process run on one GPU of a host with several: otherwise the HF Trainer wraps the model
+    in DataParallel over all visible GPUs, which on 2 H200s doubled the batch per step and the logged losses
+    (bench/RESULTS.md run 12). Effective before CUDA is initialised, as at the start of the train stage."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = "0" if visible is None else visible.split(",")[0].strip()
+
+
 def launch_command(num_processes: int, module: str, argv: list[str]) -> list[str]:
     """`accelerate launch` (DDP over NCCL) on a machine with enough GPUs; without GPUs (CI, laptops) the
     same torchrun launcher accelerate uses underneath, with gloo, so the multi-process path stays tested."""

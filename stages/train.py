@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
-from qlora_gsm8k.distributed import is_main_process, launched, relaunch
+from qlora_gsm8k.distributed import is_main_process, launched, pin_to_one_gpu, relaunch
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.gsm8k import read_jsonl
 from qlora_gsm8k.io import atomic_directory, write_json
@@ -30,6 +30,8 @@ def main() -> None:
     if params.train.num_gpus > 1 and not launched():
         relaunch(params.train.num_gpus, "stages.train", sys.argv[1:])
         return
+    if params.train.num_gpus == 1:
+        pin_to_one_gpu()
     examples = read_jsonl(args.train)
     checkpoints = Path(args.checkpoints)
     main_process = is_main_process()

@@ -88,3 +88,34 @@ def test_time_repro_runs_the_whole_pipeline_and_times_every_stage(tmp_path, tiny
     # One cProfile summary per stage process, in the order they ran (evaluate runs once per model).
     profiled = re.findall(r"^== stages\.(\w+)\.\d+: ", (tmp_path / "stage_profiles.txt").read_text(), re.M)
     assert profiled == [name.split("@")[0] for name in timing["stage_seconds"]]
+
+
+@pytest.mark.slow
+def test_multi_gpu_bench_smoke_runs_one_process_against_two(tmp_path):
+    """bench/multi_gpu.py through the real train stage: 1 process, 2 at the same effective batch, 2 at the
+    same micro-batch (gloo on CPU)."""
+    command = [
+        sys.executable,
+        "bench/multi_gpu.py",
+        "--cpu-smoke",
+        "--rows",
+        "64",
+        "--gpus",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
+    run(command, cwd=REPO_ROOT, env=tool_env(), timeout=600)
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert list(runs) == ["1 GPU", "2 GPUs, same effective batch", "2 GPUs, same micro-batch"]
+    for name, row in runs.items():
+        assert "error" not in row, (name, row.get("error"))
+        assert row["tokens_per_second"] > 0 and row["real_tokens"] == runs["1 GPU"]["real_tokens"], name
+    one, same_batch, same_micro = runs.values()
+    assert (one["num_processes"], one["effective_batch"]) == (1, 16)
+    assert (same_batch["num_processes"], same_batch["micro_batch"], same_batch["effective_batch"]) == (2, 8, 16)
+    assert (same_micro["num_processes"], same_micro["effective_batch"]) == (2, 32)
+    # Same effective batch, same rows: the same steps and the same losses, within float noise.
+    assert len(one["losses"]) == len(same_batch["losses"]) == 4 == 2 * len(same_micro["losses"])
+    assert same_batch["losses"] == pytest.approx(one["losses"], abs=1e-3)
+    assert (tmp_path / "table.md").read_text().startswith("| run |")

@@ -4,13 +4,14 @@ tiny model. The GPU path is the same code launched by `accelerate launch --multi
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
 import yaml
 
 from conftest import REPO_ROOT, run, tool_env, train_stage_outputs
-from qlora_gsm8k.distributed import launch_command
+from qlora_gsm8k.distributed import launch_command, pin_to_one_gpu
 from qlora_gsm8k.gsm8k import read_jsonl, write_jsonl
 
 
@@ -35,6 +36,17 @@ def _train(tmp_path, base_dir, train_file, name: str, **train) -> tuple[object, 
 def _losses(live_dir) -> list[float]:
     rows = (live_dir / "plots/metrics/loss.tsv").read_text().splitlines()[1:]
     return [float(row.split("\t")[1]) for row in rows]
+
+
+@pytest.mark.parametrize(("visible", "pinned"), [(None, "0"), ("2,3", "2"), (" 1 , 0", "1"), ("", "")])
+def test_single_process_training_is_pinned_to_one_gpu(monkeypatch, visible, pinned):
+    """One process on a several-GPU host would otherwise run the Trainer's DataParallel over all of them."""
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    pin_to_one_gpu()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == pinned
 
 
 def test_launcher_on_a_machine_without_gpus_is_torchrun():
