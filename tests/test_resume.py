@@ -179,7 +179,22 @@ def _kill_after_first_checkpoint(proc: subprocess.Popen, project: Path, sig: int
         time.sleep(0.02)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    return proc.wait(timeout=120)
+    returncode = proc.wait(timeout=120)
+    # DVC dies of SIGTERM at once while the stage process is still unwinding (removing its temporary
+    # output): wait for every process of the session to be gone before looking at the workspace.
+    deadline = time.monotonic() + 120
+    while _session_alive(proc.pid):
+        assert time.monotonic() < deadline, "the stage process outlived dvc by 120 s"
+        time.sleep(0.05)
+    return returncode
+
+
+def _session_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _adapter(path: Path) -> dict:
