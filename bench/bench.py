@@ -413,7 +413,9 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_losses(results: dict, path: Path) -> bool:
+def plot_losses(runs: dict[str, dict], path: Path, names: tuple[str, ...] | None = None) -> bool:
+    """Loss curves of `runs` (name -> row with "losses"), those in `names` only when given; x is the share of
+    the epoch, so runs at different effective batches (other step counts) line up."""
     try:
         import matplotlib
 
@@ -422,13 +424,11 @@ def plot_losses(results: dict, path: Path) -> bool:
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, row in results["train"].items():
-        # The ablations follow ours closely; the curves that must agree are the slow path's and ours.
-        if "error" in row or name not in ("seed-style", "ours", "lean"):
+    for name, row in runs.items():
+        if "error" in row or not row.get("losses") or (names and name not in names):
             continue
-        # Optimizer steps differ only if the effective batch did; x is the share of the epoch.
         losses = row["losses"]
-        ax.plot([(i + 1) / len(losses) for i in range(len(losses))], losses, label=name)
+        ax.plot([(i + 1) / len(losses) for i in range(len(losses))], losses, label=name, linewidth=1)
     ax.set_xlabel("fraction of training")
     ax.set_ylabel("training loss")
     ax.legend()
@@ -585,7 +585,8 @@ def main() -> None:
 
     rendered = table(results)
     (args.out / "table.md").write_text(rendered + "\n")
-    plot_losses(results, args.out / "losses.png")
+    # The ablations follow ours closely; the curves that must agree are the slow path's and ours.
+    plot_losses(results["train"], args.out / "losses.png", names=("seed-style", "ours", "lean"))
     print(rendered)
 
 

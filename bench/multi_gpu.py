@@ -74,25 +74,6 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, r in results["runs"].items():
-        if r.get("losses"):
-            ax.plot(range(1, len(r["losses"]) + 1), r["losses"], label=name, linewidth=1)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="directory with train.jsonl (GSM8K layout)")
@@ -154,7 +135,10 @@ def main() -> None:
         print(f"{name}: {result.get('tokens_per_second') or result.get('error', '')[-300:]}", flush=True)
     rendered = table(results)
     (args.out / "table.md").write_text(rendered + "\n")
-    plot(results, args.out / "losses.png")
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench import plot_losses  # bench/bench.py
+
+    plot_losses(results["runs"], args.out / "losses.png")
     print(rendered)
 
 
