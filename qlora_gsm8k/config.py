@@ -161,6 +161,17 @@ class Params:
                 validate()
 
 
+def is_local_model(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).expanduser().is_dir()
+
+
+def model_kind(name: str) -> str:
+    """'tiny' (built in code), 'local' (a directory) or 'hub' (a Hugging Face Hub id)."""
+    if name == TINY_LLAMA:
+        return "tiny"
+    return "local" if is_local_model(name) else "hub"
+
+
 def _positive(name: str, value: int | float) -> None:
     if not value > 0:
         raise UserError(f"{name} must be > 0, got {value}")

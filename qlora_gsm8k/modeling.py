@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .config import TINY_LLAMA, LoraConfig, ModelConfig, QuantConfig
+from .config import TINY_LLAMA, LoraConfig, ModelConfig, QuantConfig, model_kind
 from .errors import UserError
 from .hub import local_cache_only
 
@@ -132,17 +132,6 @@ def _hub_error(cfg: ModelConfig, err: Exception) -> UserError:
         f"a local model directory (config.json, tokenizer and *.safetensors weights) or to '{TINY_LLAMA}', "
         f"e.g. dvc exp run -S model.name=/path/to/model"
     )
-
-
-def is_local_model(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or Path(name).expanduser().is_dir()
-
-
-def model_kind(name: str) -> str:
-    """'tiny' (built in code), 'local' (a directory) or 'hub' (a Hugging Face Hub id)."""
-    if name == TINY_LLAMA:
-        return "tiny"
-    return "local" if is_local_model(name) else "hub"
 
 
 def hf_token() -> str | None:

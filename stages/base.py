@@ -5,10 +5,10 @@ loaded: no GPU, no model load."""
 from pathlib import Path
 
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
-from qlora_gsm8k.config import ModelConfig
+from qlora_gsm8k.config import ModelConfig, model_kind
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.io import atomic_directory, file_sha256, write_json
-from qlora_gsm8k.modeling import materialise_base, model_kind
+from qlora_gsm8k.modeling import materialise_base
 
 
 def provenance(cfg: ModelConfig) -> dict:

@@ -10,23 +10,26 @@ Checked here, in this order (cheapest first):
 - the model: found (local directory with safetensors weights, tiny-llama, or the Hub / its cache when
   offline) and lora.target_modules exist in it (from its config alone, no weights loaded);
 - what train.liger_kernel=true needs (a CUDA GPU, liger-kernel installed), and train.compile=true (a CUDA GPU).
+
+The model check imports torch and transformers (8-9 s on the H200, most of this stage). It is skipped when what
+it checked is unchanged since its last pass (--model-checked records that), so an experiment on other params
+(`-S lora.r=8`) re-runs this stage in well under a second.
 """
 
 import re
+from pathlib import Path
 
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
-from qlora_gsm8k.config import Params
+from qlora_gsm8k.config import Params, model_kind
 from qlora_gsm8k.errors import UserError, stage_main
 from qlora_gsm8k.gsm8k import is_local_source, load_splits, take_slice
-from qlora_gsm8k.io import atomic_write_text
+from qlora_gsm8k.io import atomic_write_text, file_sha256, read_json, write_json
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def check_revisions(params: Params) -> None:
     """A branch or tag can move; a commit hash cannot. Hub sources must be pinned to one."""
-    from qlora_gsm8k.modeling import model_kind  # imports torch: after the params checks
-
     pinned = []
     if model_kind(params.model.name) == "hub":
         pinned.append(("model.revision", params.model.revision, params.model.name))
@@ -47,19 +50,57 @@ def check_data(params: Params) -> None:
     take_slice(test, cfg.eval_offset, cfg.eval_size, cfg.shuffle_seed, "eval")
 
 
+def model_check_key(params: Params) -> dict:
+    """Everything the model check depends on: a Hub revision is a commit (immutable); a local directory is
+    identified by its config.json, which names the architecture and so the module names."""
+    cfg = params.model
+    key = {"name": cfg.name, "kind": model_kind(cfg.name), "target_modules": list(params.lora.target_modules)}
+    if key["kind"] == "hub":
+        key["revision"] = cfg.revision
+    elif key["kind"] == "local":
+        config = Path(cfg.name).expanduser() / "config.json"
+        key["config_sha256"] = file_sha256(config) if config.is_file() else None
+    return key
+
+
+def check_model(params: Params, record: Path | None) -> None:
+    """The model is found and has lora.target_modules; skipped when `record` says it passed with the same key."""
+    key = model_check_key(params)
+    if record is not None and _recorded(record) == key:
+        return
+    from qlora_gsm8k.modeling import check_model_source  # torch + transformers: only when needed
+
+    check_model_source(params.model, params.lora.target_modules)
+    if record is not None:
+        write_json(record, key)
+
+
+def _recorded(record: Path) -> dict | None:
+    try:
+        return read_json(record)
+    except (OSError, ValueError):  # missing or unreadable: check again
+        return None
+
+
+def check_accelerators(params: Params) -> None:
+    """What train.liger_kernel=true and train.compile=true need; auto and false need nothing (no torch import)."""
+    if params.train.liger_kernel is True or params.train.compile:
+        from qlora_gsm8k.training import compile_enabled, liger_kernel_enabled
+
+        liger_kernel_enabled(params.train)
+        compile_enabled(params.train)
+
+
 @stage_main
 def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--out", required=True, help="marker written when params are valid")
+    parser.add_argument("--model-checked", help="what the last passing model check checked (JSON), to skip it")
     args, params = parse_stage_args(parser)
     check_revisions(params)
     check_data(params)
-    from qlora_gsm8k.modeling import check_model_source
-    from qlora_gsm8k.training import compile_enabled, liger_kernel_enabled
-
-    check_model_source(params.model, params.lora.target_modules)
-    liger_kernel_enabled(params.train)
-    compile_enabled(params.train)
+    check_model(params, Path(args.model_checked) if args.model_checked else None)
+    check_accelerators(params)
     # Constant content: downstream stages depend on it for ordering, and must not re-run because of it.
     atomic_write_text(args.out, "params.yaml is valid\n")
 

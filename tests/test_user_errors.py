@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import sys
 import time
@@ -355,6 +356,45 @@ def test_lora_target_modules_missing_from_the_model_fail_in_one_line(tmp_path, d
     # config only (check_params re-runs on any params change, so a new lora.target_modules is checked too).
     result, seconds = _check_params(params_file, tmp_path)
     assert_one_line_error(result, seconds, *expected)
+
+
+def _imports_torch(result) -> bool:
+    """From a run with PYTHONPROFILEIMPORTTIME=1: whether the process imported torch."""
+    return any(re.search(r"\|\s+torch$", line.rstrip()) for line in result.stderr.splitlines())
+
+
+@pytest.mark.slow
+def test_model_check_runs_again_only_when_what_it_checked_changed(tmp_path, dataset_dir, tiny_base_dir):
+    """check_params re-runs on every params change; its model check (torch + transformers, most of its time)
+    only when the model or lora.target_modules changed since it last passed."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_base_dir, model_dir)
+    record = tmp_path / "model_checked.json"
+    env = {**tool_env(), "PYTHONPROFILEIMPORTTIME": "1"}
+
+    def check(overrides: dict):
+        params_file = _write_params(tmp_path, dataset_dir, {"model": {"name": str(model_dir)}, **overrides})
+        args = ("--params", str(params_file), "--out", str(tmp_path / "ok"), "--model-checked", str(record))
+        return _stage("check_params", *args, env=env)[0]
+
+    first = check({})
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert _imports_torch(first)
+    assert json.loads(record.read_text())["target_modules"] == ["q_proj", "v_proj"]
+    other_param = check({"lora": {"r": 4}})
+    assert other_param.returncode == 0 and not _imports_torch(other_param), other_param.stderr[-3000:]
+    bad_modules = check({"lora": {"r": 4, "target_modules": ["q_proj", "query_key_value"]}})
+    assert bad_modules.returncode == USER_ERROR_EXIT_CODE
+    assert "lora.target_modules ['query_key_value'] not found in the model" in bad_modules.stderr
+    assert json.loads(record.read_text())["target_modules"] == ["q_proj", "v_proj"], "a failed check records nothing"
+    # The local model's config.json changed: checked again.
+    (model_dir / "config.json").write_text((model_dir / "config.json").read_text() + "\n")
+    changed_model = check({})
+    assert changed_model.returncode == 0 and _imports_torch(changed_model)
+    record.write_text("{")  # unreadable record: checked again, then rewritten
+    unreadable = check({})
+    assert unreadable.returncode == 0 and _imports_torch(unreadable)
+    assert json.loads(record.read_text())["name"] == str(model_dir)
 
 
 def test_valid_params_pass_check_params(tmp_path, dataset_dir):
