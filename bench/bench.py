@@ -21,9 +21,11 @@ runs out (ratios are then to ours).
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -57,12 +59,12 @@ from qlora_gsm8k.training import (  # noqa: E402
 # Liger's fused linear + cross-entropy alone (no RMSNorm, SwiGLU or RoPE kernels): what train.compile keeps.
 LIGER_LOSS_ONLY = LIGER_KERNELS_COMPILED
 COMPILE = {"train": {"compile": True}}
-COMPILE_CUDA_GRAPHS = {
-    "changes": COMPILE,
-    "liger_kernel_config": LIGER_KERNELS_COMPILED,
-    "compile_mode": "reduce-overhead",
-    "pad_to_multiple_of": 64,
-}
+# Liger's kernels named as train_adapter picks them, so the runs are ordered by what they patch.
+COMPILED = {"changes": COMPILE, "liger_kernel_config": LIGER_KERNELS_COMPILED}
+COMPILED_ALL_LIGER = {"changes": COMPILE, "liger_kernel_config": LIGER_KERNELS}
+# CUDA graphs replay a step's kernels without their CPU cost, but record one graph per sequence length:
+# batches padded to a few lengths (multiples of 64) so the graphs are reused.
+COMPILED_CUDA_GRAPHS = {**COMPILED, "compile_mode": "reduce-overhead", "pad_to_multiple_of": 64}
 # Lean preset for small GPUs: the same batch, activations recomputed in the backward pass instead of kept.
 LEAN = {"gradient_checkpointing": True}
 # One lever of ours changed per run: what each lever is worth. Keys: params changes by section, peft's fp32
@@ -75,22 +77,13 @@ ABLATIONS = {
     "ours, unsorted batches": {"changes": {"train": {"group_by_length": False}}},
     "ours with double quantization": {"changes": {"quant": {"double_quant": True}}},
     # Compiled twice in a row: the first run pays for compiling, the second finds the compiled code cached in
-    # the process (as every step after the first few of a long run does). Liger's kernels named as
-    # train_adapter picks them, so the runs are ordered by what they patch.
-    "ours with torch.compile": {"changes": COMPILE, "liger_kernel_config": LIGER_KERNELS_COMPILED},
-    "ours with torch.compile (compiled code cached)": {
-        "changes": COMPILE,
-        "liger_kernel_config": LIGER_KERNELS_COMPILED,
-    },
-    # CUDA graphs replay a step's kernels without their CPU cost, but record one graph per sequence length:
-    # batches padded to a few lengths (multiples of 64) so the graphs are reused.
-    "ours with torch.compile and CUDA graphs, lengths padded to ×64": COMPILE_CUDA_GRAPHS,
-    "ours with torch.compile and CUDA graphs, lengths padded to ×64 (compiled code cached)": COMPILE_CUDA_GRAPHS,
-    "ours with torch.compile and all Liger kernels": {"changes": COMPILE, "liger_kernel_config": LIGER_KERNELS},
-    "ours with torch.compile and all Liger kernels (compiled code cached)": {
-        "changes": COMPILE,
-        "liger_kernel_config": LIGER_KERNELS,
-    },
+    # the process (as every step after the first few of a long run does).
+    "ours with torch.compile": COMPILED,
+    "ours with torch.compile (compiled code cached)": COMPILED,
+    "ours with torch.compile and CUDA graphs, lengths padded to ×64": COMPILED_CUDA_GRAPHS,
+    "ours with torch.compile and CUDA graphs, lengths padded to ×64 (compiled code cached)": COMPILED_CUDA_GRAPHS,
+    "ours with torch.compile and all Liger kernels": COMPILED_ALL_LIGER,
+    "ours with torch.compile and all Liger kernels (compiled code cached)": COMPILED_ALL_LIGER,
 }
 # Ablations that need CUDA (torch.compile of 4-bit layers is refused on CPU).
 GPU_ONLY = ("torch.compile",)
@@ -484,6 +477,7 @@ def main() -> None:
 
     params = load_params(args.params)
     work = Path(tempfile.mkdtemp(prefix="qlora-bench-"))
+    atexit.register(shutil.rmtree, work, True)  # a TinyLlama-arch base is 2.2 GB: never left behind
     if args.smoke:
         args.rows, args.eval_rows, args.max_new_tokens = min(args.rows, 48), min(args.eval_rows, 16), 16
         data_dir = write_dataset_dir(work / "data", train_rows=args.rows, test_rows=args.eval_rows)
@@ -563,8 +557,7 @@ def main() -> None:
     # Profiled once its compiled code is cached, and before runs with all of Liger's kernels patch them in.
     cached_compile = runs.get("ours with torch.compile (compiled code cached)", {})
     if args.profile_steps and cached_compile and "error" not in cached_compile:
-        lever = ABLATIONS["ours with torch.compile (compiled code cached)"]
-        profile = profile_ours(params, base_dir, train_rows, work, args.profile_steps, "ours compiled", **lever)
+        profile = profile_ours(params, base_dir, train_rows, work, args.profile_steps, "ours compiled", **COMPILED)
         (args.out / "profile_compile.txt").write_text(profile)
         print(profile.split("\n\n")[0])
     if not args.no_eval:

@@ -13,9 +13,11 @@ Writes results.json (tokens/s, seconds, losses from DVCLive), table.md and losse
 from __future__ import annotations
 
 import argparse
+import atexit
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,6 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="qlora-multi-gpu-"))
+    atexit.register(shutil.rmtree, work, True)  # a TinyLlama-arch base is 2.2 GB: never left behind
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     if args.cpu_smoke:
         sys.path.insert(0, str(ROOT))
@@ -118,9 +121,16 @@ def main() -> None:
         f"{args.gpus} GPUs, same effective batch": {"num_gpus": args.gpus, "micro_batch_size": micro // args.gpus},
         f"{args.gpus} GPUs, same micro-batch": {"num_gpus": args.gpus},
     }
+    sys.path.insert(0, str(ROOT / "bench"))
+    import torch
+
+    from bench import _versions, plot_losses  # bench/bench.py
+
     results = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or ["cpu"],
+        "versions": _versions(),
         "rows": len(lines),
         "runs": {},
     }
@@ -135,9 +145,6 @@ def main() -> None:
         print(f"{name}: {result.get('tokens_per_second') or result.get('error', '')[-300:]}", flush=True)
     rendered = table(results)
     (args.out / "table.md").write_text(rendered + "\n")
-    sys.path.insert(0, str(ROOT / "bench"))
-    from bench import plot_losses  # bench/bench.py
-
     plot_losses(results["runs"], args.out / "losses.png")
     print(rendered)
 

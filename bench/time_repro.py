@@ -12,6 +12,7 @@ where its time went: imports, model loads, saves, the work itself."""
 from __future__ import annotations
 
 import argparse
+import atexit
 import io
 import json
 import os
@@ -98,6 +99,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     work = Path(tempfile.mkdtemp(prefix="qlora-repro-"))
+    atexit.register(shutil.rmtree, work, True)  # a TinyLlama-arch base is 2.2 GB: never left behind
     copy_project(work, args.tree)
     params_file = work / "params.yaml"
     params = yaml.safe_load(params_file.read_text())

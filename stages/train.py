@@ -30,7 +30,7 @@ def main() -> None:
     if params.train.num_gpus > 1 and not launched():
         relaunch(params.train.num_gpus, "stages.train", sys.argv[1:])
         return
-    if params.train.num_gpus == 1:
+    if not launched():  # one process: one GPU (under a launcher, each rank has its own already)
         pin_to_one_gpu()
     examples = read_jsonl(args.train)
     checkpoints = Path(args.checkpoints)

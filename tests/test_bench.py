@@ -13,7 +13,11 @@ from conftest import REPO_ROOT, run, tool_env
 
 @pytest.mark.slow
 def test_bench_smoke_runs_all_configurations(tmp_path):
-    result = run([sys.executable, "bench/bench.py", "--smoke", "--out", str(tmp_path)], cwd=REPO_ROOT, env=tool_env())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {**tool_env(), "TMPDIR": str(scratch)}
+    result = run([sys.executable, "bench/bench.py", "--smoke", "--out", str(tmp_path)], cwd=REPO_ROOT, env=env)
+    assert not list(scratch.glob("qlora-*")), "the bench's work directory is removed"
     results = json.loads((tmp_path / "results.json").read_text())
     runs = results["train"]
     assert {"seed-style", "ours", "lean"} <= set(runs)
@@ -72,7 +76,11 @@ def test_time_repro_runs_the_whole_pipeline_and_times_every_stage(tmp_path, tiny
     """The script behind the recorded `dvc repro` timing: a real repro of the tracked project on a local model
     directory and local data, every stage timed (and profiled), then a no-op repro."""
     command = [sys.executable, "bench/time_repro.py", "--model", str(tiny_base_dir), "--data", str(dataset_dir)]
-    result = run([*command, "--out", str(tmp_path), "--profile"], cwd=REPO_ROOT, env=tool_env())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {**tool_env(), "TMPDIR": str(scratch)}
+    result = run([*command, "--out", str(tmp_path), "--profile"], cwd=REPO_ROOT, env=env)
+    assert not list(scratch.glob("qlora-*")), "the project copy is removed"
     timing = json.loads((tmp_path / "repro_timing.json").read_text())
     assert timing["dvc_repro_returncode"] == 0 and timing["noop_returncode"] == 0
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
@@ -105,7 +113,10 @@ def test_multi_gpu_bench_smoke_runs_one_process_against_two(tmp_path):
         "--out",
         str(tmp_path),
     ]
-    run(command, cwd=REPO_ROOT, env=tool_env(), timeout=600)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    run(command, cwd=REPO_ROOT, env={**tool_env(), "TMPDIR": str(scratch)}, timeout=600)
+    assert not list(scratch.glob("qlora-*")), "the bench's work directory is removed"
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert list(runs) == ["1 GPU", "2 GPUs, same effective batch", "2 GPUs, same micro-batch"]
     for name, row in runs.items():
