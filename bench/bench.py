@@ -56,8 +56,6 @@ from qlora_gsm8k.training import (  # noqa: E402
     train_adapter,
 )
 
-# Liger's fused linear + cross-entropy alone (no RMSNorm, SwiGLU or RoPE kernels): what train.compile keeps.
-LIGER_LOSS_ONLY = LIGER_KERNELS_COMPILED
 COMPILE = {"train": {"compile": True}}
 # Liger's kernels named as train_adapter picks them, so the runs are ordered by what they patch.
 COMPILED = {"changes": COMPILE, "liger_kernel_config": LIGER_KERNELS_COMPILED}
@@ -71,7 +69,8 @@ LEAN = {"gradient_checkpointing": True}
 # upcast, Liger kernels left out, cuDNN attention.
 ABLATIONS = {
     "ours without Liger kernels": {"changes": {"train": {"liger_kernel": False}}},
-    "ours, Liger loss kernel only": {"liger_kernel_config": LIGER_LOSS_ONLY},
+    # Liger's fused linear + cross-entropy alone (no RMSNorm, SwiGLU or RoPE kernels): what train.compile keeps.
+    "ours, Liger loss kernel only": {"liger_kernel_config": LIGER_KERNELS_COMPILED},
     "ours with cuDNN attention": {"cudnn_attention": True},
     "ours with peft's fp32 upcast": {"upcast_fp32": True},
     "ours, unsorted batches": {"changes": {"train": {"group_by_length": False}}},

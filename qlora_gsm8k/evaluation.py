@@ -234,11 +234,3 @@ def kl_between(logits_p: list[torch.Tensor], logits_q: list[torch.Tensor]) -> di
         total_tokens += p.shape[0]
     tokens = max(total_tokens, 1)
     return {"mean_kl": total_kl / tokens, "top1_agreement": same_top1 / tokens, "tokens": total_tokens}
-
-
-def mean_kl(model_p, model_q, tokenizer, examples: list[Example], batch_size: int) -> dict:
-    """Mean over response tokens of KL(P || Q) between the next-token distributions of two models."""
-    return kl_between(
-        response_logits(model_p, tokenizer, examples, batch_size),
-        response_logits(model_q, tokenizer, examples, batch_size),
-    )

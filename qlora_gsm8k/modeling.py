@@ -237,8 +237,7 @@ def materialise_base(cfg: ModelConfig, out_dir: Path) -> int:
         generation = GenerationConfig.from_pretrained(str(src))
     except OSError:  # no generation_config.json: what from_pretrained of the model would derive
         generation = GenerationConfig.from_model_config(config)
-    ensure_distinct_pad(tokenizer)
-    config.pad_token_id = generation.pad_token_id = tokenizer.pad_token_id
+    set_distinct_pad(tokenizer, config, generation)
     weights = sorted(src.glob("*.safetensors"))
     for f in [*weights, *src.glob("*.safetensors.index.json")]:
         shutil.copyfile(f, out_dir / f.name)
@@ -258,10 +257,15 @@ def safetensors_parameter_count(files: list[Path]) -> int:
     return total
 
 
-def save_base(model, tokenizer, out_dir: str | Path) -> None:
+def set_distinct_pad(tokenizer, *configs) -> None:
+    """Give the tokenizer a pad token distinct from EOS, and the model and generation configs its id."""
     ensure_distinct_pad(tokenizer)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.config.pad_token_id = tokenizer.pad_token_id
+    for config in configs:
+        config.pad_token_id = tokenizer.pad_token_id
+
+
+def save_base(model, tokenizer, out_dir: str | Path) -> None:
+    set_distinct_pad(tokenizer, model.config, model.generation_config)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
 

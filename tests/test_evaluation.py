@@ -13,10 +13,11 @@ from qlora_gsm8k.evaluation import (
     Generation,
     bootstrap_diff_ci,
     generate_answers,
+    kl_between,
     mcnemar_exact_p,
-    mean_kl,
     paired_comparison,
     repetition_rate,
+    response_logits,
     response_nll,
     score_generations,
 )
@@ -323,6 +324,14 @@ def test_bootstrap_ci_degenerate_cases():
 
 
 # --- KL used by the merge check --------------------------------------------------------------------
+
+
+def mean_kl(model_p, model_q, tokenizer, examples, batch_size: int) -> dict:
+    """KL(P || Q) of two models on the same examples, as the merge check composes it."""
+    return kl_between(
+        response_logits(model_p, tokenizer, examples, batch_size),
+        response_logits(model_q, tokenizer, examples, batch_size),
+    )
 
 
 def test_mean_kl_zero_for_same_model_and_hand_checked(model, tiny_tokenizer, rows):
