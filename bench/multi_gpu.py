@@ -92,8 +92,9 @@ def main() -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     if args.cpu_smoke:
         sys.path.insert(0, str(ROOT))
-        from qlora_gsm8k.modeling import build_tiny_llama, save_base
+        from qlora_gsm8k.modeling import save_base
         from qlora_gsm8k.synthetic import write_dataset_dir
+        from qlora_gsm8k.tiny import build_tiny_llama
 
         args.data = write_dataset_dir(work / "data", train_rows=args.rows, test_rows=4)
         model, tokenizer = build_tiny_llama()

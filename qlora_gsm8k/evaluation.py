@@ -3,6 +3,7 @@ generation health and the merge check. Every number is defined once here."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -12,7 +13,16 @@ from tqdm.auto import tqdm
 
 from .errors import UserError
 from .gsm8k import Example, extract_flexible, extract_strict, is_correct
-from .prompts import IGNORE_INDEX, encode_examples, encode_prompt, pad_batch
+from .prompts import (
+    IGNORE_INDEX,
+    STOP_STRINGS,
+    ChatFormat,
+    cut_at_stop_strings,
+    encode_examples,
+    encode_prompt,
+    pad_batch,
+    stop_token_ids,
+)
 
 
 def _batches(items: list, size: int) -> list[list]:
@@ -77,42 +87,79 @@ class Generation:
     hit_token_cap: bool
 
 
+def greedy_config(tokenizer, stop_ids: list[int], max_new_tokens: int):
+    """Greedy decoding pinned in full: nothing left for a model's generation_config.json to fill in (a
+    repetition_penalty there would change every answer), every EOS id of the model, lm-eval's stop strings."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=0,
+        eos_token_id=stop_ids,
+        pad_token_id=tokenizer.pad_token_id,
+        stop_strings=list(STOP_STRINGS),
+    )
+
+
+@contextlib.contextmanager
+def _without_model_generation_defaults(model):
+    """generate() fills every setting left unset from the model's own generation config; set it aside."""
+    from transformers import GenerationConfig
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = inner.generation_config
+    inner.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        inner.generation_config = saved
+
+
+def _decode_answer(tokenizer, tokens: list[int], stop_ids: set[int]) -> Generation:
+    """Cut at the first stop id, then at the first stop string, as lm-eval does before it scores."""
+    end = next((i for i, t in enumerate(tokens) if t in stop_ids), None)
+    kept = tokens if end is None else tokens[:end]
+    text, stopped_by_string = cut_at_stop_strings(tokenizer.decode(kept, skip_special_tokens=True))
+    stopped = end is not None or stopped_by_string
+    return Generation(text=text.strip(), new_tokens=len(kept) + int(end is not None), hit_token_cap=not stopped)
+
+
 @torch.no_grad()
 def generate_answers(model, tokenizer, questions: list[str], batch_size: int, max_new_tokens: int):
-    """Greedy, batched, left-padded generation that stops at EOS; returns results in input order."""
-    prompts = [encode_prompt(tokenizer, q) for q in questions]
+    """Greedy, batched, left-padded generation that stops at every EOS id of the model and at lm-eval's stop
+    strings; returns results in input order. Progress counts questions."""
+    chat = ChatFormat.of(tokenizer)
+    prompts = [encode_prompt(tokenizer, q, chat) for q in questions]
     order = _by_length(prompts, len)
     results: list[Generation | None] = [None] * len(prompts)
     model.eval()
     dev = next(model.parameters()).device
-    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    for batch_idx in tqdm(_batches(order, batch_size), desc="generate", unit="batch"):
-        width = max(len(prompts[i]) for i in batch_idx)
-        ids = torch.full((len(batch_idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, i in enumerate(batch_idx):
-            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-            mask[row, width - len(prompts[i]) :] = 1
-        out = model.generate(
-            input_ids=ids.to(dev),
-            attention_mask=mask.to(dev),
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=pad_id,
-            eos_token_id=eos_id,
-        )
-        new = out[:, width:].cpu()
-        for row, i in enumerate(batch_idx):
-            tokens = new[row].tolist()
-            stopped = eos_id in tokens
-            # After EOS generate pads with pad_id; a row that never stopped ran to max_new_tokens and
-            # holds no padding (any pad id in it was generated and counts).
-            tokens = tokens[: tokens.index(eos_id)] if stopped else tokens
-            results[i] = Generation(
-                text=tokenizer.decode(tokens, skip_special_tokens=True).strip(),
-                new_tokens=len(tokens) + int(stopped),
-                hit_token_cap=not stopped,
+    stop_ids = stop_token_ids(tokenizer, model.generation_config)
+    config = greedy_config(tokenizer, stop_ids, max_new_tokens)
+    pad_id = tokenizer.pad_token_id
+    with (
+        tqdm(total=len(prompts), desc="generate", unit="question") as progress,
+        _without_model_generation_defaults(model),
+    ):
+        for batch_idx in _batches(order, batch_size):
+            width = max(len(prompts[i]) for i in batch_idx)
+            ids = torch.full((len(batch_idx), width), pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, i in enumerate(batch_idx):
+                ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+                mask[row, width - len(prompts[i]) :] = 1
+            out = model.generate(
+                input_ids=ids.to(dev), attention_mask=mask.to(dev), generation_config=config, tokenizer=tokenizer
             )
+            new = out[:, width:].cpu()
+            for row, i in enumerate(batch_idx):
+                # A row that stopped is padded after its stop; one that never stopped holds no padding.
+                results[i] = _decode_answer(tokenizer, new[row].tolist(), set(stop_ids))
+            progress.update(len(batch_idx))
     return results
 
 

@@ -33,8 +33,9 @@ from .modeling import (
     load_tokenizer,
     lora_config,
     resolve_dtype,
+    saved_generation_config,
 )
-from .prompts import IGNORE_INDEX, Collator, Encoded, encode_examples, encode_prompt
+from .prompts import IGNORE_INDEX, ChatFormat, Collator, Encoded, encode_examples, encode_prompt, stop_token_ids
 
 
 class PreflightError(UserError):
@@ -52,36 +53,58 @@ class EncodedDataset(torch.utils.data.Dataset):
         return {"input_ids": self.rows[i].input_ids, "labels": self.rows[i].labels}
 
 
-def preflight(tokenizer, examples: list[Example], encoded: list[Encoded], collator: Collator) -> None:
-    """Decode one collated batch and check what silently ruins SFT runs; name the broken check."""
+def preflight(
+    tokenizer, examples: list[Example], encoded: list[Encoded], collator: Collator, stop_ids: list[int]
+) -> None:
+    """Check every row's token ids (cheap) for what silently ruins SFT runs; name the broken check and the row.
+    `stop_ids` are the ids generation stops at (prompts.stop_token_ids)."""
 
     def fail(check: str, detail: str) -> None:
         raise PreflightError(f"pre-flight check '{check}' failed: {detail}")
 
-    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        fail("pad != eos", f"pad id {tokenizer.pad_token_id}, eos id {tokenizer.eos_token_id}")
-    batch = collator([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded[:4]])
-    for row, (example, enc) in enumerate(zip(examples, encoded[:4], strict=False)):
-        prompt = encode_prompt(tokenizer, example.question)
-        n_prompt = len(prompt)
-        labels = batch["labels"][row]
-        ids = batch["input_ids"][row]
-        mask = batch["attention_mask"][row].bool()
-        if tokenizer.bos_token_id is not None:
-            n_bos = int((ids[mask] == tokenizer.bos_token_id).sum())
-            if n_bos != 1 or int(ids[mask][0]) != tokenizer.bos_token_id:
-                fail("one BOS", f"row {row}: {n_bos} BOS tokens, first token {int(ids[mask][0])}")
-        if enc.input_ids[:n_prompt] != prompt:
-            fail("same template", "the training prompt differs from the prompt used at evaluation")
-        if (labels[:n_prompt] != IGNORE_INDEX).any():
-            fail("prompt masked", f"row {row}: prompt tokens carry labels: {tokenizer.decode(ids[:n_prompt])!r}")
-        if (labels[~mask] != IGNORE_INDEX).any():
-            fail("padding masked", f"row {row}: padding tokens carry labels")
-        supervised = labels[labels != IGNORE_INDEX]
-        if supervised.numel() == 0:
-            fail("response supervised", f"row {row}: no response token has a label")
-        if int(supervised[-1]) != tokenizer.eos_token_id:
-            fail("EOS supervised", f"row {row}: the last supervised token is {tokenizer.decode(supervised[-1:])!r}")
+    def token(i: int) -> str:
+        return repr(tokenizer.convert_ids_to_tokens(int(i)))
+
+    chat = ChatFormat.of(tokenizer)
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id in stop_ids:
+        fail("pad is no stop token", f"pad id {tokenizer.pad_token_id}, stop ids {stop_ids}")
+    if chat.end_of_turn_id not in stop_ids:
+        fail(
+            "EOS supervised",
+            f"the chat template closes answers with {token(chat.end_of_turn_id)} (id {chat.end_of_turn_id}) but "
+            f"generation stops only at ids {stop_ids}: the model would learn to stop with a token that never stops it",
+        )
+    bos = tokenizer.bos_token_id
+    for example, enc in zip(examples, encoded, strict=True):
+        where = f"row {example.index}"
+        prompt = encode_prompt(tokenizer, example.question, chat)  # what generation feeds the model
+        n = len(prompt)
+        ids, labels = enc.input_ids, enc.labels
+        if len(ids) != len(labels):
+            fail("labels aligned", f"{where}: {len(ids)} ids, {len(labels)} labels")
+        if bos is not None and ids[:2] == [bos, bos]:
+            fail("no BOS on top of the template", f"{where}: starts with two {token(bos)}")
+        if chat.bos_id is not None and ids[:1] != [chat.bos_id]:
+            fail("BOS first", f"{where}: the tokenizer starts texts with {token(bos)}, this row with {token(ids[0])}")
+        if ids[:n] != prompt:
+            fail("same prompt", f"{where}: the training prompt is not the prompt generation uses")
+        if any(label != IGNORE_INDEX for label in labels[:n]):
+            fail("prompt masked", f"{where}: prompt tokens carry labels: {tokenizer.decode(ids[:n])!r}")
+        response = labels[n:]
+        if all(label == IGNORE_INDEX for label in response):
+            fail("response supervised", f"{where}: no response token has a label")
+        eot = chat.end_of_turn_id
+        if ids[-1] != eot or ids[n:].count(eot) != 1 or response[-1] != eot:
+            fail(
+                "EOS supervised",
+                f"{where}: the response must end with one supervised {token(eot)}; its last token is "
+                f"{token(ids[-1])}, labelled {response[-1]}",
+            )
+        if response != ids[n:]:
+            fail("response supervised", f"{where}: response labels differ from the response ids")
+    batch = collator([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded[:8]])
+    if (batch["labels"][batch["attention_mask"] == 0] != IGNORE_INDEX).any():
+        fail("padding masked", "padding tokens carry labels")
 
 
 COMPLETE_MARKER = "checkpoint_complete.json"
@@ -323,7 +346,7 @@ def train_adapter(
     if not encoded:
         raise UserError(f"every training row is longer than train.max_length={cfg.max_length}; raise it")
     collator = Collator(tokenizer.pad_token_id, pad_to_multiple_of)
-    preflight(tokenizer, kept_examples, encoded, collator)
+    preflight(tokenizer, kept_examples, encoded, collator, stop_token_ids(tokenizer, saved_generation_config(base_dir)))
 
     use_liger = liger_kernel_enabled(cfg)
     use_compile = compile_enabled(cfg)

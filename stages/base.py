@@ -1,6 +1,6 @@
-"""Materialise the base model (tiny-llama, a local directory or a pinned Hub revision) on disk,
-so every later stage and the saved adapter read the same weights offline. Weight files are copied, not
-loaded: no GPU, no model load."""
+"""Materialise the base model (tiny-llama, a local directory, a local GGUF file or a pinned Hub revision) on
+disk, so every later stage and the saved adapter read the same weights offline. Safetensors weight files are
+copied, not loaded; a GGUF file is dequantized once into a plain model directory."""
 
 from pathlib import Path
 
@@ -8,7 +8,7 @@ from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.config import ModelConfig, model_kind
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.io import atomic_directory, file_sha256, write_json
-from qlora_gsm8k.modeling import materialise_base
+from qlora_gsm8k.sources import materialise_base
 
 
 def provenance(cfg: ModelConfig) -> dict:
@@ -19,6 +19,10 @@ def provenance(cfg: ModelConfig) -> dict:
         root = Path(cfg.name).expanduser()
         record["revision"] = None
         record["sha256"] = {f.name: file_sha256(f) for f in sorted(root.iterdir()) if f.is_file()}
+    elif record["kind"] == "gguf":
+        path = Path(cfg.name).expanduser()
+        record["revision"] = None
+        record["sha256"] = {path.name: file_sha256(path)}
     elif record["kind"] == "tiny":
         record["revision"] = None  # built in code from a fixed seed
     return record

@@ -60,6 +60,9 @@ def model_check_key(params: Params) -> dict:
     elif key["kind"] == "local":
         config = Path(cfg.name).expanduser() / "config.json"
         key["config_sha256"] = file_sha256(config) if config.is_file() else None
+    elif key["kind"] == "gguf":
+        path = Path(cfg.name).expanduser()
+        key["gguf_sha256"] = file_sha256(path) if path.is_file() else None
     return key
 
 
@@ -68,7 +71,7 @@ def check_model(params: Params, record: Path | None) -> None:
     key = model_check_key(params)
     if record is not None and _recorded(record) == key:
         return
-    from qlora_gsm8k.modeling import check_model_source  # torch + transformers: only when needed
+    from qlora_gsm8k.sources import check_model_source  # torch + transformers: only when needed
 
     check_model_source(params.model, params.lora.target_modules)
     if record is not None:

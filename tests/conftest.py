@@ -19,8 +19,9 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 from qlora_gsm8k.gsm8k import read_jsonl  # noqa: E402
-from qlora_gsm8k.modeling import build_tiny_llama, save_base  # noqa: E402
+from qlora_gsm8k.modeling import save_base  # noqa: E402
 from qlora_gsm8k.synthetic import write_dataset_dir  # noqa: E402
+from qlora_gsm8k.tiny import build_tiny_llama  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # What a user's clone holds that the pipeline needs; tests/ and run outputs stay behind.

@@ -7,7 +7,9 @@ import json
 import torch
 
 from qlora_gsm8k.config import ModelConfig
-from qlora_gsm8k.modeling import build_tiny_llama, load_model, load_tokenizer, materialise_base
+from qlora_gsm8k.modeling import load_model, load_tokenizer
+from qlora_gsm8k.sources import materialise_base
+from qlora_gsm8k.tiny import build_tiny_llama
 
 
 def _source_with_pad_equal_to_eos(tmp_path):

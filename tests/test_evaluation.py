@@ -22,8 +22,9 @@ from qlora_gsm8k.evaluation import (
     score_generations,
 )
 from qlora_gsm8k.gsm8k import Example
-from qlora_gsm8k.modeling import build_tiny_llama, load_model, load_tokenizer
+from qlora_gsm8k.modeling import load_model, load_tokenizer
 from qlora_gsm8k.prompts import IGNORE_INDEX, encode_example, encode_prompt
+from qlora_gsm8k.tiny import build_tiny_llama
 
 
 @pytest.fixture(scope="module")

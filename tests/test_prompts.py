@@ -6,20 +6,25 @@ import pytest
 import torch
 
 from qlora_gsm8k.gsm8k import clean_answer
-from qlora_gsm8k.modeling import TINY_CHAT_TEMPLATE, load_tokenizer
+from qlora_gsm8k.modeling import load_tokenizer
 from qlora_gsm8k.prompts import (
     IGNORE_INDEX,
+    ChatFormat,
     Collator,
     Encoded,
+    TemplateError,
+    conversation_text,
+    cut_at_stop_strings,
     encode_example,
     encode_examples,
     encode_prompt,
-    encode_response,
+    end_of_turn_id,
     pad_batch,
     prompt_text,
-    response_text,
+    stop_token_ids,
     user_message,
 )
+from qlora_gsm8k.tiny import TINY_CHAT_TEMPLATE
 
 
 @pytest.fixture
@@ -72,7 +77,6 @@ def test_one_bos_labels_and_one_supervised_eos(tiny_tokenizer, rows):
         # the response is the cleaned reference answer (no calculator annotations), nothing after EOS
         assert tok.decode(response, skip_special_tokens=True) == clean_answer(example.answer)
         assert "<<" not in tok.decode(response)
-        assert encode_response(tok, example) == response
 
 
 def test_template_with_bos_in_text_still_gives_one_bos(tiny_base_dir, rows):
@@ -90,9 +94,9 @@ def test_template_without_eos_after_answer_gets_one_appended(tiny_base_dir, rows
     template = TINY_CHAT_TEMPLATE.replace("+ eos_token ", "")
     assert template != TINY_CHAT_TEMPLATE
     tok.chat_template = template
-    assert tok.eos_token not in response_text(tok, rows[0])
-    response = encode_response(tok, rows[0])
-    assert response.count(tok.eos_token_id) == 1 and response[-1] == tok.eos_token_id
+    assert tok.eos_token not in conversation_text(tok, rows[0])
+    enc = encode_example(tok, rows[0], None)
+    assert enc.input_ids.count(tok.eos_token_id) == 1 and enc.labels[-1] == tok.eos_token_id
 
 
 def test_template_that_does_not_prefix_the_prompt_is_refused(tiny_base_dir, rows):
@@ -101,8 +105,104 @@ def test_template_that_does_not_prefix_the_prompt_is_refused(tiny_base_dir, rows
         "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + eos_token }}{% endfor %}"
         "{% if add_generation_prompt %}{{ 'ASSISTANT NOW:' }}{% endif %}"
     )
-    with pytest.raises(ValueError, match="prefix"):
-        response_text(tok, rows[0])
+    with pytest.raises(TemplateError, match="not a prefix") as err:
+        encode_example(tok, rows[0], None)
+    assert "ASSISTANT NOW" in str(err.value)  # names the template
+
+
+# ChatML as SmolLM2 and Qwen2.5 ship it, with the tiny tokenizer's <s>/</s> in the roles of <|im_start|>/<|im_end|>:
+# the BOS token opens every turn, and a default system prompt comes first.
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ bos_token + 'system\nYou are a helpful assistant.' + eos_token + '\n' }}{% endif %}"
+    "{{ bos_token + message['role'] + '\n' + message['content'] + eos_token + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ bos_token + 'assistant\n' }}{% endif %}"
+)
+
+
+@pytest.fixture
+def chatml_tokenizer(tiny_base_dir):
+    tok = load_tokenizer(tiny_base_dir)
+    tok.chat_template = CHATML
+    return tok
+
+
+def test_chatml_keeps_the_bos_of_every_turn_and_adds_none(chatml_tokenizer, rows):
+    tok = chatml_tokenizer
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    for example in rows:
+        enc = encode_example(tok, example, None)
+        prompt = encode_prompt(tok, example.question)
+        # system, user, assistant: three turns, each opened by the template's own BOS, none added on top
+        assert enc.input_ids.count(bos) == 3 and enc.input_ids[:2] != [bos, bos]
+        assert enc.input_ids[: len(prompt)] == prompt
+        # the answer ends with the turn's end token; the newline the template puts after it is not supervised
+        assert enc.labels[-1] == eos and enc.input_ids[-1] == eos
+        assert enc.input_ids == tok(conversation_text(tok, example), add_special_tokens=False)["input_ids"][:-1]
+        assert tok.decode(enc.input_ids[len(prompt) :], skip_special_tokens=True) == clean_answer(example.answer)
+
+
+def _metaspace_tokenizer():
+    """A SentencePiece-style tokenizer (Metaspace, as Llama-2's): a text alone starts with '▁', the same words
+    inside a conversation, after a special token and a newline, do not."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from qlora_gsm8k.synthetic import make_rows
+    from qlora_gsm8k.tiny import TINY_SPECIAL_TOKENS
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    corpus = [r["question"] + "\n" + r["answer"] for r in make_rows(500, seed=7)]
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=TINY_SPECIAL_TOKENS))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
+
+
+def test_response_is_tokenized_as_part_of_the_conversation(rows):
+    tok = _metaspace_tokenizer()
+    example = rows[0]
+    prompt = encode_prompt(tok, example.question)
+    answer = clean_answer(example.answer)
+    alone = tok(answer, add_special_tokens=False)["input_ids"]
+    enc = encode_example(tok, example, None)
+    response = enc.input_ids[len(prompt) : -1]
+    # tokenized apart (the old encoding), the answer's first token differs from the conversation's
+    assert alone[0] != response[0] and tok.convert_ids_to_tokens(alone[0]).startswith("▁")
+    whole = tok(conversation_text(tok, example), add_special_tokens=False)["input_ids"]
+    assert enc.input_ids == whole[: len(enc.input_ids)]
+    assert enc.labels[len(prompt) :] == enc.input_ids[len(prompt) :]
+
+
+def test_end_of_turn_and_stop_ids(chatml_tokenizer, tiny_tokenizer):
+    from transformers import GenerationConfig
+
+    assert end_of_turn_id(chatml_tokenizer) == chatml_tokenizer.eos_token_id
+    # a generation config with a list of EOS ids keeps them all, plus the template's end of turn
+    config = GenerationConfig(eos_token_id=[7, tiny_tokenizer.eos_token_id])
+    assert stop_token_ids(tiny_tokenizer, config) == [7, tiny_tokenizer.eos_token_id]
+    assert stop_token_ids(tiny_tokenizer, None) == [tiny_tokenizer.eos_token_id]
+    assert ChatFormat.of(tiny_tokenizer).bos_id == tiny_tokenizer.bos_token_id  # Zephyr style: BOS from the tokenizer
+    assert ChatFormat.of(chatml_tokenizer).bos_id == chatml_tokenizer.bos_token_id
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("so 5\n#### 5\n\nQuestion: next one? Answer: 7", ("so 5\n#### 5\n\n", True)),
+        ("#### 5</s>more", ("#### 5", True)),
+        ("#### 5<|im_end|>\n#### 9", ("#### 5", True)),
+        ("#### 5 and on", ("#### 5 and on", False)),
+    ],
+)
+def test_cut_at_stop_strings(text, expected):
+    assert cut_at_stop_strings(text) == expected
 
 
 def test_rows_longer_than_max_length_are_dropped_not_truncated(tiny_tokenizer, rows):

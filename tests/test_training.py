@@ -14,7 +14,7 @@ from conftest import train_tiny_adapter
 from qlora_gsm8k.config import LoraConfig, QuantConfig, parse_params
 from qlora_gsm8k.errors import UserError
 from qlora_gsm8k.modeling import load_model, load_tokenizer, lora_config
-from qlora_gsm8k.prompts import IGNORE_INDEX, Collator, Encoded, encode_examples
+from qlora_gsm8k.prompts import IGNORE_INDEX, Collator, Encoded, encode_examples, stop_token_ids
 from qlora_gsm8k.training import PreflightError, preflight
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -127,9 +127,13 @@ def _good(tokenizer, rows):
     return encoded, kept
 
 
+def _preflight(tokenizer, kept, encoded, collator=None):
+    preflight(tokenizer, kept, encoded, collator or Collator(tokenizer.pad_token_id), stop_token_ids(tokenizer))
+
+
 def test_preflight_passes_good_encodings(tiny_tokenizer, examples):
-    encoded, kept = _good(tiny_tokenizer, examples[:4])
-    preflight(tiny_tokenizer, kept, encoded, Collator(tiny_tokenizer.pad_token_id))
+    encoded, kept = _good(tiny_tokenizer, examples[:8])
+    _preflight(tiny_tokenizer, kept, encoded)
 
 
 def _broken_row(tokenizer, enc: Encoded, kind: str) -> Encoded:
@@ -138,37 +142,59 @@ def _broken_row(tokenizer, enc: Encoded, kind: str) -> Encoded:
         labels = list(ids)  # labels = input_ids: the prompt is trained on
     elif kind == "EOS supervised":
         labels[-1] = IGNORE_INDEX  # what pad == eos with DataCollatorForLanguageModeling does
-    elif kind == "one BOS":
+    elif kind == "no BOS on top of the template":
         # a second BOS, as when the templated text is tokenized again with special tokens
-        ids = ids[:-1] + [tokenizer.bos_token_id, ids[-1]]
-        labels = labels[:-1] + [IGNORE_INDEX, labels[-1]]
+        ids = [tokenizer.bos_token_id] + ids
+        labels = [IGNORE_INDEX] + labels
     elif kind == "response supervised":
         labels = [IGNORE_INDEX] * len(ids)
-    elif kind == "same template":
+    elif kind == "same prompt":
         ids = ids[:2] + ids[3:]
         labels = labels[:2] + labels[3:]
     return Encoded(input_ids=ids, labels=labels)
 
 
 @pytest.mark.parametrize(
-    "check", ["prompt masked", "EOS supervised", "one BOS", "response supervised", "same template"]
+    "check", ["prompt masked", "EOS supervised", "no BOS on top of the template", "response supervised", "same prompt"]
 )
-def test_preflight_names_the_broken_check(tiny_tokenizer, examples, check):
-    encoded, kept = _good(tiny_tokenizer, examples[:4])
-    broken = encoded[:2] + [_broken_row(tiny_tokenizer, encoded[2], check)] + encoded[3:]
+def test_preflight_names_the_broken_check_in_any_row(tiny_tokenizer, examples, check):
+    encoded, kept = _good(tiny_tokenizer, examples[:8])
+    # row 6: past the 4 rows the old pre-flight looked at
+    broken = encoded[:6] + [_broken_row(tiny_tokenizer, encoded[6], check)] + encoded[7:]
     with pytest.raises(PreflightError, match=f"^pre-flight check '{check}' failed: ") as err:
-        preflight(tiny_tokenizer, kept, broken, Collator(tiny_tokenizer.pad_token_id))
-    if check != "same template":
-        assert "row 2" in str(err.value)
+        _preflight(tiny_tokenizer, kept, broken)
+    assert f"row {kept[6].index}" in str(err.value)
     assert isinstance(err.value, UserError)
+
+
+def test_preflight_passes_chatml_with_a_bos_in_every_turn(tiny_base_dir, examples):
+    """The old check demanded exactly one BOS, so no ChatML model (SmolLM2, Qwen2.5) could be trained."""
+    from test_prompts import CHATML
+
+    tok = load_tokenizer(tiny_base_dir)
+    tok.chat_template = CHATML
+    encoded, kept = _good(tok, examples[:8])
+    assert all(e.input_ids.count(tok.bos_token_id) == 3 for e in encoded)
+    _preflight(tok, kept, encoded)
+
+
+def test_preflight_end_of_turn_must_stop_generation(tiny_base_dir, examples):
+    from transformers import GenerationConfig
+
+    tok = load_tokenizer(tiny_base_dir)
+    encoded, kept = _good(tok, examples[:4])
+    # what a GGUF file's metadata did for SmolLM2: generation would stop at a token the template never ends with
+    with pytest.raises(PreflightError, match="'EOS supervised'.*never stops it"):
+        stop_ids = stop_token_ids(tok, GenerationConfig(eos_token_id=tok.bos_token_id))
+        preflight(tok, kept, encoded, Collator(tok.pad_token_id), [i for i in stop_ids if i != tok.eos_token_id])
 
 
 def test_preflight_pad_equal_to_eos(tiny_base_dir, examples):
     tok = load_tokenizer(tiny_base_dir)
     encoded, kept = _good(tok, examples[:4])
     tok.pad_token = tok.eos_token
-    with pytest.raises(PreflightError, match="'pad != eos'"):
-        preflight(tok, kept, encoded, Collator(tok.pad_token_id))
+    with pytest.raises(PreflightError, match="'pad is no stop token'"):
+        _preflight(tok, kept, encoded)
 
 
 class _LabelsOnPaddingCollator(Collator):
@@ -184,7 +210,7 @@ def test_preflight_padding_masked(tiny_tokenizer, examples):
     encoded, kept = _good(tiny_tokenizer, examples[:4])
     assert len({len(e.input_ids) for e in encoded}) > 1  # the batch has padding
     with pytest.raises(PreflightError, match="'padding masked'"):
-        preflight(tiny_tokenizer, kept, encoded, _LabelsOnPaddingCollator(tiny_tokenizer.pad_token_id))
+        _preflight(tiny_tokenizer, kept, encoded, _LabelsOnPaddingCollator(tiny_tokenizer.pad_token_id))
 
 
 # --- train_adapter end to end ----------------------------------------------------------------------------

@@ -1,0 +1,207 @@
+"""Where the base model comes from, and the base stage's copy of it: a Hugging Face Hub id at a pinned
+revision, a local model directory, a local GGUF file (dequantized once), or the built-in tiny-llama.
+Every later stage reads the plain model directory this writes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from .config import TINY_LLAMA, ModelConfig, model_kind
+from .errors import UserError
+from .hub import local_cache_only
+from .modeling import check_target_modules, save_base, set_distinct_pad, skeleton_from_config
+from .prompts import end_of_turn_id
+from .tiny import build_tiny_llama, build_tiny_llama_config, build_tiny_tokenizer
+
+
+def _hub_error(cfg: ModelConfig, err: Exception) -> UserError:
+    return UserError(
+        f"cannot load model {cfg.name!r} (revision {cfg.revision}) from the Hugging Face Hub "
+        f"({type(err).__name__}: not reachable, or not in the local cache when offline). Set model.name to "
+        f"a local model directory (config.json, tokenizer and *.safetensors weights), a local .gguf file or "
+        f"'{TINY_LLAMA}', e.g. dvc exp run -S model.name=/path/to/SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+
+
+def hf_token() -> str | None:
+    """The Hub token comes from the environment only (never params.yaml, never a file of this project)."""
+    return os.environ.get("HF_TOKEN") or None
+
+
+def _hub_kwargs(cfg: ModelConfig) -> dict:
+    """Pinned revision, the env token, and the local cache only when the Hub cannot be reached (seconds,
+    instead of a minute of retries before the same error)."""
+    return {"revision": cfg.revision, "token": hf_token(), "local_files_only": local_cache_only()}
+
+
+def _check_local_model_dir(name: str) -> Path:
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise UserError(f"model.name {name!r} is not a directory; point it at a saved model or use '{TINY_LLAMA}'")
+    if not (path / "config.json").is_file():
+        raise UserError(f"model.name {name!r} is not a model directory (no config.json)")
+    if not any(path.glob("*.safetensors")):
+        raise UserError(
+            f"model.name {name!r} has no *.safetensors weights; only safetensors are loaded (pickled "
+            "*.bin/*.pt weights can run code when loaded). Convert them, e.g. "
+            "model.save_pretrained(dir, safe_serialization=True) in a trusted environment"
+        )
+    return path
+
+
+def source_model_config(cfg: ModelConfig):
+    """The configured base's architecture config, without loading weights: a seconds-long check that the
+    model exists (offline too) and what its modules are called."""
+    from transformers import AutoConfig
+
+    kind = model_kind(cfg.name)
+    if kind == "tiny":
+        return build_tiny_llama_config(build_tiny_tokenizer())
+    if kind == "gguf":
+        return _read_gguf(_check_gguf_file(cfg.name), config_only=True)
+    if kind == "local":
+        path = _check_local_model_dir(cfg.name)
+        try:
+            return AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read the config of model {cfg.name!r}: {err}".splitlines()[0]) from None
+    try:
+        return AutoConfig.from_pretrained(cfg.name, trust_remote_code=False, **_hub_kwargs(cfg))
+    except OSError as err:
+        raise _hub_error(cfg, err) from None
+    except ValueError as err:
+        raise UserError(f"cannot use model {cfg.name!r}: {err}".splitlines()[0]) from None
+
+
+def check_model_source(cfg: ModelConfig, target_modules: list[str]) -> None:
+    """The model can be found (locally or in the Hub cache when offline) and has lora.target_modules."""
+    try:
+        skeleton = skeleton_from_config(source_model_config(cfg))
+    except ValueError as err:
+        raise UserError(f"model {cfg.name!r} is not a causal language model: {err}".splitlines()[0]) from None
+    check_target_modules(skeleton, target_modules)
+
+
+# What the base stage takes from a model directory or Hub snapshot: safetensors weights (never pickles), the
+# configs and the tokenizer files.
+_SOURCE_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
+
+
+def source_model_dir(cfg: ModelConfig) -> Path:
+    """The configured base on local disk: the directory itself, or the Hub snapshot at the pinned revision
+    (downloaded once into the Hugging Face cache; from the cache alone when the Hub is unreachable)."""
+    if model_kind(cfg.name) == "local":
+        return _check_local_model_dir(cfg.name)
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(snapshot_download(cfg.name, allow_patterns=_SOURCE_FILES, **_hub_kwargs(cfg)))
+    except (OSError, ValueError) as err:
+        raise _hub_error(cfg, err) from None
+    if not any(path.glob("*.safetensors")):
+        raise UserError(
+            f"model {cfg.name!r} (revision {cfg.revision}) has no *.safetensors weights; only safetensors are "
+            "loaded (pickled weights can run code when loaded): pick a revision or a model that has them"
+        )
+    return path
+
+
+def materialise_base(cfg: ModelConfig, out_dir: Path) -> int:
+    """Write the base to out_dir as every later stage reads it; returns its parameter count.
+
+    The weight files are copied as they are, not loaded and saved again: the same tensors, at the cost of a
+    file copy instead of a 2.2 GB load and save (TinyLlama). Only the tokenizer and the configs are
+    rewritten, to give the tokenizer a pad token distinct from EOS."""
+    kind = model_kind(cfg.name)
+    if kind == "tiny":
+        model, tokenizer = build_tiny_llama()
+        save_base(model, tokenizer, out_dir)
+        return sum(p.numel() for p in model.parameters())
+    if kind == "gguf":
+        return materialise_gguf(_check_gguf_file(cfg.name), out_dir)
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    src = source_model_dir(cfg)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
+        config = AutoConfig.from_pretrained(str(src), trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load model from {cfg.name!r}: {err}".splitlines()[0]) from None
+    try:
+        generation = GenerationConfig.from_pretrained(str(src))
+    except OSError:  # no generation_config.json: what from_pretrained of the model would derive
+        generation = GenerationConfig.from_model_config(config)
+    set_distinct_pad(tokenizer, config, generation)
+    weights = sorted(src.glob("*.safetensors"))
+    for f in [*weights, *src.glob("*.safetensors.index.json")]:
+        shutil.copyfile(f, out_dir / f.name)
+    config.save_pretrained(out_dir)
+    generation.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return safetensors_parameter_count(weights)
+
+
+def safetensors_parameter_count(files: list[Path]) -> int:
+    """Parameters in safetensors files, from their JSON headers (8-byte length, then the header) alone."""
+    total = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+    return total
+
+
+def _check_gguf_file(name: str) -> Path:
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise UserError(f"model.name {name!r} is not a file; point it at a .gguf model file")
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("reading a .gguf model needs the 'gguf' package: pip install -r requirements.txt")
+    return path
+
+
+def _read_gguf(path: Path, config_only: bool = False):
+    """(tokenizer, model) from a GGUF file, dequantized to bfloat16 (the dtype such models ship in); or only
+    its config."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(path.parent), path.name
+    try:
+        if config_only:
+            return AutoConfig.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
+        # GGUF is a tensor format like safetensors: reading it runs no code.
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, dtype=torch.bfloat16, trust_remote_code=False
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise UserError(f"cannot read the GGUF model {str(path)!r}: {err}".splitlines()[0]) from None
+    return tokenizer, model
+
+
+def materialise_gguf(path: Path, out_dir: Path) -> int:
+    """Dequantize a GGUF model once into a plain directory (bf16 safetensors, tokenizer, chat template).
+
+    GGUF tokenizer metadata can name the wrong EOS (SmolLM2-135M-Instruct's says `<|im_start|>`, the model
+    ends its turns with `<|im_end|>`); the EOS is taken from what the chat template closes a turn with.
+    transformers flags a GGUF-loaded model as quantized; the flag goes before saving, the weights are plain."""
+    tokenizer, model = _read_gguf(path)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    end_of_turn = end_of_turn_id(tokenizer)
+    if end_of_turn != tokenizer.eos_token_id:
+        token = tokenizer.convert_ids_to_tokens(end_of_turn)
+        print(f"{path.name}: its metadata names EOS {tokenizer.eos_token!r}; using {token!r}, which ends chat turns")
+        tokenizer.eos_token = token
+    model.config.eos_token_id = end_of_turn
+    model.generation_config.eos_token_id = end_of_turn
+    save_base(model, tokenizer, out_dir)
+    return sum(p.numel() for p in model.parameters())
