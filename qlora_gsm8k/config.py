@@ -54,6 +54,8 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # rsLoRA: scale the update by alpha / sqrt(r) instead of alpha / r, so large ranks keep learning.
+    use_rslora: bool = False
 
     def validate(self) -> None:
         _positive("lora.r", self.r)

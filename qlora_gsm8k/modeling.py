@@ -92,6 +92,7 @@ def lora_config(lora: LoraConfig):
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
+        use_rslora=lora.use_rslora,
         target_modules=list(lora.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
