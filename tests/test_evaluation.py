@@ -416,3 +416,47 @@ def test_evaluate_stage_writes_perplexity_and_generations_from_one_load(
     assert [json.loads(line)["output"] for line in lines] == [g.text for g in gens]
     summary = json.loads((tmp_path / "gen.json").read_text())["base"]
     assert summary["examples"] == 4 and summary["hit_token_cap_rate"] == 1.0
+
+
+def test_generation_stops_at_every_eos_id_of_the_model(chain_model, tiny_tokenizer, rows):
+    """A generation config's list of EOS ids is kept (passing eos_token_id= alone used to replace it)."""
+    saved = chain_model.generation_config.eos_token_id
+    chain_model.generation_config.eos_token_id = [
+        tiny_tokenizer.convert_tokens_to_ids("2"),
+        tiny_tokenizer.eos_token_id,
+    ]
+    try:
+        (gen,) = generate_answers(chain_model, tiny_tokenizer, [rows[0].question], 1, max_new_tokens=20)
+    finally:
+        chain_model.generation_config.eos_token_id = saved
+    assert gen == Generation(text="#### 27", new_tokens=3, hit_token_cap=False)
+
+
+def test_a_models_generation_config_cannot_change_greedy_decoding(chain_model, tiny_tokenizer, rows):
+    questions = [e.question for e in rows[:2]]
+    ids = torch.tensor([encode_prompt(tiny_tokenizer, questions[0])])
+    config = chain_model.generation_config
+    saved = config.repetition_penalty
+    # as a model's generation_config.json may say; '####' is in the prompt, so the penalty changes the answer
+    config.repetition_penalty = 50.0
+    try:
+        plain = chain_model.generate(
+            input_ids=ids, do_sample=False, max_new_tokens=5, pad_token_id=tiny_tokenizer.pad_token_id
+        )
+        assert tiny_tokenizer.decode(plain[0, ids.shape[1] :], skip_special_tokens=True).strip() != "#### 272"
+        gens = generate_answers(chain_model, tiny_tokenizer, questions, batch_size=2, max_new_tokens=5)
+    finally:
+        config.repetition_penalty = saved
+    assert gens == [Generation(text="#### 272", new_tokens=4, hit_token_cap=False)] * 2
+    assert chain_model.generation_config.repetition_penalty == saved  # the model's own config is put back
+
+
+def test_answers_are_cut_at_lm_eval_stop_strings(tiny_tokenizer):
+    from qlora_gsm8k.evaluation import _decode_answer
+
+    tokens = tiny_tokenizer("#### 5\n\nQuestion: and 7", add_special_tokens=False)["input_ids"]
+    gen = _decode_answer(tiny_tokenizer, tokens, {tiny_tokenizer.eos_token_id})
+    # scored 5 here as in lm-eval, not 7; a stop string counts as stopping, not as hitting the cap
+    assert gen == Generation(text="#### 5", new_tokens=len(tokens), hit_token_cap=False)
+    rows, _ = score_generations([Example("q", "x\n#### 5", 0)], [gen])
+    assert rows[0]["correct_flexible"] and rows[0]["correct_strict"]
