@@ -18,7 +18,6 @@ TINY_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>"
 def build_tiny_tokenizer():
     """A small byte-level BPE tokenizer trained in code on synthetic word problems (deterministic)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
 
     from .synthetic import make_rows
 
@@ -36,6 +35,13 @@ def build_tiny_tokenizer():
     backend.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", backend.token_to_id("<s>"))]
     )
+    return wrap_tiny_tokenizer(backend)
+
+
+def wrap_tiny_tokenizer(backend):
+    """A trained `tokenizers` backend as a transformers tokenizer with the tiny model's special tokens and template."""
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token="<s>",

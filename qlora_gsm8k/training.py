@@ -343,8 +343,17 @@ def train_adapter(
     cfg = params.train
     tokenizer = load_tokenizer(base_dir)
     encoded, kept_examples = encode_examples(tokenizer, train_examples, cfg.max_length)
-    if not encoded:
-        raise UserError(f"every training row is longer than train.max_length={cfg.max_length}; raise it")
+    dropped = len(train_examples) - len(encoded)
+    if dropped:
+        print(
+            f"{dropped} of {len(train_examples)} training rows are longer than train.max_length={cfg.max_length} "
+            "tokens and were left out (rows are never truncated: a cut answer teaches the model not to stop)"
+        )
+    if dropped > len(train_examples) / 2:
+        raise UserError(
+            f"{dropped} of {len(train_examples)} training rows are longer than train.max_length={cfg.max_length} "
+            "tokens; raise train.max_length (e.g. -S train.max_length=1024)"
+        )
     collator = Collator(tokenizer.pad_token_id, pad_to_multiple_of)
     preflight(tokenizer, kept_examples, encoded, collator, stop_token_ids(tokenizer, saved_generation_config(base_dir)))
 

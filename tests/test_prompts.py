@@ -146,23 +146,15 @@ def _metaspace_tokenizer():
     """A SentencePiece-style tokenizer (Metaspace, as Llama-2's): a text alone starts with '▁', the same words
     inside a conversation, after a special token and a newline, do not."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     from qlora_gsm8k.synthetic import make_rows
-    from qlora_gsm8k.tiny import TINY_SPECIAL_TOKENS
+    from qlora_gsm8k.tiny import TINY_SPECIAL_TOKENS, wrap_tiny_tokenizer
 
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
     corpus = [r["question"] + "\n" + r["answer"] for r in make_rows(500, seed=7)]
     backend.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=TINY_SPECIAL_TOKENS))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        chat_template=TINY_CHAT_TEMPLATE,
-    )
+    return wrap_tiny_tokenizer(backend)
 
 
 def test_response_is_tokenized_as_part_of_the_conversation(rows):

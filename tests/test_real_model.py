@@ -79,7 +79,8 @@ def test_tuned_model_has_lower_response_perplexity_than_the_base(smollm2_project
 @pytest.mark.slow
 def test_merged_model_is_the_trained_model(smollm2_project):
     """The dequantized merge agrees with the 4-bit adapter model on the next token almost everywhere; the old merge
-    into the original weights agreed on about 81% here and passed the old KL threshold of 0.5."""
+    into the original weights agreed on 95% here (81% after a 200-row training, issue 15) and passed the old KL
+    threshold of 0.5."""
     merge = _metrics(smollm2_project, "merge")["merge"]
     assert merge["top1_agreement_merged_vs_4bit_adapter"] >= 0.99
     assert merge["kl_merged_vs_4bit_adapter"] < 0.01
@@ -97,7 +98,8 @@ def test_merge_into_the_original_weights_is_caught(smollm2_project):
     params = dataclasses.replace(params, eval=dataclasses.replace(params.eval, merge_into="original"))
     rows = read_jsonl(project / "data" / "eval.jsonl")[: params.eval.merge_check_size]
     _, _, metrics = merge_adapter(project / "models" / "base", project / "models" / "adapter", rows, params)
-    assert metrics["top1_agreement_merged_vs_4bit_adapter"] < 0.95
+    # the same adapter merged into the dequantized weights agreed on >= 99% (test above); here clearly less
+    assert metrics["top1_agreement_merged_vs_4bit_adapter"] < params.eval.merge_min_top1_agreement
     with pytest.raises(MergeCheckError, match="eval.merge_into=dequantized"):
         check_merge(metrics, params, "merge.json")
 
