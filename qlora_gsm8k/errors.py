@@ -57,6 +57,9 @@ def stage_main(func: Callable[[], None]) -> Callable[[], None]:
     def wrapper() -> None:
         # SIGTERM (docker stop, a scheduler, kill) unwinds like Ctrl-C: temporary outputs are removed.
         signal.signal(signal.SIGTERM, _raise_terminated)
+        # A process started in the background (`nohup … &`) inherits SIGINT ignored; Ctrl-C and `kill -INT`
+        # must still stop a stage the way they do in a terminal.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             func()
         except UserError as err:

@@ -39,7 +39,9 @@ def generations_table(examples: list[Example], base: list[dict], tuned: list[dic
             }
         )
     table = pd.DataFrame.from_records(records)
-    table["flip"] = "same"
+    # Four outcomes, never folded: "same" would hide whether the questions both got right or both got wrong.
+    table["flip"] = "both_wrong"
+    table.loc[table.base_correct & table.tuned_correct, "flip"] = "both_right"
     table.loc[~table.base_correct & table.tuned_correct, "flip"] = "wrong_to_right"
     table.loc[table.base_correct & ~table.tuned_correct, "flip"] = "right_to_wrong"
     return table
@@ -62,19 +64,28 @@ def compare_metrics(table: pd.DataFrame, perplexity: dict) -> dict:
     return result
 
 
+FLIP_OUTCOMES = ("wrong_to_right", "right_to_wrong", "both_right", "both_wrong")
+
+
 def accuracy_plot_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """One bar per model and metric: `bar` names both, so the bar chart never stacks strict onto flexible."""
     rows = []
     for model in ("base", "tuned"):
-        rows.append({"model": model, "metric": "exact_match_flexible", "value": table[f"{model}_correct"].mean()})
-        rows.append({"model": model, "metric": "exact_match_strict", "value": table[f"{model}_correct_strict"].mean()})
+        for metric, column in (("flexible", f"{model}_correct"), ("strict", f"{model}_correct_strict")):
+            rows.append(
+                {
+                    "model": model,
+                    "metric": f"exact_match_{metric}",
+                    "bar": f"{model}, {metric}",
+                    "value": table[column].mean(),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def flips_plot_rows(table: pd.DataFrame) -> pd.DataFrame:
     counts = table.flip.value_counts()
-    return pd.DataFrame(
-        [{"outcome": k, "questions": int(counts.get(k, 0))} for k in ("wrong_to_right", "right_to_wrong", "same")]
-    )
+    return pd.DataFrame([{"outcome": k, "questions": int(counts.get(k, 0))} for k in FLIP_OUTCOMES])
 
 
 def _number(value) -> str:

@@ -94,6 +94,30 @@ def check_accelerators(params: Params) -> None:
         compile_enabled(params.train)
 
 
+OFFLINE_FIX = (
+    "Offline? Point both at local files in one run: dvc exp run -S data.source=/path/to/gsm8k "
+    "-S model.name=.models/SmolLM2-135M-Instruct.Q4_1.gguf (tools/fetch-smollm2.sh fetches that file; "
+    "or -S model.name=tiny-llama)"
+)
+
+
+def check_inputs(params: Params, model_record: Path | None) -> None:
+    """The data and the model, both checked before either failure is reported: a first offline run names every
+    input it cannot reach at once, not one per attempt."""
+    problems = []
+    for check in (lambda: check_data(params), lambda: check_model(params, model_record)):
+        try:
+            check()
+        except UserError as err:
+            problems.append(str(err))
+    if len(problems) == 1:
+        raise UserError(problems[0])
+    if problems:
+        both = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, start=1))
+        fix = f" {OFFLINE_FIX}" if all("Hugging Face Hub" in p for p in problems) else ""
+        raise UserError(f"{len(problems)} problems: {both}.{fix}")
+
+
 @stage_main
 def main() -> None:
     parser = stage_parser(__doc__)
@@ -101,8 +125,7 @@ def main() -> None:
     parser.add_argument("--model-checked", help="what the last passing model check checked (JSON), to skip it")
     args, params = parse_stage_args(parser)
     check_revisions(params)
-    check_data(params)
-    check_model(params, Path(args.model_checked) if args.model_checked else None)
+    check_inputs(params, Path(args.model_checked) if args.model_checked else None)
     check_accelerators(params)
     # Constant content: downstream stages depend on it for ordering, and must not re-run because of it.
     atomic_write_text(args.out, "params.yaml is valid\n")

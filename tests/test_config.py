@@ -31,8 +31,8 @@ def test_repo_params_load_and_match_the_file():
     for section, values in raw.items():
         for key, value in values.items():
             assert parsed[section][key] == value, f"{section}.{key}"
-    assert params.lora.r == 16 and params.lora.target_modules == ["q_proj", "v_proj"]
-    assert params.train.learning_rate == 2e-4
+    # The committed params.yaml holds every key (a user's experiments may change values, not the keys)
+    assert all(set(raw[section]) == set(parsed[section]) for section in parsed)
     assert isinstance(params.train.epochs, float)
 
 

@@ -60,7 +60,7 @@ PERPLEXITY = {
 
 def test_generations_table_flips(table):
     assert table["index"].tolist() == [10, 11, 12, 13, 14]
-    assert table["flip"].tolist() == ["wrong_to_right", "right_to_wrong", "same", "same", "same"]
+    assert table["flip"].tolist() == ["wrong_to_right", "right_to_wrong", "both_right", "both_wrong", "both_right"]
     assert table["base_correct"].tolist() == [False, True, True, False, True]
     assert table["tuned_correct"].tolist() == [True, False, True, False, True]
     assert table["base_correct_strict"].tolist() == [False, True, True, False, False]
@@ -100,22 +100,25 @@ def test_compare_metrics(table):
 def test_plot_rows(table):
     accuracy = accuracy_plot_rows(table)
     assert accuracy.to_dict("records") == [
-        {"model": "base", "metric": "exact_match_flexible", "value": pytest.approx(0.6)},
-        {"model": "base", "metric": "exact_match_strict", "value": pytest.approx(0.4)},
-        {"model": "tuned", "metric": "exact_match_flexible", "value": pytest.approx(0.6)},
-        {"model": "tuned", "metric": "exact_match_strict", "value": pytest.approx(0.6)},
+        {"model": "base", "metric": "exact_match_flexible", "bar": "base, flexible", "value": pytest.approx(0.6)},
+        {"model": "base", "metric": "exact_match_strict", "bar": "base, strict", "value": pytest.approx(0.4)},
+        {"model": "tuned", "metric": "exact_match_flexible", "bar": "tuned, flexible", "value": pytest.approx(0.6)},
+        {"model": "tuned", "metric": "exact_match_strict", "bar": "tuned, strict", "value": pytest.approx(0.6)},
     ]
     flips = flips_plot_rows(table)
     assert flips.to_dict("records") == [
         {"outcome": "wrong_to_right", "questions": 1},
         {"outcome": "right_to_wrong", "questions": 1},
-        {"outcome": "same", "questions": 3},
+        {"outcome": "both_right", "questions": 2},
+        {"outcome": "both_wrong", "questions": 1},
     ]
+    # every bar its own category: nothing stacks (the old plot drew base's 0.3 + 0.25 as one 0.55 bar)
+    assert accuracy["bar"].is_unique
     # the CSV dvc plots reads: header with the x/y fields dvc.yaml names
     csv = flips.to_csv(index=False)
     assert csv.splitlines()[0] == "outcome,questions"
     assert pd.read_csv(io.StringIO(csv))["questions"].sum() == len(table)
-    assert accuracy.to_csv(index=False).splitlines()[0] == "model,metric,value"
+    assert accuracy.to_csv(index=False).splitlines()[0] == "model,metric,bar,value"
 
 
 def test_flips_plot_rows_lists_every_outcome_even_when_absent():
@@ -123,7 +126,8 @@ def test_flips_plot_rows_lists_every_outcome_even_when_absent():
     assert flips_plot_rows(same).to_dict("records") == [
         {"outcome": "wrong_to_right", "questions": 0},
         {"outcome": "right_to_wrong", "questions": 0},
-        {"outcome": "same", "questions": 5},
+        {"outcome": "both_right", "questions": 3},
+        {"outcome": "both_wrong", "questions": 2},
     ]
 
 
@@ -220,5 +224,5 @@ def test_compare_stage_end_to_end(tmp_path):
     assert csv["index"].tolist() == [10, 11, 12, 13, 14]
     assert csv["flip"].tolist()[:2] == ["wrong_to_right", "right_to_wrong"]
     assert "## Sample (1)" in (out / "comparison.md").read_text()
-    assert pd.read_csv(out / "plots" / "flips.csv")["questions"].tolist() == [1, 1, 3]
+    assert pd.read_csv(out / "plots" / "flips.csv")["questions"].tolist() == [1, 1, 2, 1]
     assert set(pd.read_csv(out / "plots" / "accuracy.csv")["model"]) == {"base", "tuned"}

@@ -292,6 +292,22 @@ def test_model_not_found_offline_fails_in_one_line_naming_the_fix(tmp_path, data
     assert not (tmp_path / "base").exists()
 
 
+def test_offline_first_run_names_every_unreachable_input_at_once(tmp_path, dataset_dir):
+    """The defaults offline: dataset and model on the Hub. One run names both, with one command fixing both."""
+    params_file = _write_params(
+        tmp_path, dataset_dir, {"model": {"name": "nobody/no-such-model"}, "data": {"source": "nobody/no-such-data"}}
+    )
+    result, seconds = _check_params(params_file, tmp_path)
+    assert_one_line_error(
+        result,
+        seconds,
+        "2 problems",
+        "cannot load dataset 'nobody/no-such-data'",
+        "cannot load model 'nobody/no-such-model'",
+        "-S data.source=/path/to/gsm8k -S model.name=.models/SmolLM2-135M-Instruct.Q4_1.gguf",
+    )
+
+
 def test_unreachable_hub_fails_fast_without_offline_mode(tmp_path, dataset_dir):
     """HF_HUB_OFFLINE unset and no network: a probe of the Hub turns a minute of retries into seconds."""
     env = tool_env()
