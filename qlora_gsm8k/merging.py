@@ -93,7 +93,7 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, examples: list[Example], pa
     return merged, tokenizer, metrics
 
 
-def check_merge(metrics: dict, params: Params, metrics_path: str) -> None:
+def check_merge(metrics: dict, params: Params) -> None:
     """Refuse a merged model that does not behave like the trained one."""
     cfg = params.eval
     kl, top1 = metrics["kl_merged_vs_4bit_adapter"], metrics["top1_agreement_merged_vs_4bit_adapter"]
@@ -114,4 +114,5 @@ def check_merge(metrics: dict, params: Params, metrics_path: str) -> None:
             if cfg.merge_into == "original"
             else ""
         )
-        raise MergeCheckError(f"merge check failed: {'; '.join(problems)}; see {metrics_path}.{hint}")
+        measured = f"(over {metrics['kl_tokens']} response tokens of {metrics['check_examples']} held-out rows)"
+        raise MergeCheckError(f"merge check failed: {'; '.join(problems)} {measured}; the model was not saved.{hint}")

@@ -27,7 +27,6 @@ def main() -> None:
 
     perplexity = response_nll(model, tokenizer, examples, params.eval.batch_size)
     perplexity["precision"] = precision
-    write_json(args.perplexity_out, {args.label: perplexity})
     print(f"{args.label} perplexity {perplexity['perplexity']:.3f} over {perplexity['tokens']} response tokens")
 
     questions = [e.question for e in examples]
@@ -36,7 +35,10 @@ def main() -> None:
     )
     rows, summary = score_generations(examples, generations)
     summary["precision"] = precision
+    # All three outputs once both measurements are done: a stage that fails or is killed while generating leaves
+    # no perplexity file that looks like this run's next to the last run's generation metrics.
     atomic_write_text(args.generations_out, "".join(json.dumps(r) + "\n" for r in rows))
+    write_json(args.perplexity_out, {args.label: perplexity})
     write_json(args.generation_metrics_out, {args.label: summary})
     print(
         f"{args.label}: exact match strict {summary['exact_match_strict']:.3f}, "

@@ -22,11 +22,12 @@ def main() -> None:
     args, params = parse_stage_args(parser)
     examples = read_jsonl(args.eval)[: params.eval.merge_check_size]
     merged, tokenizer, metrics = merge_adapter(Path(args.base), Path(args.adapter), examples, params)
-    write_json(args.metrics_out, {"merge": metrics})
-    check_merge(metrics, params, args.metrics_out)
+    check_merge(metrics, params)
     with atomic_directory(args.out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+    # Written once the model is in place: merge.json never describes a model that was not saved.
+    write_json(args.metrics_out, {"merge": metrics})
     kl, top1 = metrics["kl_merged_vs_4bit_adapter"], metrics["top1_agreement_merged_vs_4bit_adapter"]
     print(
         f"merged into the {params.eval.merge_into} base weights, saved to {args.out}; "

@@ -190,10 +190,9 @@ def test_merge_stage_fails_cleanly_above_threshold(tmp_path, tiny_base_dir, adap
     assert "eval.merge_into=dequantized" in errors[0]  # says what to do
     assert not (tmp_path / "merged").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".merged")]  # no temp dir left behind
-    # the metrics the message points at were written, with the failing KL
-    metrics = json.loads((tmp_path / "merge.json").read_text())["merge"]
-    assert metrics["kl_merged_vs_4bit_adapter"] > 1e-12
-    assert f"{metrics['kl_merged_vs_4bit_adapter']:.3g}" in errors[0]
+    # no metrics of a model that was not saved; the message holds the failing numbers
+    assert not (tmp_path / "merge.json").exists()
+    assert "the model was not saved" in errors[0] and "response tokens of 2 held-out rows" in errors[0]
 
 
 @pytest.mark.slow

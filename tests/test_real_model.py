@@ -101,7 +101,7 @@ def test_merge_into_the_original_weights_is_caught(smollm2_project):
     # the same adapter merged into the dequantized weights agreed on >= 99% (test above); here clearly less
     assert metrics["top1_agreement_merged_vs_4bit_adapter"] < params.eval.merge_min_top1_agreement
     with pytest.raises(MergeCheckError, match="eval.merge_into=dequantized"):
-        check_merge(metrics, params, "merge.json")
+        check_merge(metrics, params)
 
 
 @pytest.mark.slow
