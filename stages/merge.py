@@ -4,6 +4,7 @@ KL and top-1 agreement over held-out response tokens. A merge that fails the che
 
 from pathlib import Path
 
+from qlora_gsm8k.cards import write_merged_card
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.gsm8k import read_jsonl
@@ -26,6 +27,7 @@ def main() -> None:
     with atomic_directory(args.out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        write_merged_card(tmp, args.out, Path(args.base), params, metrics, str(merged.dtype).removeprefix("torch."))
     # Written once the model is in place: merge.json never describes a model that was not saved.
     write_json(args.metrics_out, {"merge": metrics})
     kl, top1 = metrics["kl_merged_vs_4bit_adapter"], metrics["top1_agreement_merged_vs_4bit_adapter"]

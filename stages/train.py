@@ -9,6 +9,7 @@ import contextlib
 import sys
 from pathlib import Path
 
+from qlora_gsm8k.cards import write_adapter_card
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.distributed import is_main_process, launched, pin_to_one_gpu, relaunch
 from qlora_gsm8k.errors import stage_main
@@ -49,6 +50,8 @@ def main() -> None:
             train_file=Path(args.train),
             keep_checkpoints=True,
         )
+        if main_process:
+            write_adapter_card(tmp, args.adapter_out, Path(args.base), params, metrics)
     if not main_process:
         return
     write_json(args.metrics_out, metrics)

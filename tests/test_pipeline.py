@@ -64,6 +64,15 @@ def test_repro_outputs_load_as_users_load_them(reproduced_project):
     assert (project / "models/merged/chat_template.jinja").is_file() or "chat_template" in (
         project / "models/merged/tokenizer_config.json"
     ).read_text()
+    # Model cards that say what the weights are, not peft's blank template
+    adapter_card = (project / "models/adapter/README.md").read_text()
+    assert "[More Information Needed]" not in adapter_card
+    assert "Base model: `tiny-llama`" in adapter_card and "LoRA: r 8, alpha 16" in adapter_card
+    assert 'AutoPeftModelForCausalLM.from_pretrained("models/adapter")' in adapter_card
+    assert "| train_loss |" in adapter_card
+    merged_card = (project / "models/merged/README.md").read_text()
+    assert "merged into the base's dequantized weights" in merged_card
+    assert "| top1_agreement_merged_vs_4bit_adapter |" in merged_card
     # Load exactly as the README tells users to, from the repo root, offline, in a fresh interpreter.
     code = (
         "from peft import AutoPeftModelForCausalLM; from transformers import AutoModelForCausalLM;"

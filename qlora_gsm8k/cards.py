@@ -1,0 +1,102 @@
+"""Model cards for what users take away (models/adapter, models/merged): where the weights came from, how they
+were trained, what was measured, and how to load them. They replace peft's blank template card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import Params
+from .io import atomic_write_text, read_json
+
+
+def _base_line(base_dir: Path) -> str:
+    try:
+        provenance = read_json(base_dir / "provenance.json")
+    except (OSError, ValueError):
+        return f"`{base_dir}`"
+    name, revision = provenance.get("name"), provenance.get("revision")
+    if revision:
+        return f"`{name}` at revision `{revision}` (Hugging Face Hub)"
+    digests = provenance.get("sha256") or {}
+    pinned = ", ".join(f"`{f}` sha256 `{h[:12]}…`" for f, h in sorted(digests.items())[:3])
+    return f"`{name}` ({provenance.get('kind')}{': ' + pinned if pinned else ''})"
+
+
+def _recipe(params: Params) -> list[str]:
+    lora, quant, train, data = params.lora, params.quant, params.train, params.data
+    return [
+        f"- Base, frozen in 4-bit: bitsandbytes {quant.quant_type.upper()}, double quantization "
+        f"{'on' if quant.double_quant else 'off'}, compute dtype {quant.compute_dtype}",
+        f"- LoRA: r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout}, rsLoRA {'on' if lora.use_rslora else 'off'}, "
+        f"on {', '.join(lora.target_modules)}",
+        f"- Data: GSM8K `{data.source}` (config `{data.config}`, revision `{data.revision}`), train rows "
+        f"{data.train_offset}–{data.train_offset + data.train_size - 1}"
+        + (f" after a shuffle with seed {data.shuffle_seed}" if data.shuffle_seed else " in published order")
+        + "; loss on the answer tokens only, each row in the model's chat template",
+        f"- Training: lr {train.learning_rate} ({train.lr_scheduler}, warmup {train.warmup_ratio}), {train.epochs} "
+        f"epoch(s), micro-batch {train.micro_batch_size} × {train.grad_accum} accumulation, max length "
+        f"{train.max_length}, seed {train.seed}",
+    ]
+
+
+def _numbers(title: str, metrics: dict, keys: list[str]) -> list[str]:
+    shown = [f"| {k} | {metrics[k]:.6g} |" for k in keys if isinstance(metrics.get(k), (int, float))]
+    return [f"## {title}", "", "| metric | value |", "|---|---|", *shown, ""] if shown else []
+
+
+def write_adapter_card(adapter_dir: Path, shown_as: str, base_dir: Path, params: Params, train_metrics: dict) -> None:
+    """Write adapter_dir/README.md; `shown_as` is the path users load the adapter from (the stage's output path)."""
+    lines = [
+        "# QLoRA adapter: GSM8K",
+        "",
+        f"A LoRA adapter trained on a 4-bit base by the qlora-gsm8k DVC pipeline. Base model: {_base_line(base_dir)}.",
+        "",
+        *_recipe(params),
+        "",
+        *_numbers(
+            "Training", train_metrics, ["train_loss", "final_loss", "steps", "examples", "real_tokens", "seconds"]
+        ),
+        "## Load",
+        "",
+        "```python",
+        "from peft import AutoPeftModelForCausalLM",
+        "",
+        f'model = AutoPeftModelForCausalLM.from_pretrained("{shown_as}")  # from the repository root',
+        "```",
+        "",
+        "Evaluation against the base (perplexity, GSM8K exact match, paired flips): `metrics/*.json` of the run.",
+        "",
+    ]
+    atomic_write_text(adapter_dir / "README.md", "\n".join(lines))
+
+
+def write_merged_card(
+    merged_dir: Path, shown_as: str, base_dir: Path, params: Params, merge_metrics: dict, dtype: str
+) -> None:
+    lines = [
+        "# GSM8K QLoRA fine-tune, merged",
+        "",
+        f"A standalone {dtype} model: the qlora-gsm8k adapter merged into its base, {_base_line(base_dir)}, "
+        f"merged into the base's {params.eval.merge_into} weights.",
+        "",
+        *_recipe(params),
+        "",
+        *_numbers(
+            "Merge check: the merged model against the 4-bit model as trained",
+            merge_metrics,
+            ["top1_agreement_merged_vs_4bit_adapter", "kl_merged_vs_4bit_adapter", "kl_tokens", "check_examples"],
+        ),
+        "## Load",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'model = AutoModelForCausalLM.from_pretrained("{shown_as}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{shown_as}")',
+        "```",
+        "",
+        "Prompt it through its chat template (`tokenizer.apply_chat_template(..., add_generation_prompt=True)`), as "
+        "it was trained and evaluated.",
+        "",
+    ]
+    atomic_write_text(merged_dir / "README.md", "\n".join(lines))
