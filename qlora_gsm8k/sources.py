@@ -80,13 +80,17 @@ def source_model_config(cfg: ModelConfig):
         raise UserError(f"cannot use model {cfg.name!r}: {err}".splitlines()[0]) from None
 
 
-def check_model_source(cfg: ModelConfig, target_modules: list[str]) -> None:
-    """The model can be found (locally or in the Hub cache when offline) and has lora.target_modules."""
+def check_model_source(cfg: ModelConfig, target_modules: list[str]) -> int | None:
+    """The model can be found (locally or in the Hub cache when offline) and has lora.target_modules.
+    Returns its context length (max_position_embeddings), when its config names one."""
+    config = source_model_config(cfg)
     try:
-        skeleton = skeleton_from_config(source_model_config(cfg))
+        skeleton = skeleton_from_config(config)
     except ValueError as err:
         raise UserError(f"model {cfg.name!r} is not a causal language model: {err}".splitlines()[0]) from None
     check_target_modules(skeleton, target_modules)
+    context = getattr(config, "max_position_embeddings", None)
+    return context if isinstance(context, int) else None
 
 
 # What the base stage takes from a model directory or Hub snapshot: safetensors weights (never pickles), the

@@ -67,15 +67,35 @@ def model_check_key(params: Params) -> dict:
 
 
 def check_model(params: Params, record: Path | None) -> None:
-    """The model is found and has lora.target_modules; skipped when `record` says it passed with the same key."""
+    """The model is found, has lora.target_modules and a context that holds what the params ask of it; the look
+    at the model is skipped when `record` says it passed with the same key (its context length is kept there)."""
     key = model_check_key(params)
-    if record is not None and _recorded(record) == key:
-        return
-    from qlora_gsm8k.sources import check_model_source  # torch + transformers: only when needed
+    recorded = _recorded(record) if record is not None else None
+    if recorded is not None and recorded.get("key") == key:
+        context = recorded.get("context")
+    else:
+        from qlora_gsm8k.sources import check_model_source  # torch + transformers: only when needed
 
-    check_model_source(params.model, params.lora.target_modules)
-    if record is not None:
-        write_json(record, key)
+        context = check_model_source(params.model, params.lora.target_modules)
+        if record is not None:
+            write_json(record, {"key": key, "context": context})
+    check_context(params, context)
+
+
+def check_context(params: Params, context: int | None) -> None:
+    """Lengths the model cannot attend over would make generation crawl or fail long after DVC deleted outputs."""
+    if context is None:
+        return
+    asked = [
+        ("eval.max_new_tokens", params.eval.max_new_tokens, "new tokens on top of the prompt"),
+        ("train.max_length", params.train.max_length, "tokens per training row"),
+    ]
+    for key, value, what in asked:
+        if value >= context:
+            raise UserError(
+                f"{key}={value} {what} does not fit the model's context of {context} tokens "
+                f"(max_position_embeddings of {params.model.name!r}); lower it, e.g. -S {key}={context // 4}"
+            )
 
 
 def _recorded(record: Path) -> dict | None:

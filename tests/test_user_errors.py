@@ -396,13 +396,15 @@ def test_model_check_runs_again_only_when_what_it_checked_changed(tmp_path, data
     first = check({})
     assert first.returncode == 0, first.stderr[-3000:]
     assert _imports_torch(first)
-    assert json.loads(record.read_text())["target_modules"] == ["q_proj", "v_proj"]
+    assert json.loads(record.read_text())["key"]["target_modules"] == ["q_proj", "v_proj"]
     other_param = check({"lora": {"r": 4}})
     assert other_param.returncode == 0 and not _imports_torch(other_param), other_param.stderr[-3000:]
     bad_modules = check({"lora": {"r": 4, "target_modules": ["q_proj", "query_key_value"]}})
     assert bad_modules.returncode == USER_ERROR_EXIT_CODE
     assert "lora.target_modules ['query_key_value'] not found in the model" in bad_modules.stderr
-    assert json.loads(record.read_text())["target_modules"] == ["q_proj", "v_proj"], "a failed check records nothing"
+    assert json.loads(record.read_text())["key"]["target_modules"] == ["q_proj", "v_proj"], (
+        "a failed check records nothing"
+    )
     # The local model's config.json changed: checked again.
     (model_dir / "config.json").write_text((model_dir / "config.json").read_text() + "\n")
     changed_model = check({})
@@ -410,7 +412,23 @@ def test_model_check_runs_again_only_when_what_it_checked_changed(tmp_path, data
     record.write_text("{")  # unreadable record: checked again, then rewritten
     unreadable = check({})
     assert unreadable.returncode == 0 and _imports_torch(unreadable)
-    assert json.loads(record.read_text())["name"] == str(model_dir)
+    assert json.loads(record.read_text())["key"]["name"] == str(model_dir)
+    # the context length is kept with the record: a too-long generation is refused without looking again
+    too_long = check({"eval": {"max_new_tokens": 100000}})
+    assert too_long.returncode == USER_ERROR_EXIT_CODE and not _imports_torch(too_long)
+    assert "eval.max_new_tokens=100000" in too_long.stderr and "context of 2048 tokens" in too_long.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"eval": {"max_new_tokens": 100000}}, "eval.max_new_tokens=100000 new tokens on top of the prompt"),
+        ({"train": {"max_length": 4096}}, "train.max_length=4096 tokens per training row"),
+    ],
+)
+def test_lengths_beyond_the_models_context_are_refused_up_front(tmp_path, dataset_dir, overrides, expected):
+    result, seconds = _check_params(_write_params(tmp_path, dataset_dir, overrides), tmp_path)
+    assert_one_line_error(result, seconds, expected, "does not fit the model's context of 2048 tokens")
 
 
 def test_valid_params_pass_check_params(tmp_path, dataset_dir):
