@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -589,3 +590,30 @@ def test_oom_during_training_becomes_a_user_error(tmp_path, tiny_base_dir, examp
         assert setting in message
     assert "train.gradient_checkpointing" in message
     assert not (tmp_path / "adapter").exists()
+
+
+def test_stage_stops_on_sigint_even_when_started_with_sigint_ignored():
+    """`nohup … &` starts processes with SIGINT ignored, and children inherit that: a stage must still stop on
+    Ctrl-C / `kill -INT` the way it does in a terminal (exit 130, the resume hint)."""
+    import signal as signals
+
+    code = (
+        "import time\nfrom qlora_gsm8k.errors import stage_main\n"
+        "@stage_main\ndef main():\n    print('ready', flush=True)\n    time.sleep(60)\nmain()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env={**tool_env(), "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signals.signal(signals.SIGINT, signals.SIG_IGN),
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signals.SIGINT)
+        assert proc.wait(timeout=30) == 130
+        assert "interrupted" in proc.stderr.read()
+    finally:
+        proc.kill()
