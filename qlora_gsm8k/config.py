@@ -167,6 +167,24 @@ class Params:
             validate = getattr(getattr(self, section.name), "validate", None)
             if validate:
                 validate()
+        steps, warmup = optimizer_steps(self.data.train_size, self.train)
+        if steps <= warmup:
+            # The HF Trainer's first step runs at learning rate 0 during warmup: LoRA's B would stay all zero and
+            # the "tuned" model would be the base exactly.
+            raise UserError(
+                f"training would take {steps} optimizer step(s), all of them warmup (train.warmup_ratio="
+                f"{self.train.warmup_ratio}): the adapter would not learn. Raise data.train_size "
+                f"({self.data.train_size}) or train.epochs ({self.train.epochs}), lower train.micro_batch_size or "
+                "train.grad_accum, or set train.warmup_ratio=0"
+            )
+
+
+def optimizer_steps(train_rows: int, cfg: TrainConfig) -> tuple[int, int]:
+    """(optimizer steps, warmup steps) as the HF Trainer counts them for `train_rows` rows."""
+    batches = math.ceil(train_rows / (cfg.micro_batch_size * cfg.num_gpus))
+    per_epoch = max(math.ceil(batches / cfg.grad_accum), 1)
+    steps = math.ceil(cfg.epochs * per_epoch)
+    return steps, math.ceil(steps * cfg.warmup_ratio)
 
 
 def is_local_model(name: str) -> bool:

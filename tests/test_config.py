@@ -158,3 +158,25 @@ def test_load_params_file_errors(tmp_path):
     with pytest.raises(UserError, match="is not valid YAML") as err:
         load_params(bad)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"data": {"train_size": 1}},  # one step, and it is warmup
+        {"train": {"epochs": 0.0001}},
+        {"data": {"train_size": 16}, "train": {"micro_batch_size": 16, "warmup_ratio": 0.5}},
+    ],
+)
+def test_a_run_that_cannot_train_is_refused(raw):
+    with pytest.raises(UserError, match="all of them warmup"):
+        parse_params(raw)
+
+
+def test_optimizer_steps_count_as_the_trainer_does():
+    from qlora_gsm8k.config import TrainConfig, optimizer_steps
+
+    assert optimizer_steps(200, TrainConfig()) == (13, 1)  # 13 micro-batches of 16, 3% warmup rounds up to 1
+    assert optimizer_steps(200, TrainConfig(micro_batch_size=8, grad_accum=2, epochs=2.0)) == (26, 1)
+    assert optimizer_steps(7473, TrainConfig(micro_batch_size=32, epochs=3.0)) == (702, 22)
+    assert optimizer_steps(1, TrainConfig(warmup_ratio=0.0)) == (1, 0)  # one real step: allowed
