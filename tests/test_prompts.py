@@ -262,3 +262,21 @@ def test_collator_pads_right_with_masked_labels(tiny_tokenizer, rows):
         assert batch["attention_mask"][row].sum() == n
         # EOS stays supervised although padding follows it
         assert batch["labels"][row, n - 1] == tok.eos_token_id
+
+
+# Llama-2's own template: the BOS rendered by the template at each user turn, no generation prompt, ' </s>' closing.
+LLAMA2 = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% else %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def test_llama2_template_gets_exactly_its_own_bos(tiny_base_dir, rows):
+    tok = load_tokenizer(tiny_base_dir)
+    tok.chat_template = LLAMA2
+    for example in rows:
+        enc = encode_example(tok, example, None)
+        prompt = encode_prompt(tok, example.question)
+        assert enc.input_ids.count(tok.bos_token_id) == 1 and enc.input_ids[0] == tok.bos_token_id
+        assert enc.input_ids[: len(prompt)] == prompt and tok.decode(prompt).endswith("[/INST]")
+        assert enc.labels[-1] == tok.eos_token_id and enc.input_ids.count(tok.eos_token_id) == 1
