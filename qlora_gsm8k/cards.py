@@ -40,6 +40,7 @@ def _recipe(params: Params) -> list[str]:
 
 
 def _numbers(title: str, metrics: dict, keys: list[str]) -> list[str]:
+    # No timings: the same params and seed must give byte-identical model directories (tests/test_determinism.py).
     shown = [f"| {k} | {metrics[k]:.6g} |" for k in keys if isinstance(metrics.get(k), (int, float))]
     return [f"## {title}", "", "| metric | value |", "|---|---|", *shown, ""] if shown else []
 
