@@ -54,9 +54,7 @@ def write_adapter_card(adapter_dir: Path, shown_as: str, base_dir: Path, params:
         "",
         *_recipe(params),
         "",
-        *_numbers(
-            "Training", train_metrics, ["train_loss", "final_loss", "steps", "examples", "real_tokens", "seconds"]
-        ),
+        *_numbers("Training", train_metrics, ["train_loss", "final_loss", "steps", "examples", "real_tokens"]),
         "## Load",
         "",
         "```python",
