@@ -42,7 +42,7 @@ def run_train(name: str, params: dict, base: Path, train_file: Path, work: Path)
     wall = time.perf_counter() - start
     if result.returncode != 0:
         return {"error": result.stderr[-2000:], "stage_seconds": wall}
-    metrics = json.loads(metrics_file.read_text())
+    metrics = json.loads(metrics_file.read_text())["train"]
     return {**metrics, "stage_seconds": wall, "losses": _losses(live)}
 
 

@@ -17,6 +17,8 @@ from qlora_gsm8k.gsm8k import read_jsonl
 from qlora_gsm8k.io import atomic_directory, write_json
 from qlora_gsm8k.training import discard_finished_runs, train_adapter
 
+RUN_SETTINGS = ("device", "compute_dtype", "liger_kernel", "compile")
+
 
 @stage_main
 def main() -> None:
@@ -52,9 +54,11 @@ def main() -> None:
         )
         if main_process:
             write_adapter_card(tmp, args.adapter_out, Path(args.base), params, metrics)
+            # How the run was executed (settings, not numbers), kept with the adapter it produced.
+            write_json(tmp / "training_run.json", {k: metrics.pop(k) for k in RUN_SETTINGS})
     if not main_process:
         return
-    write_json(args.metrics_out, metrics)
+    write_json(args.metrics_out, {"train": metrics})
     # Only now, with adapter and metrics in place, are the checkpoints of this run no longer needed.
     discard_finished_runs(checkpoints)
     print(f"train loss {metrics['train_loss']:.4f}, {metrics['tokens_per_second']:.0f} tokens/s")

@@ -69,7 +69,7 @@ def test_two_runs_give_identical_metrics_except_timing(reproduced_project, secon
         assert _without_timing(a) == _without_timing(b), f"metrics/{name} differs between two runs"
     train = json.loads((second_run / "metrics" / "train.json").read_text())
     assert _timing_keys(train) == TIMING_KEYS  # the keys ignored above do exist
-    assert train["resumed"] is False
+    assert train["train"]["resumed"] is False
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ def _train(tmp_path, base_dir, train_file, name: str, **train) -> tuple[object, 
         env=tool_env(),
         check=False,
     )
-    metrics = json.loads((out / "train.json").read_text()) if (out / "train.json").exists() else None
+    metrics = json.loads((out / "train.json").read_text())["train"] if (out / "train.json").exists() else None
     return result, metrics
 
 

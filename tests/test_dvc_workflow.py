@@ -288,7 +288,7 @@ def test_dvclive_logs_render_declared_plots_and_leave_dvc_yaml_alone(reproduced_
     before = git(project, "show", "HEAD~1:dvc.yaml").stdout.encode()
     assert (project / "dvc.yaml").read_bytes() == before, "the run rewrote dvc.yaml"
 
-    steps = json.loads((project / "metrics" / "train.json").read_text())["steps"]
+    steps = json.loads((project / "metrics" / "train.json").read_text())["train"]["steps"]
     declared = yaml.safe_load((project / "dvc.yaml").read_text())["plots"]
     for plot in declared:
         ((title, spec),) = plot.items()

@@ -229,7 +229,7 @@ def resume_project(tmp_path_factory, dataset_dir):
         ],
         cwd=project,
     )
-    metrics = json.loads((reference / "train.json").read_text())
+    metrics = json.loads((reference / "train.json").read_text())["train"]
     assert metrics["resumed"] is False and metrics["steps"] == TOTAL_STEPS
     return project, reference
 
@@ -267,12 +267,12 @@ def test_killed_train_stage_resumes_to_the_same_adapter(resume_project, sig):
     output = result.stdout + result.stderr
     assert "train" in stages_run(output)
     assert "resuming training from checkpoints/" in output
-    metrics = json.loads((project / "metrics" / "train.json").read_text())
+    metrics = json.loads((project / "metrics" / "train.json").read_text())["train"]
     assert metrics["resumed"] is True and 4 <= metrics["resumed_from_step"] < TOTAL_STEPS
     assert metrics["steps"] == TOTAL_STEPS
 
     _assert_same_adapter(project / "models" / "adapter", reference / "adapter")
-    assert _comparable(metrics) == _comparable(json.loads((reference / "train.json").read_text()))
+    assert _comparable(metrics) == _comparable(json.loads((reference / "train.json").read_text())["train"])
     # The curves continue across the interruption: every step once, the same values.
     for curve in ("loss", "learning_rate"):
         tsv = Path("plots") / "metrics" / f"{curve}.tsv"
@@ -312,6 +312,6 @@ def test_changed_params_do_not_resume_a_foreign_checkpoint(resume_project, tmp_p
     cmd[cmd.index("--params") + 1] = str(other_params)
     result = run(cmd, cwd=project)
     assert "resuming" not in result.stdout + result.stderr
-    assert json.loads((tmp_path / "train.json").read_text())["resumed"] is False
+    assert json.loads((tmp_path / "train.json").read_text())["train"]["resumed"] is False
     # the other run's checkpoints stay, for when its params come back
     assert len([p for p in checkpoints.iterdir()]) == 1
