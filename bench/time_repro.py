@@ -147,7 +147,7 @@ def main() -> None:
         "stage_seconds": stages,
         "noop_repro_seconds": noop_wall,
         "noop_returncode": noop_returncode,
-        "train_metrics": metrics.get("train.json"),
+        "train_metrics": (metrics.get("train.json") or {}).get("train"),
     }
     if args.profile:
         (args.out / "stage_profiles.txt").write_text(profile_summary(profiles))
