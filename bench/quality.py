@@ -35,7 +35,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qlora_gsm8k.config import parse_params  # noqa: E402
-from qlora_gsm8k.evaluation import generate_answers, paired_comparison, response_nll, score_generations  # noqa: E402
+from qlora_gsm8k.evaluation import evaluate_model, paired_comparison  # noqa: E402
 from qlora_gsm8k.gsm8k import read_jsonl  # noqa: E402
 from qlora_gsm8k.io import write_json  # noqa: E402
 from qlora_gsm8k.merging import load_with_adapter, merge_adapter  # noqa: E402
@@ -82,11 +82,7 @@ def recipe_params(changes: dict, merge_into: str = "dequantized"):
 
 def evaluate(model, tokenizer, examples, params, label: str, out: Path) -> tuple[dict, list[dict]]:
     start = time.perf_counter()
-    perplexity = response_nll(model, tokenizer, examples, params.eval.batch_size)
-    generations = generate_answers(
-        model, tokenizer, [e.question for e in examples], params.eval.generation_batch_size, params.eval.max_new_tokens
-    )
-    rows, summary = score_generations(examples, generations)
+    perplexity, rows, summary = evaluate_model(model, tokenizer, examples, params.eval)
     summary.update(perplexity=perplexity["perplexity"], seconds=time.perf_counter() - start)
     (out / f"generations_{label}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     log(
@@ -192,7 +188,8 @@ def main() -> None:
                     f"{p['flips_right_to_wrong']} right→wrong, McNemar p {p['mcnemar_p']:.3g}; merge check {check}"
                 )
                 del model
-                torch.cuda.empty_cache() if torch.cuda.is_available() else None
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
                 write_json(results_path, results)
     results["precision"] = str(resolve_dtype("auto")).removeprefix("torch.")
     write_json(results_path, results)

@@ -139,6 +139,7 @@ def generate_answers(model, tokenizer, questions: list[str], batch_size: int, ma
     model.eval()
     dev = next(model.parameters()).device
     stop_ids = stop_token_ids(tokenizer, model.generation_config)
+    stop_set = set(stop_ids)
     config = greedy_config(tokenizer, stop_ids, max_new_tokens)
     pad_id = tokenizer.pad_token_id
     with (
@@ -158,7 +159,7 @@ def generate_answers(model, tokenizer, questions: list[str], batch_size: int, ma
             new = out[:, width:].cpu()
             for row, i in enumerate(batch_idx):
                 # A row that stopped is padded after its stop; one that never stopped holds no padding.
-                results[i] = _decode_answer(tokenizer, new[row].tolist(), set(stop_ids))
+                results[i] = _decode_answer(tokenizer, new[row].tolist(), stop_set)
             progress.update(len(batch_idx))
     return results
 
@@ -281,3 +282,14 @@ def kl_between(logits_p: list[torch.Tensor], logits_q: list[torch.Tensor]) -> di
         total_tokens += p.shape[0]
     tokens = max(total_tokens, 1)
     return {"mean_kl": total_kl / tokens, "top1_agreement": same_top1 / tokens, "tokens": total_tokens}
+
+
+def evaluate_model(model, tokenizer, examples: list[Example], cfg) -> tuple[dict, list[dict], dict]:
+    """What the evaluate stage measures for one model, in one load: response perplexity, then greedy answers
+    scored GSM8K-style. Returns (perplexity metrics, per-row records, generation summary); `cfg` is EvalConfig."""
+    perplexity = response_nll(model, tokenizer, examples, cfg.batch_size)
+    generations = generate_answers(
+        model, tokenizer, [e.question for e in examples], cfg.generation_batch_size, cfg.max_new_tokens
+    )
+    rows, summary = score_generations(examples, generations)
+    return perplexity, rows, summary

@@ -6,7 +6,7 @@ import json
 
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
-from qlora_gsm8k.evaluation import generate_answers, response_nll, score_generations
+from qlora_gsm8k.evaluation import evaluate_model
 from qlora_gsm8k.gsm8k import read_jsonl
 from qlora_gsm8k.io import atomic_write_text, write_json
 from qlora_gsm8k.modeling import load_for_eval
@@ -25,16 +25,9 @@ def main() -> None:
     examples = read_jsonl(args.eval)
     model, tokenizer, precision = load_for_eval(args.model, params.eval.dtype)
 
-    perplexity = response_nll(model, tokenizer, examples, params.eval.batch_size)
-    perplexity["precision"] = precision
+    perplexity, rows, summary = evaluate_model(model, tokenizer, examples, params.eval)
+    perplexity["precision"] = summary["precision"] = precision
     print(f"{args.label} perplexity {perplexity['perplexity']:.3f} over {perplexity['tokens']} response tokens")
-
-    questions = [e.question for e in examples]
-    generations = generate_answers(
-        model, tokenizer, questions, params.eval.generation_batch_size, params.eval.max_new_tokens
-    )
-    rows, summary = score_generations(examples, generations)
-    summary["precision"] = precision
     # All three outputs once both measurements are done: a stage that fails or is killed while generating leaves
     # no perplexity file that looks like this run's next to the last run's generation metrics.
     atomic_write_text(args.generations_out, "".join(json.dumps(r) + "\n" for r in rows))
