@@ -9,6 +9,19 @@ from .config import Params
 from .io import atomic_write_text, read_json
 
 
+def adapter_base_reference(base_dir: Path) -> tuple[str, str | None]:
+    """What the adapter names as its base: a Hub base by id and pinned revision, so the adapter loads anywhere
+    (AutoPeftModelForCausalLM passes the revision on); any other base (a local directory, a dequantized GGUF,
+    tiny-llama) only exists as the base stage's output, named as the stage passed it (relative: from the repo root)."""
+    try:
+        provenance = read_json(base_dir / "provenance.json")
+    except (OSError, ValueError):
+        provenance = {}
+    if provenance.get("kind") == "hub" and provenance.get("revision"):
+        return provenance["name"], provenance["revision"]
+    return str(base_dir), None
+
+
 def _base_line(base_dir: Path) -> str:
     try:
         provenance = read_json(base_dir / "provenance.json")
@@ -45,6 +58,28 @@ def _numbers(title: str, metrics: dict, keys: list[str]) -> list[str]:
     return [f"## {title}", "", "| metric | value |", "|---|---|", *shown, ""] if shown else []
 
 
+def _load_lines(shown_as: str, base_dir: Path) -> list[str]:
+    name, revision = adapter_base_reference(base_dir)
+    where = (
+        f"The adapter names its base by Hub id and revision (`{name}` @ `{revision[:12]}…`): it loads from any "
+        "directory (offline once the base is in the Hugging Face cache)."
+        if revision
+        else f"The adapter names its base as `{name}`, the base stage's output: load it from the repository root, "
+        f"or from elsewhere pass the base yourself: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("
+        f'"<repo>/{name}"), "<repo>/{shown_as}")`.'
+    )
+    return [
+        "```python",
+        "from peft import AutoPeftModelForCausalLM",
+        "",
+        f'model = AutoPeftModelForCausalLM.from_pretrained("{shown_as}")',
+        "```",
+        "",
+        where,
+        "",
+    ]
+
+
 def write_adapter_card(adapter_dir: Path, shown_as: str, base_dir: Path, params: Params, train_metrics: dict) -> None:
     """Write adapter_dir/README.md; `shown_as` is the path users load the adapter from (the stage's output path)."""
     lines = [
@@ -57,12 +92,7 @@ def write_adapter_card(adapter_dir: Path, shown_as: str, base_dir: Path, params:
         *_numbers("Training", train_metrics, ["train_loss", "final_loss", "steps", "examples", "real_tokens"]),
         "## Load",
         "",
-        "```python",
-        "from peft import AutoPeftModelForCausalLM",
-        "",
-        f'model = AutoPeftModelForCausalLM.from_pretrained("{shown_as}")  # from the repository root',
-        "```",
-        "",
+        *_load_lines(shown_as, base_dir),
         "Evaluation against the base (perplexity, GSM8K exact match, paired flips): `metrics/*.json` of the run.",
         "",
     ]

@@ -20,6 +20,7 @@ from .errors import UserError
 
 TINY_LLAMA = "tiny-llama"
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+MAX_STRING_PARAM = 1024
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,25 @@ class DataConfig:
         _non_negative("data.train_offset", self.train_offset)
         _non_negative("data.eval_offset", self.eval_offset)
         _non_negative("data.shuffle_seed", self.shuffle_seed)
+
+
+@dataclass(frozen=True)
+class SvampConfig:
+    """SVAMP, a second arithmetic set evaluated base vs tuned beside GSM8K (never trained on)."""
+
+    # false: the SVAMP stages write empty outputs without loading a model.
+    enabled: bool = True
+    # A Hub dataset id (ChilleD/SVAMP: train 700 / test 300), a local .json/.jsonl file in the published
+    # layout (all rows of the file; `split` does not apply), or a directory holding <split>.json.
+    source: str = "ChilleD/SVAMP"
+    revision: str = "5e0bf1e5e7c0e9c4bc39180d224f41f3f801b7ef"
+    split: Literal["train", "test"] = "test"
+    size: int = 100
+    offset: int = 0
+
+    def validate(self) -> None:
+        _positive("svamp.size", self.size)
+        _non_negative("svamp.offset", self.offset)
 
 
 @dataclass(frozen=True)
@@ -161,6 +181,7 @@ class Params:
     quant: QuantConfig = field(default_factory=QuantConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    svamp: SvampConfig = field(default_factory=SvampConfig)
 
     def validate(self) -> None:
         for section in dataclasses.fields(self):
@@ -261,6 +282,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value
     elif tp is str:
         if isinstance(value, str) and value:
+            if len(value) > MAX_STRING_PARAM:
+                # dvc.lock and every experiment copy each param; no name, path or revision is this long.
+                raise UserError(f"{key} is {len(value):,} characters long; at most {MAX_STRING_PARAM} are allowed")
             return value
     else:
         raise TypeError(f"unsupported annotation {tp!r} for {key}")

@@ -288,8 +288,13 @@ def evaluate_model(model, tokenizer, examples: list[Example], cfg) -> tuple[dict
     """What the evaluate stage measures for one model, in one load: response perplexity, then greedy answers
     scored GSM8K-style. Returns (perplexity metrics, per-row records, generation summary); `cfg` is EvalConfig."""
     perplexity = response_nll(model, tokenizer, examples, cfg.batch_size)
+    rows, summary = answer_and_score(model, tokenizer, examples, cfg)
+    return perplexity, rows, summary
+
+
+def answer_and_score(model, tokenizer, examples: list[Example], cfg) -> tuple[list[dict], dict]:
+    """Greedy answers to `examples`' questions scored GSM8K-style (any set whose answers are one number)."""
     generations = generate_answers(
         model, tokenizer, [e.question for e in examples], cfg.generation_batch_size, cfg.max_new_tokens
     )
-    rows, summary = score_generations(examples, generations)
-    return perplexity, rows, summary
+    return score_generations(examples, generations)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from .evaluation import paired_comparison
 from .gsm8k import Example
+from .svamp import SvampRow
 
 
 def read_generations(path: str | Path) -> list[dict]:
@@ -97,7 +98,8 @@ def _block(text: str) -> str:
     return "```\n" + str(text).replace("```", "ʼʼʼ").strip() + "\n```"
 
 
-def markdown_report(table: pd.DataFrame, metrics: dict, samples: int) -> str:
+def markdown_report(table: pd.DataFrame, metrics: dict, samples: int, svamp: dict | None = None) -> str:
+    """GSM8K's flips and a sample side by side; `svamp` (svamp_metrics) adds its section after the summary."""
     paired = metrics["paired"]
     lines = [
         "# Base vs tuned on the eval slice",
@@ -110,6 +112,8 @@ def markdown_report(table: pd.DataFrame, metrics: dict, samples: int) -> str:
         f"exact McNemar p = {paired['mcnemar_p']:.3g}.",
         "",
     ]
+    if svamp is not None:
+        lines += svamp_section(svamp)
 
     def section(title: str, rows: pd.DataFrame) -> None:
         lines.extend([f"## {title} ({len(rows)})", ""])
@@ -141,3 +145,56 @@ def markdown_report(table: pd.DataFrame, metrics: dict, samples: int) -> str:
     section("Right → wrong", table[table.flip == "right_to_wrong"])
     section("Sample", table.head(samples))
     return "\n".join(lines)
+
+
+def svamp_by_type(rows: list[SvampRow], base_correct: list[bool], tuned_correct: list[bool]) -> dict[str, dict]:
+    """Paired comparison within each problem type (Addition, Subtraction, Multiplication, Common-Division)."""
+    breakdown = {}
+    for kind in sorted({r.type for r in rows}):
+        where = [i for i, r in enumerate(rows) if r.type == kind]
+        base = [base_correct[i] for i in where]
+        tuned = [tuned_correct[i] for i in where]
+        paired = paired_comparison(base, tuned)
+        breakdown[kind] = {
+            "examples": len(where),
+            "base": sum(base) / len(where),
+            "tuned": sum(tuned) / len(where),
+            "flips_wrong_to_right": paired["flips_wrong_to_right"],
+            "flips_right_to_wrong": paired["flips_right_to_wrong"],
+            "mcnemar_p": paired["mcnemar_p"],
+        }
+    return breakdown
+
+
+def svamp_metrics(rows: list[SvampRow], base: list[dict], tuned: list[dict]) -> dict:
+    """SVAMP's paired comparison overall and per problem type; {"svamp": {"paired": {"examples": 0}}} when off."""
+    if not rows:
+        return {"svamp": {"paired": {"examples": 0}}}
+    table = generations_table([r.example() for r in rows], base, tuned)
+    paired = compare_metrics(table, {})["paired"]
+    types = svamp_by_type(rows, table.base_correct.tolist(), table.tuned_correct.tolist())
+    return {"svamp": {"paired": paired, "by_type": types}}
+
+
+def svamp_section(metrics: dict) -> list[str]:
+    """The comparison report's SVAMP section (Markdown lines)."""
+    svamp = metrics["svamp"]
+    paired = svamp["paired"]
+    lines = ["## SVAMP: does the gain carry over to differently worded arithmetic?", ""]
+    if not paired["examples"]:
+        return [*lines, "SVAMP is off (`svamp.enabled: false`).", ""]
+    lines += [
+        f"{paired['examples']} questions, same prompt, generation and scoring as GSM8K. Flexible exact match "
+        f"difference {paired['accuracy_diff']:+.3f} (95% CI {paired['accuracy_diff_ci95_low']:+.3f} … "
+        f"{paired['accuracy_diff_ci95_high']:+.3f}); {paired['flips_wrong_to_right']} wrong→right, "
+        f"{paired['flips_right_to_wrong']} right→wrong, McNemar p = {paired['mcnemar_p']:.3g}.",
+        "",
+        "| type | questions | base | tuned | wrong→right | right→wrong | McNemar p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind, row in svamp["by_type"].items():
+        lines.append(
+            f"| {kind} | {row['examples']} | {row['base']:.3f} | {row['tuned']:.3f} | "
+            f"{row['flips_wrong_to_right']} | {row['flips_right_to_wrong']} | {row['mcnemar_p']:.3g} |"
+        )
+    return [*lines, ""]

@@ -48,3 +48,32 @@ def write_dataset_dir(root: str | Path, train_rows: int = 300, test_rows: int = 
         rows = make_rows(count, seed * 2 + offset)
         (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
+
+
+def make_svamp_rows(count: int, seed: int) -> list[dict]:
+    """Rows in the published SVAMP.json layout (float answers, four problem types), from the same generator."""
+    rng = random.Random(seed)
+    types = ["Addition", "Multiplication", "Subtraction"]
+    rows = []
+    for position in range(count):
+        row = make_row(rng)
+        body, _, question = row["question"].rpartition(". ")
+        number = float(row["answer"].rsplit("#### ", 1)[1])
+        kind = types[["+", "*", "-"].index(next(op for op in "+*-" if f" {op} " in row["answer"]))]
+        rows.append(
+            {
+                "ID": f"chal-{position + 1}",
+                "Body": body,
+                "Question": question,
+                "Equation": "",
+                "Answer": number,
+                "Type": kind,
+            }
+        )
+    return rows
+
+
+def write_svamp_file(path: str | Path, count: int = 40, seed: int = 0) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(make_svamp_rows(count, seed), indent=1))
+    return path

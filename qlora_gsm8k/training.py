@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .cards import adapter_base_reference
 from .config import Params, TrainConfig, params_as_dict
 from .distributed import is_main_process
 from .errors import UserError
@@ -465,7 +466,7 @@ def train_adapter(
 def _set_adapter_base(adapter_dir: Path, base_dir: Path) -> None:
     config_path = adapter_dir / "adapter_config.json"
     config = json.loads(config_path.read_text())
-    config["base_model_name_or_path"] = str(base_dir)
+    config["base_model_name_or_path"], config["revision"] = adapter_base_reference(base_dir)
     # peft keeps target_modules as a set: its saved order follows the process's hash seed, so two identical
     # runs would write different adapter_config.json files (and DVC would see different adapters).
     if isinstance(config.get("target_modules"), list):

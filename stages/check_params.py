@@ -6,7 +6,7 @@ Checked here, in this order (cheapest first):
 - every param: type, range, unknown keys (qlora_gsm8k.config); no token in the params file;
 - Hub revisions pinned to a commit hash;
 - the data: data.source readable, every JSONL line well-formed with a '#### <number>' answer, and the
-  slices within their splits (the same code the fetch stage runs);
+  slices within their splits (the same code the fetch stage runs); the same for svamp.source when svamp is on;
 - the model: found (local directory with safetensors weights, tiny-llama, or the Hub / its cache when
   offline) and lora.target_modules exist in it (from its config alone, no weights loaded);
 - what train.liger_kernel=true needs (a CUDA GPU, liger-kernel installed), and train.compile=true (a CUDA GPU).
@@ -24,6 +24,7 @@ from qlora_gsm8k.config import Params, model_kind
 from qlora_gsm8k.errors import UserError, stage_main
 from qlora_gsm8k.gsm8k import is_local_source, load_splits, take_slice
 from qlora_gsm8k.io import atomic_write_text, file_sha256, read_json, write_json
+from qlora_gsm8k.svamp import is_local_svamp, load_svamp, take_svamp_slice
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -35,6 +36,8 @@ def check_revisions(params: Params) -> None:
         pinned.append(("model.revision", params.model.revision, params.model.name))
     if not is_local_source(params.data.source):
         pinned.append(("data.revision", params.data.revision, params.data.source))
+    if params.svamp.enabled and not is_local_svamp(params.svamp.source):
+        pinned.append(("svamp.revision", params.svamp.revision, params.svamp.source))
     for key, revision, name in pinned:
         if not _COMMIT.fullmatch(revision):
             raise UserError(
@@ -48,6 +51,12 @@ def check_data(params: Params) -> None:
     train, test, _ = load_splits(cfg)
     take_slice(train, cfg.train_offset, cfg.train_size, cfg.shuffle_seed, "train")
     take_slice(test, cfg.eval_offset, cfg.eval_size, cfg.shuffle_seed, "eval")
+
+
+def check_svamp(params: Params) -> None:
+    if params.svamp.enabled:
+        rows, _ = load_svamp(params.svamp)
+        take_svamp_slice(rows, params.svamp)
 
 
 def model_check_key(params: Params) -> dict:
@@ -115,17 +124,18 @@ def check_accelerators(params: Params) -> None:
 
 
 OFFLINE_FIX = (
-    "Offline? Point both at local files in one run: dvc exp run -S data.source=/path/to/gsm8k "
-    "-S model.name=.models/SmolLM2-135M-Instruct.Q4_1.gguf (tools/fetch-smollm2.sh fetches that file; "
-    "or -S model.name=tiny-llama)"
+    "Offline? Point them at local files in one run: dvc exp run -S data.source=/path/to/gsm8k "
+    "-S model.name=.models/SmolLM2-135M-Instruct.Q4_1.gguf -S svamp.source=/path/to/SVAMP.json "
+    "(tools/fetch-smollm2.sh fetches the model file; or -S model.name=tiny-llama; -S svamp.enabled=false skips SVAMP)"
 )
 
 
 def check_inputs(params: Params, model_record: Path | None) -> None:
-    """The data and the model, both checked before either failure is reported: a first offline run names every
+    """The data sets and the model, all checked before any failure is reported: a first offline run names every
     input it cannot reach at once, not one per attempt."""
     problems = []
-    for check in (lambda: check_data(params), lambda: check_model(params, model_record)):
+    checks = (lambda: check_data(params), lambda: check_svamp(params), lambda: check_model(params, model_record))
+    for check in checks:
         try:
             check()
         except UserError as err:

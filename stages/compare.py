@@ -1,4 +1,5 @@
-"""Compare base and tuned on the same questions: table, paired statistics, plots, Markdown report."""
+"""Compare base and tuned on the same questions (GSM8K, and SVAMP when on): table, paired statistics, plots,
+Markdown report."""
 
 from pathlib import Path
 
@@ -6,6 +7,7 @@ from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.gsm8k import read_jsonl
 from qlora_gsm8k.io import atomic_write_text, read_json, write_json
+from qlora_gsm8k.plots import accuracy_png, by_type_png, flips_png
 from qlora_gsm8k.report import (
     accuracy_plot_rows,
     compare_metrics,
@@ -13,7 +15,9 @@ from qlora_gsm8k.report import (
     generations_table,
     markdown_report,
     read_generations,
+    svamp_metrics,
 )
+from qlora_gsm8k.svamp import read_svamp_slice
 
 
 @stage_main
@@ -28,23 +32,43 @@ def main() -> None:
     parser.add_argument("--table-out", required=True, help="CSV, one row per eval question")
     parser.add_argument("--report-out", required=True, help="Markdown side-by-side of flips and a sample")
     parser.add_argument("--plots-dir", required=True)
+    parser.add_argument("--svamp", required=True, help="SVAMP slice (JSONL; empty when the set is off)")
+    parser.add_argument("--svamp-base-generations", required=True)
+    parser.add_argument("--svamp-tuned-generations", required=True)
+    parser.add_argument("--svamp-metrics-out", required=True)
     args, params = parse_stage_args(parser)
     table = generations_table(
         read_jsonl(args.eval), read_generations(args.base_generations), read_generations(args.tuned_generations)
     )
     perplexity = {**read_json(args.base_perplexity), **read_json(args.tuned_perplexity)}
     metrics = compare_metrics(table, perplexity)
+    svamp = svamp_metrics(
+        read_svamp_slice(args.svamp),
+        read_generations(args.svamp_base_generations),
+        read_generations(args.svamp_tuned_generations),
+    )
     write_json(args.metrics_out, metrics)
+    write_json(args.svamp_metrics_out, svamp)
     atomic_write_text(args.table_out, table.to_csv(index=False))
-    atomic_write_text(args.report_out, markdown_report(table, metrics, params.eval.report_samples))
+    atomic_write_text(args.report_out, markdown_report(table, metrics, params.eval.report_samples, svamp))
     plots = Path(args.plots_dir)
-    atomic_write_text(plots / "accuracy.csv", accuracy_plot_rows(table).to_csv(index=False))
-    atomic_write_text(plots / "flips.csv", flips_plot_rows(table).to_csv(index=False))
+    accuracy, flips = accuracy_plot_rows(table), flips_plot_rows(table)
+    atomic_write_text(plots / "accuracy.csv", accuracy.to_csv(index=False))
+    atomic_write_text(plots / "flips.csv", flips.to_csv(index=False))
+    accuracy_png(accuracy, plots / "accuracy.png")
+    flips_png(flips, plots / "flips.png")
+    by_type_png(svamp["svamp"].get("by_type", {}), plots / "svamp_by_type.png")
     paired = metrics["paired"]
     print(
         f"{paired['flips_wrong_to_right']} wrong→right, {paired['flips_right_to_wrong']} right→wrong, "
         f"McNemar p={paired['mcnemar_p']:.3g}"
     )
+    if svamp["svamp"]["paired"]["examples"]:
+        on_svamp = svamp["svamp"]["paired"]
+        print(
+            f"SVAMP: {on_svamp['flips_wrong_to_right']} wrong→right, {on_svamp['flips_right_to_wrong']} right→wrong, "
+            f"McNemar p={on_svamp['mcnemar_p']:.3g}"
+        )
 
 
 if __name__ == "__main__":

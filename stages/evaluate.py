@@ -21,18 +21,20 @@ def main() -> None:
     parser.add_argument("--perplexity-out", required=True, help="perplexity metrics (JSON)")
     parser.add_argument("--generations-out", required=True, help="JSONL, one scored output per row")
     parser.add_argument("--generation-metrics-out", required=True, help="exact match and health (JSON)")
+    parser.add_argument("--info-out", required=True, help="how the model was run: precision, device (JSON)")
     args, params = parse_stage_args(parser)
     examples = read_jsonl(args.eval)
     model, tokenizer, precision = load_for_eval(args.model, params.eval.dtype)
 
     perplexity, rows, summary = evaluate_model(model, tokenizer, examples, params.eval)
-    perplexity["precision"] = summary["precision"] = precision
     print(f"{args.label} perplexity {perplexity['perplexity']:.3f} over {perplexity['tokens']} response tokens")
     # All three outputs once both measurements are done: a stage that fails or is killed while generating leaves
     # no perplexity file that looks like this run's next to the last run's generation metrics.
     atomic_write_text(args.generations_out, "".join(json.dumps(r) + "\n" for r in rows))
     write_json(args.perplexity_out, {args.label: perplexity})
     write_json(args.generation_metrics_out, {args.label: summary})
+    # Settings, not numbers: kept out of the metrics files so `dvc metrics diff` compares numbers only.
+    write_json(args.info_out, {"model": args.model, "precision": precision, "device": str(model.device)})
     print(
         f"{args.label}: exact match strict {summary['exact_match_strict']:.3f}, "
         f"flexible {summary['exact_match_flexible']:.3f}"

@@ -15,6 +15,7 @@ from qlora_gsm8k.distributed import is_main_process, launched, pin_to_one_gpu, r
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.gsm8k import read_jsonl
 from qlora_gsm8k.io import atomic_directory, write_json
+from qlora_gsm8k.plots import curve_png
 from qlora_gsm8k.training import discard_finished_runs, train_adapter
 
 RUN_SETTINGS = ("device", "compute_dtype", "liger_kernel", "compile")
@@ -59,6 +60,9 @@ def main() -> None:
     if not main_process:
         return
     write_json(args.metrics_out, {"train": metrics})
+    curves = Path(args.live_dir) / "plots"
+    if (curves / "metrics/loss.tsv").is_file():
+        curve_png(curves / "metrics/loss.tsv", "loss", curves / "images/loss.png", "Training loss")
     # Only now, with adapter and metrics in place, are the checkpoints of this run no longer needed.
     discard_finished_runs(checkpoints)
     print(f"train loss {metrics['train_loss']:.4f}, {metrics['tokens_per_second']:.0f} tokens/s")

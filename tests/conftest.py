@@ -20,7 +20,7 @@ import yaml  # noqa: E402
 
 from qlora_gsm8k.gsm8k import read_jsonl  # noqa: E402
 from qlora_gsm8k.modeling import save_base  # noqa: E402
-from qlora_gsm8k.synthetic import write_dataset_dir  # noqa: E402
+from qlora_gsm8k.synthetic import write_dataset_dir, write_svamp_file  # noqa: E402
 from qlora_gsm8k.tiny import build_tiny_llama  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,12 +34,16 @@ TINY_PARAMS = {
     "lora": {"r": 8, "alpha": 16},
     "train": {"micro_batch_size": 8, "max_length": 256, "save_steps": 2, "epochs": 1.0},
     "eval": {"batch_size": 6, "max_new_tokens": 24, "merge_check_size": 4, "report_samples": 2},
+    "svamp": {"size": 8},
 }
 
 
 @pytest.fixture(scope="session")
 def dataset_dir(tmp_path_factory):
-    return write_dataset_dir(tmp_path_factory.mktemp("gsm8k"), train_rows=300, test_rows=150)
+    """GSM8K's train.jsonl and test.jsonl, and beside them SVAMP.json in the published SVAMP layout."""
+    root = write_dataset_dir(tmp_path_factory.mktemp("gsm8k"), train_rows=300, test_rows=150)
+    write_svamp_file(root / "SVAMP.json", count=40)
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -113,6 +117,11 @@ def merge_params(base: dict, overrides: dict) -> dict:
     return merged
 
 
+def local_sources(dataset_dir: Path) -> dict:
+    """Params overrides pointing both data sets at the fixtures (the Hub defaults are unreachable in tests)."""
+    return {"data": {"source": str(dataset_dir)}, "svamp": {"source": str(dataset_dir / "SVAMP.json")}}
+
+
 def tool_env() -> dict[str, str]:
     """Environment in which `python` and `dvc` are this interpreter's, offline, without a real token."""
     env = dict(os.environ)
@@ -155,7 +164,7 @@ def make_project(root: Path, dataset_dir: Path, overrides: dict | None = None) -
         shutil.copy2(REPO_ROOT / rel, dest)
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params = merge_params(params, TINY_PARAMS)
-    params = merge_params(params, {"data": {"source": str(dataset_dir)}})
+    params = merge_params(params, local_sources(dataset_dir))
     params = merge_params(params, overrides or {})
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(project, "init", "-q", "-b", "main")

@@ -180,3 +180,12 @@ def test_optimizer_steps_count_as_the_trainer_does():
     assert optimizer_steps(200, TrainConfig(micro_batch_size=8, grad_accum=2, epochs=2.0)) == (26, 1)
     assert optimizer_steps(7473, TrainConfig(micro_batch_size=32, epochs=3.0)) == (702, 22)
     assert optimizer_steps(1, TrainConfig(warmup_ratio=0.0)) == (1, 0)  # one real step: allowed
+
+
+@pytest.mark.parametrize("key", [("data", "config"), ("model", "name"), ("svamp", "source")])
+def test_string_params_are_bounded(key):
+    """Each param is copied into dvc.lock and every experiment: a 1 MB string would bloat them all."""
+    section, name = key
+    parse_params({section: {name: "x" * 1024}})
+    with pytest.raises(UserError, match=rf"{section}\.{name} is 5,000 characters long; at most 1024"):
+        parse_params({section: {name: "x" * 5000}})

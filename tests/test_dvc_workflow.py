@@ -28,8 +28,8 @@ ORIGINAL_R = TINY_PARAMS["lora"]["r"]
 UP_TO_DATE = "Data and pipelines are up to date."
 TRAIN_CACHED = "Stage 'train' is cached - skipping run, checking out outputs"
 # Stages that read only the base model and the eval rows: nothing about LoRA or training may re-run them.
-BASE_ONLY = {"fetch", "base", "evaluate@base"}
-AFTER_TRAIN = {"train", "merge", "evaluate@tuned", "compare"}
+BASE_ONLY = {"fetch", "base", "evaluate@base", "fetch_svamp", "evaluate_svamp@base"}
+AFTER_TRAIN = {"train", "merge", "evaluate@tuned", "evaluate_svamp@tuned", "compare"}
 CREDENTIAL_KEYS = re.compile(
     r"password|secret|token|access_key|key_id|credential|sas_|connection_string|keyfile|private_key", re.I
 )
@@ -127,6 +127,26 @@ class Workflow:
 
         return self.once("train_size", step)
 
+    def svamp_size(self) -> str:
+        def step():
+            self.reset()
+            return self.exp_run("-S", "svamp.size=4")
+
+        return self.once("svamp_size", step)
+
+    def svamp_off(self) -> dict:
+        def step():
+            self.reset()
+            out = self.exp_run("-S", "svamp.enabled=false")
+            metrics = {
+                name: json.loads((self.project / "metrics" / name).read_text())
+                for name in ("svamp_base.json", "svamp_tuned.json", "svamp_compare.json")
+            }
+            report = (self.project / "reports/comparison.md").read_text()
+            return {"output": out, "metrics": metrics, "report": report}
+
+        return self.once("svamp_off", step)
+
     def merge_param(self) -> dict:
         def step():
             self.reset()
@@ -220,6 +240,21 @@ def test_exp_run_lora_r_reruns_train_and_downstream_only(workflow):
     assert not ran & BASE_ONLY, ran
 
 
+def test_exp_run_svamp_size_reruns_only_the_svamp_side(workflow):
+    ran = stages_run(workflow.svamp_size())
+    assert {"fetch_svamp", "evaluate_svamp@base", "evaluate_svamp@tuned", "compare"} <= ran, ran
+    assert not ran & {"fetch", "base", "train", "merge", "evaluate@base", "evaluate@tuned"}, ran
+
+
+def test_svamp_off_writes_empty_results_and_loads_no_model(workflow):
+    off = workflow.svamp_off()
+    assert "SVAMP is off" in off["output"] and "SVAMP base:" not in off["output"], off["output"][-3000:]
+    assert off["metrics"]["svamp_base.json"] == {"svamp": {"base": {"examples": 0}}}
+    assert off["metrics"]["svamp_compare.json"] == {"svamp": {"paired": {"examples": 0}}}
+    assert "SVAMP is off" in off["report"]
+    assert "train" not in stages_run(off["output"])
+
+
 def test_exp_run_train_size_refetches_and_retrains_but_keeps_base(workflow):
     ran = stages_run(workflow.train_size())
     assert {"fetch", "train", "merge"} <= ran, ran
@@ -257,6 +292,7 @@ def test_queued_sweep_runs_both_points_and_exp_show_lists_them(workflow):
     assert rs == {4, 8}
     header = sweep["csv"].splitlines()[0].split(",")
     assert "lora.r" in header and "tuned.perplexity" in header and "tuned.exact_match_strict" in header, header
+    assert "svamp.tuned.exact_match_flexible" in header and "svamp.paired.mcnemar_p" in header, header
     assert all(name in sweep["csv"] for name in names)
 
 
@@ -289,7 +325,10 @@ def test_dvclive_logs_render_declared_plots_and_leave_dvc_yaml_alone(reproduced_
     assert (project / "dvc.yaml").read_bytes() == before, "the run rewrote dvc.yaml"
 
     steps = json.loads((project / "metrics" / "train.json").read_text())["train"]["steps"]
-    declared = yaml.safe_load((project / "dvc.yaml").read_text())["plots"]
+    every_plot = yaml.safe_load((project / "dvc.yaml").read_text())["plots"]
+    declared = [p for p in every_plot if isinstance(p, dict)]
+    images = [p for p in every_plot if isinstance(p, str)]
+    assert len(images) == 4 and all(p.endswith(".png") for p in images), images
     for plot in declared:
         ((title, spec),) = plot.items()
         for path in spec["y"]:
@@ -309,7 +348,12 @@ def test_dvclive_logs_render_declared_plots_and_leave_dvc_yaml_alone(reproduced_
 
     html = tmp_path / "plots"
     dvc(project, "plots", "show", "-o", str(html))
-    assert "Training loss" in (html / "index.html").read_text()
+    page = (html / "index.html").read_text()
+    assert "Training loss" in page
+    # The images are embedded as files beside the page: they show offline, where the vega plots stay blank.
+    for image in images:
+        embedded = html / "static" / f"workspace_{image.replace('/', '_')}"
+        assert f'src="static/{embedded.name}"' in page and embedded.read_bytes()[:4] == b"\x89PNG", image
     assert git(project, "status", "--porcelain").stdout == ""
 
 

@@ -403,12 +403,18 @@ def test_evaluate_stage_writes_perplexity_and_generations_from_one_load(
         "stages.evaluate", "--params", str(tmp_path / "params.yaml"), "--model", str(tiny_base_dir),
         "--eval", str(tmp_path / "eval.jsonl"), "--label", "base", "--perplexity-out", str(tmp_path / "ppl.json"),
         "--generations-out", str(tmp_path / "gen.jsonl"), "--generation-metrics-out", str(tmp_path / "gen.json"),
+        "--info-out", str(tmp_path / "info.json"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     ppl = json.loads((tmp_path / "ppl.json").read_text())["base"]
     expected = response_nll(model, tiny_tokenizer, rows[:4], batch_size=1)
     assert ppl["perplexity"] == pytest.approx(expected["perplexity"], rel=1e-6)
-    assert ppl["tokens"] == expected["tokens"] and ppl["precision"] == "float32"
+    assert ppl["tokens"] == expected["tokens"]
+    # Metrics hold numbers only; how the model ran is recorded beside them.
+    for metrics_file in ("ppl.json", "gen.json"):
+        values = next(iter(json.loads((tmp_path / metrics_file).read_text()).values())).values()
+        assert all(isinstance(v, (int, float)) for v in values), metrics_file
+    assert json.loads((tmp_path / "info.json").read_text())["precision"] == "float32"
 
     lines = (tmp_path / "gen.jsonl").read_text().splitlines()
     assert [json.loads(line)["index"] for line in lines] == [e.index for e in rows[:4]]

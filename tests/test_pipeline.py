@@ -44,6 +44,12 @@ def test_no_data_or_weights_tracked_by_git():
     assert big == []
 
 
+def _only_numbers(tree) -> bool:
+    if isinstance(tree, dict):
+        return all(_only_numbers(v) for v in tree.values())
+    return isinstance(tree, (int, float))
+
+
 @pytest.mark.slow
 def test_repro_outputs_load_as_users_load_them(reproduced_project):
     project = reproduced_project
@@ -57,6 +63,9 @@ def test_repro_outputs_load_as_users_load_them(reproduced_project):
         "merge.json",
         "perplexity_base.json",
         "perplexity_tuned.json",
+        "svamp_base.json",
+        "svamp_compare.json",
+        "svamp_tuned.json",
         "train.json",
     ]
     assert (project / "models/merged/model.safetensors").is_file()
@@ -93,5 +102,17 @@ def test_repro_outputs_load_as_users_load_them(reproduced_project):
         "merge",
         "evaluate@base",
         "evaluate@tuned",
+        "fetch_svamp",
+        "evaluate_svamp@base",
+        "evaluate_svamp@tuned",
         "compare",
     }
+    # Numbers only in metrics files (settings sit in data/evaluated_*.json, models/adapter/training_run.json).
+    for metrics_file in (project / "metrics").glob("*.json"):
+        assert _only_numbers(json.loads(metrics_file.read_text())), metrics_file.name
+    svamp = json.loads((project / "metrics/svamp_compare.json").read_text())["svamp"]
+    assert svamp["paired"]["examples"] == 8 and sum(t["examples"] for t in svamp["by_type"].values()) == 8
+    assert "## SVAMP" in (project / "reports/comparison.md").read_text()
+    for image in ("reports/plots/accuracy.png", "reports/plots/flips.png", "reports/plots/svamp_by_type.png",
+                  "dvclive/train/plots/images/loss.png"):  # fmt: skip
+        assert (project / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image

@@ -214,7 +214,17 @@ def test_compare_stage_end_to_end(tmp_path):
         str(out / "comparison.md"),
         "--plots-dir",
         str(out / "plots"),
+        # SVAMP off: an empty slice and empty generations
+        "--svamp",
+        str(tmp_path / "empty.jsonl"),
+        "--svamp-base-generations",
+        str(tmp_path / "empty.jsonl"),
+        "--svamp-tuned-generations",
+        str(tmp_path / "empty.jsonl"),
+        "--svamp-metrics-out",
+        str(out / "svamp_compare.json"),
     ]
+    (tmp_path / "empty.jsonl").write_text("")
     result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "compare.json").read_text())
@@ -226,3 +236,9 @@ def test_compare_stage_end_to_end(tmp_path):
     assert "## Sample (1)" in (out / "comparison.md").read_text()
     assert pd.read_csv(out / "plots" / "flips.csv")["questions"].tolist() == [1, 1, 2, 1]
     assert set(pd.read_csv(out / "plots" / "accuracy.csv")["model"]) == {"base", "tuned"}
+    assert json.loads((out / "svamp_compare.json").read_text()) == {"svamp": {"paired": {"examples": 0}}}
+    first = {name: (out / "plots" / name).read_bytes() for name in ("accuracy.png", "flips.png", "svamp_by_type.png")}
+    assert all(data[:8] == b"\x89PNG\r\n\x1a\n" for data in first.values())
+    # Same numbers, same bytes: a re-run leaves DVC nothing to see.
+    rerun = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and all((out / "plots" / n).read_bytes() == d for n, d in first.items())

@@ -186,6 +186,7 @@ def test_params_pin_hub_revisions_to_commit_hashes():
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     assert re.fullmatch(COMMIT, params["model"]["revision"])
     assert re.fullmatch(COMMIT, params["data"]["revision"])
+    assert re.fullmatch(COMMIT, params["svamp"]["revision"])
 
 
 def test_unpinned_hub_revisions_are_refused(tmp_path):

@@ -255,7 +255,7 @@ def test_train_adapter_metrics_and_files(trained, tiny_base_dir):
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["r"] == 8 and config["lora_alpha"] == 16
     assert sorted(config["target_modules"]) == ["q_proj", "v_proj"]
-    assert config["base_model_name_or_path"] == str(tiny_base_dir)
+    assert config["base_model_name_or_path"] == str(tiny_base_dir) and config["revision"] is None
     tensors = load_file(adapter / "adapter_model.safetensors")
     assert len(tensors) == 8 and all(".lora_A." in k or ".lora_B." in k for k in tensors)
     assert sum(t.numel() for t in tensors.values()) == metrics["trainable_params"]
@@ -363,3 +363,18 @@ def test_freeze_base_freezes_everything_and_upcasts_only_when_needed(tiny_base_d
     assert {"model.norm.weight", "lm_head.weight", "model.embed_tokens.weight"} <= set(unquantized)
     assert set(unquantized.values()) == {expected}
     assert len(_linear4bit(model)) == 2 * len(PROJECTIONS)  # the 4-bit layers are untouched
+
+
+def test_adapter_names_a_hub_base_by_id_and_revision(tmp_path):
+    """Portable: a Hub base is named so the adapter loads from any directory; others stay the stage's path."""
+    from qlora_gsm8k.cards import adapter_base_reference
+
+    hub = tmp_path / "hub-base"
+    hub.mkdir()
+    revision = "fe8a4ea1ffedaf415f4da2f062534de366a451e6"
+    (hub / "provenance.json").write_text(json.dumps({"name": "org/model", "revision": revision, "kind": "hub"}))
+    assert adapter_base_reference(hub) == ("org/model", revision)
+    local = tmp_path / "local-base"
+    local.mkdir()
+    (local / "provenance.json").write_text(json.dumps({"name": "/m", "revision": None, "kind": "local"}))
+    assert adapter_base_reference(local) == (str(local), None)

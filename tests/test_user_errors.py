@@ -27,6 +27,7 @@ from conftest import (
     TINY_PARAMS,
     dvc,
     git,
+    local_sources,
     merge_params,
     run,
     stages_run,
@@ -45,7 +46,7 @@ FAST_SECONDS = 45
 def _params(dataset_dir: Path, overrides: dict | None = None) -> dict:
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params = merge_params(params, TINY_PARAMS)
-    params = merge_params(params, {"data": {"source": str(dataset_dir)}})
+    params = merge_params(params, local_sources(dataset_dir))
     return merge_params(params, overrides or {})
 
 
@@ -295,17 +296,22 @@ def test_model_not_found_offline_fails_in_one_line_naming_the_fix(tmp_path, data
 
 def test_offline_first_run_names_every_unreachable_input_at_once(tmp_path, dataset_dir):
     """The defaults offline: dataset and model on the Hub. One run names both, with one command fixing both."""
-    params_file = _write_params(
-        tmp_path, dataset_dir, {"model": {"name": "nobody/no-such-model"}, "data": {"source": "nobody/no-such-data"}}
-    )
+    unreachable = {
+        "model": {"name": "nobody/no-such-model"},
+        "data": {"source": "nobody/no-such-data"},
+        "svamp": {"source": "nobody/no-such-svamp"},
+    }
+    params_file = _write_params(tmp_path, dataset_dir, unreachable)
     result, seconds = _check_params(params_file, tmp_path)
     assert_one_line_error(
         result,
         seconds,
-        "2 problems",
+        "3 problems",
         "cannot load dataset 'nobody/no-such-data'",
+        "cannot load dataset 'nobody/no-such-svamp'",
         "cannot load model 'nobody/no-such-model'",
-        "-S data.source=/path/to/gsm8k -S model.name=.models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "-S data.source=/path/to/gsm8k -S model.name=.models/SmolLM2-135M-Instruct.Q4_1.gguf "
+        "-S svamp.source=/path/to/SVAMP.json",
     )
 
 

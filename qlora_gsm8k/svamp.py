@@ -1,0 +1,151 @@
+"""SVAMP (Patel et al., NAACL 2021): arithmetic word problems varied to defeat shallow heuristics. Read from the Hub
+or a local file in the published layout (Body, Question, Equation, Answer, Type), sliced, and turned into eval
+rows that GSM8K's prompt, generation and scoring take unchanged: a GSM8K gain that vanishes here is format, not
+reasoning."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import SvampConfig
+from .errors import UserError
+from .gsm8k import Example, normalize_number
+from .hub import local_cache_only
+
+# One row of the published SVAMP.json spells its type "Common-Divison"; counted with its 165 siblings.
+_TYPE_SPELLING = {"Common-Divison": "Common-Division"}
+
+
+@dataclass(frozen=True)
+class SvampRow:
+    index: int
+    id: str
+    question: str
+    number: str
+    type: str
+
+    def example(self) -> Example:
+        """The row as GSM8K scoring reads it: the question is Body + " " + Question, the answer a '#### N' line."""
+        return Example(question=self.question, answer=f"#### {self.number}", index=self.index)
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "id": self.id, "question": self.question, "number": self.number, "type": self.type}
+
+
+def answer_number(value, where: str) -> str:
+    """SVAMP's answer as scoring compares it: the JSON file holds 51.0, the Hub "51"; both become '51'."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: 'Answer' must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise UserError(f"{where}: 'Answer' must be finite, got {value!r}")
+    return str(int(number)) if number.is_integer() else normalize_number(repr(number))
+
+
+def parse_svamp(rows: list, where: str) -> list[SvampRow]:
+    """Validate published-layout rows; errors name `where` and the row (1-based)."""
+    parsed = []
+    for position, row in enumerate(rows):
+        at = f"{where} row {position + 1}"
+        if not isinstance(row, dict):
+            raise UserError(f"{at}: expected a JSON object, got {type(row).__name__}")
+        missing = [key for key in ("Body", "Question", "Answer", "Type") if key not in row]
+        if missing:
+            raise UserError(f"{at}: missing {', '.join(missing)} (SVAMP layout: Body, Question, Answer, Type)")
+        body, question, kind = row["Body"], row["Question"], row["Type"]
+        if not all(isinstance(text, str) for text in (body, question, kind)) or not question.strip():
+            raise UserError(f"{at}: Body, Question and Type must be text, with a non-empty Question")
+        parsed.append(
+            SvampRow(
+                index=position,
+                id=str(row.get("ID", position)),
+                question=f"{body.strip()} {question.strip()}".strip(),
+                number=answer_number(row["Answer"], at),
+                type=_TYPE_SPELLING.get(kind.strip(), kind.strip()),
+            )
+        )
+    return parsed
+
+
+def _read_rows(path: Path) -> list:
+    """A JSON list (the published SVAMP.json, the Hub repo's <split>.json) or JSON lines."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"svamp.source: {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"svamp.source: cannot read {path}: {err}") from None
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError:
+        rows = []
+        for line_no, line in enumerate(text.split("\n"), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise UserError(f"{path}:{line_no}: malformed JSON ({err.msg})") from None
+    if not isinstance(rows, list) or not rows:
+        raise UserError(f"svamp.source: {path} holds no list of rows")
+    return rows
+
+
+def is_local_svamp(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).expanduser().exists()
+
+
+def _local_file(cfg: SvampConfig) -> Path | None:
+    if not is_local_svamp(cfg.source):
+        return None
+    source = Path(cfg.source).expanduser()
+    return source / f"{cfg.split}.json" if source.is_dir() else source
+
+
+def load_svamp(cfg: SvampConfig) -> tuple[list[SvampRow], dict]:
+    """All rows of the configured source and split, and where they came from."""
+    local = _local_file(cfg)
+    if local is not None:
+        return parse_svamp(_read_rows(local), str(local)), {"source": str(local), "kind": "local"}
+    local_cache_only()  # before importing datasets
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("the 'datasets' package is needed to read svamp.source from the Hub") from None
+    try:
+        loaded = datasets.load_dataset(cfg.source, revision=cfg.revision, split=cfg.split)
+    except Exception as err:  # noqa: BLE001 - datasets raises many types for "not reachable"
+        raise UserError(
+            f"cannot load dataset {cfg.source!r} (split {cfg.split!r}, revision {cfg.revision}) from the Hugging "
+            f"Face Hub ({type(err).__name__}). Offline? Set svamp.source to a local SVAMP.json (the published "
+            "file, github.com/arkilpatel/SVAMP), e.g. dvc exp run -S svamp.source=/path/to/SVAMP.json, "
+            "or turn the set off: -S svamp.enabled=false"
+        ) from None
+    provenance = {"source": cfg.source, "split": cfg.split, "revision": cfg.revision, "kind": "hub"}
+    return parse_svamp(list(loaded), f"{cfg.source}:{cfg.split}"), provenance
+
+
+def take_svamp_slice(rows: list[SvampRow], cfg: SvampConfig) -> list[SvampRow]:
+    if cfg.offset + cfg.size > len(rows):
+        raise UserError(
+            f"svamp.offset + svamp.size = {cfg.offset + cfg.size} exceeds the {len(rows)} rows of {cfg.source}"
+        )
+    return rows[cfg.offset : cfg.offset + cfg.size]
+
+
+def write_svamp_slice(rows: list[SvampRow], path: str | Path) -> None:
+    from .io import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r.to_json()) + "\n" for r in rows))
+
+
+def read_svamp_slice(path: str | Path) -> list[SvampRow]:
+    """What the fetch_svamp stage wrote (possibly nothing: the set is off)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").split("\n")
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    return [SvampRow(**json.loads(line)) for line in lines if line.strip()]
