@@ -82,7 +82,7 @@ def recipe_params(changes: dict, merge_into: str = "dequantized"):
 
 def evaluate(model, tokenizer, examples, params, label: str, out: Path) -> tuple[dict, list[dict]]:
     start = time.perf_counter()
-    perplexity, rows, summary = evaluate_model(model, tokenizer, examples, params.eval)
+    perplexity, rows, summary = evaluate_model(model, tokenizer, examples, params)
     summary.update(perplexity=perplexity["perplexity"], seconds=time.perf_counter() - start)
     (out / f"generations_{label}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     log(

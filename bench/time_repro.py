@@ -1,10 +1,10 @@
 """Wall time of the default `dvc repro`, end to end, model load included, with each stage's share.
 
 Copies this project's tracked files into a fresh git repository, points `model.name` and `data.source` at
-local directories (nothing is downloaded), runs `dvc repro` from scratch and then a no-op `dvc repro`, and
+local directories and `svamp.source` at a local file (or turns SVAMP off; nothing is downloaded), runs `dvc repro` from scratch and then a no-op `dvc repro`, and
 timestamps every line DVC prints, so the slow stages show. Every other param stays as in params.yaml.
 
-    python bench/time_repro.py --model DIR --data DIR --out OUT [--profile] [--tree DIR]
+    python bench/time_repro.py --model DIR --data DIR [--svamp SVAMP.json] --out OUT [--profile] [--tree DIR]
 (the model directory: e.g. the TinyLlama-arch base that `bench/bench.py --save-base DIR` builds).
 With --profile every stage process runs under cProfile (slower) and OUT/stage_profiles.txt shows, per stage,
 where its time went: imports, model loads, saves, the work itself."""
@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True, help="local model directory for model.name")
     parser.add_argument("--data", type=Path, required=True, help="directory with train.jsonl and test.jsonl")
     parser.add_argument("--out", type=Path, required=True, help="directory for repro_timing.json")
+    parser.add_argument("--svamp", type=Path, help="SVAMP.json for svamp.source (default: SVAMP off)")
     parser.add_argument("--profile", action="store_true", help="run each stage under cProfile")
     parser.add_argument(
         "--tree",
@@ -105,6 +106,10 @@ def main() -> None:
     params = yaml.safe_load(params_file.read_text())
     params["model"]["name"] = str(args.model.resolve())
     params["data"]["source"] = str(args.data.resolve())
+    if args.svamp:
+        params["svamp"]["source"] = str(args.svamp.resolve())
+    else:
+        params["svamp"]["enabled"] = False
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
     # Stage commands call `python`: make it this interpreter, with this interpreter's import path.

@@ -46,6 +46,9 @@ def _recipe(params: Params) -> list[str]:
         f"{data.train_offset}–{data.train_offset + data.train_size - 1}"
         + (f" after a shuffle with seed {data.shuffle_seed}" if data.shuffle_seed else " in published order")
         + "; loss on the answer tokens only, each row in the model's chat template",
+        "- Prompt: the model's chat template, "
+        + (f"system message {params.prompt.system!r}" if params.prompt.system else "no system message of ours")
+        + "; the same for training and evaluation",
         f"- Training: lr {train.learning_rate} ({train.lr_scheduler}, warmup {train.warmup_ratio}), {train.epochs} "
         f"epoch(s), micro-batch {train.micro_batch_size} × {train.grad_accum} accumulation, max length "
         f"{train.max_length}, seed {train.seed}",

@@ -69,6 +69,13 @@ class SvampConfig:
 
 
 @dataclass(frozen=True)
+class PromptConfig:
+    # A system message opening every conversation, in training and evaluation alike; null: none, so the chat
+    # template renders its own default (SmolLM2's names the assistant; TinyLlama's renders nothing).
+    system: str | None = None
+
+
+@dataclass(frozen=True)
 class LoraConfig:
     r: int = 16
     alpha: int = 32
@@ -177,6 +184,7 @@ class EvalConfig:
 class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -241,6 +249,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(option) for option in typing.get_args(tp))
     if tp is float:
         return "a finite number"
+    if tp is type(None):
+        return "null"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -280,6 +290,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     elif tp is bool:
         if isinstance(value, bool):
             return value
+    elif tp is type(None):
+        if value is None:
+            return None
     elif tp is str:
         if isinstance(value, str) and value:
             if len(value) > MAX_STRING_PARAM:

@@ -35,12 +35,14 @@ def _by_length(rows: list, length) -> list[int]:
 
 
 @torch.no_grad()
-def response_nll(model, tokenizer, examples: list[Example], batch_size: int, max_length: int | None = None) -> dict:
+def response_nll(
+    model, tokenizer, examples: list[Example], batch_size: int, max_length: int | None = None, chat=None
+) -> dict:
     """Sum of next-token NLL over response tokens (given the prompt) and their count.
 
     Padding and prompt carry label -100; logits at position t predict token t+1. The total is
     summed, never averaged per batch, so any batch size gives the same perplexity."""
-    encoded, kept = encode_examples(tokenizer, examples, max_length)
+    encoded, kept = encode_examples(tokenizer, examples, max_length, chat)
     if not encoded:
         # exp(0 / 0 tokens) would report a perfect perplexity of 1.0 for nothing scored.
         raise UserError(f"no rows to score: {len(examples)} given, all longer than max_length={max_length}")
@@ -129,10 +131,12 @@ def _decode_answer(tokenizer, tokens: list[int], stop_ids: set[int]) -> Generati
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, questions: list[str], batch_size: int, max_new_tokens: int):
+def generate_answers(
+    model, tokenizer, questions: list[str], batch_size: int, max_new_tokens: int, chat: ChatFormat | None = None
+):
     """Greedy, batched, left-padded generation that stops at every EOS id of the model and at lm-eval's stop
     strings; returns results in input order. Progress counts questions."""
-    chat = ChatFormat.of(tokenizer)
+    chat = chat or ChatFormat.of(tokenizer)
     prompts = [encode_prompt(tokenizer, q, chat) for q in questions]
     order = _by_length(prompts, len)
     results: list[Generation | None] = [None] * len(prompts)
@@ -253,10 +257,10 @@ def paired_comparison(base_correct: list[bool], tuned_correct: list[bool]) -> di
 
 
 @torch.no_grad()
-def response_logits(model, tokenizer, examples: list[Example], batch_size: int) -> list[torch.Tensor]:
+def response_logits(model, tokenizer, examples: list[Example], batch_size: int, chat=None) -> list[torch.Tensor]:
     """Per batch, the model's next-token logits at the response positions, float32 on the CPU (an exact copy
     of bf16 or fp32 logits): kept, they let one model be compared after it has changed (merged)."""
-    encoded, _ = encode_examples(tokenizer, examples, max_length=None)
+    encoded, _ = encode_examples(tokenizer, examples, max_length=None, chat=chat)
     # Dropout (LoRA's included) must be off, or the KL measures noise rather than the merge.
     model.eval()
     dev = next(model.parameters()).device
@@ -284,17 +288,20 @@ def kl_between(logits_p: list[torch.Tensor], logits_q: list[torch.Tensor]) -> di
     return {"mean_kl": total_kl / tokens, "top1_agreement": same_top1 / tokens, "tokens": total_tokens}
 
 
-def evaluate_model(model, tokenizer, examples: list[Example], cfg) -> tuple[dict, list[dict], dict]:
+def evaluate_model(model, tokenizer, examples: list[Example], params) -> tuple[dict, list[dict], dict]:
     """What the evaluate stage measures for one model, in one load: response perplexity, then greedy answers
-    scored GSM8K-style. Returns (perplexity metrics, per-row records, generation summary); `cfg` is EvalConfig."""
-    perplexity = response_nll(model, tokenizer, examples, cfg.batch_size)
-    rows, summary = answer_and_score(model, tokenizer, examples, cfg)
+    scored GSM8K-style. Returns (perplexity metrics, per-row records, generation summary)."""
+    chat = ChatFormat.of(tokenizer, params.prompt.system)
+    perplexity = response_nll(model, tokenizer, examples, params.eval.batch_size, chat=chat)
+    rows, summary = answer_and_score(model, tokenizer, examples, params, chat)
     return perplexity, rows, summary
 
 
-def answer_and_score(model, tokenizer, examples: list[Example], cfg) -> tuple[list[dict], dict]:
+def answer_and_score(model, tokenizer, examples: list[Example], params, chat=None) -> tuple[list[dict], dict]:
     """Greedy answers to `examples`' questions scored GSM8K-style (any set whose answers are one number)."""
+    chat = chat or ChatFormat.of(tokenizer, params.prompt.system)
+    cfg = params.eval
     generations = generate_answers(
-        model, tokenizer, [e.question for e in examples], cfg.generation_batch_size, cfg.max_new_tokens
+        model, tokenizer, [e.question for e in examples], cfg.generation_batch_size, cfg.max_new_tokens, chat
     )
     return score_generations(examples, generations)

@@ -21,6 +21,7 @@ from .errors import UserError
 from .evaluation import kl_between, response_logits
 from .gsm8k import Example
 from .modeling import load_model, load_tokenizer, resolve_dtype
+from .prompts import ChatFormat
 
 MERGE_MODES = ("dequantized", "original")
 
@@ -72,15 +73,16 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, examples: list[Example], pa
     base_4bit = load_model(base_dir, dtype=resolve_dtype(cfg.dtype), quant=params.quant)
     base_weights = dequantized_weights(base_4bit) if cfg.merge_into == "dequantized" else None
     adapter_4bit = PeftModel.from_pretrained(base_4bit, str(adapter_dir))
-    logits_4bit = response_logits(adapter_4bit, tokenizer, examples, cfg.batch_size)
+    chat = ChatFormat.of(tokenizer, params.prompt.system)
+    logits_4bit = response_logits(adapter_4bit, tokenizer, examples, cfg.batch_size, chat)
     del adapter_4bit, base_4bit
 
     unmerged = load_with_adapter(base_dir, adapter_dir, cfg.dtype, base_weights=base_weights)
     del base_weights
-    unmerged_logits = response_logits(unmerged, tokenizer, examples, cfg.batch_size)
+    unmerged_logits = response_logits(unmerged, tokenizer, examples, cfg.batch_size, chat)
     merged = unmerged.merge_and_unload()
     merged.generation_config.pad_token_id = tokenizer.pad_token_id
-    merged_logits = response_logits(merged, tokenizer, examples, cfg.batch_size)
+    merged_logits = response_logits(merged, tokenizer, examples, cfg.batch_size, chat)
     kl_16bit = kl_between(merged_logits, unmerged_logits)
     kl_4bit = kl_between(merged_logits, logits_4bit)
     metrics = {

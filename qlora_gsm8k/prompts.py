@@ -32,8 +32,10 @@ def user_message(question: str) -> str:
     return f"{question.strip()}\n\n{INSTRUCTION}"
 
 
-def _messages(question: str, answer: str | None = None) -> list[dict]:
-    messages = [{"role": "user", "content": user_message(question)}]
+def _messages(question: str, answer: str | None = None, system: str | None = None) -> list[dict]:
+    # No system message unless asked for: the template then renders its own default (SmolLM2 has one).
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": user_message(question)})
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})
     return messages
@@ -42,15 +44,24 @@ def _messages(question: str, answer: str | None = None) -> list[dict]:
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise UserError("the tokenizer has no chat template; use a chat model (or add a chat_template to it)")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as err:  # noqa: BLE001 - jinja's TemplateError and the template's own raise_exception
+        if messages[0]["role"] != "system":
+            raise
+        raise UserError(
+            f"the chat template refuses a system message ({type(err).__name__}: {err}); unset prompt.system "
+            "for this model (-S prompt.system=null)"
+        ) from None
 
 
-def prompt_text(tokenizer, question: str) -> str:
-    return _render(tokenizer, _messages(question), add_generation_prompt=True)
+def prompt_text(tokenizer, question: str, system: str | None = None) -> str:
+    return _render(tokenizer, _messages(question, system=system), add_generation_prompt=True)
 
 
-def conversation_text(tokenizer, example: Example) -> str:
-    return _render(tokenizer, _messages(example.question, clean_answer(example.answer)), add_generation_prompt=False)
+def conversation_text(tokenizer, example: Example, system: str | None = None) -> str:
+    messages = _messages(example.question, clean_answer(example.answer), system)
+    return _render(tokenizer, messages, add_generation_prompt=False)
 
 
 def bos_to_add(tokenizer) -> int | None:
@@ -93,14 +104,16 @@ def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
 
 @dataclass(frozen=True)
 class ChatFormat:
-    """What encoding needs to know about one tokenizer's template, worked out once per tokenizer."""
+    """What encoding needs to know about one tokenizer's template, worked out once per tokenizer, and the system
+    message (prompt.system) every conversation starts with: training and evaluation must use the same."""
 
     bos_id: int | None
     end_of_turn_id: int
+    system: str | None = None
 
     @classmethod
-    def of(cls, tokenizer) -> ChatFormat:
-        return cls(bos_id=bos_to_add(tokenizer), end_of_turn_id=end_of_turn_id(tokenizer))
+    def of(cls, tokenizer, system: str | None = None) -> ChatFormat:
+        return cls(bos_id=bos_to_add(tokenizer), end_of_turn_id=end_of_turn_id(tokenizer), system=system)
 
     def ids(self, tokenizer, text: str) -> list[int]:
         # The template already holds the special tokens it wants; only a BOS it leaves to the tokenizer is added.
@@ -113,7 +126,7 @@ class ChatFormat:
 def encode_prompt(tokenizer, question: str, chat: ChatFormat | None = None) -> list[int]:
     """The prompt exactly as generation feeds it to the model."""
     chat = chat or ChatFormat.of(tokenizer)
-    return chat.ids(tokenizer, prompt_text(tokenizer, question))
+    return chat.ids(tokenizer, prompt_text(tokenizer, question, chat.system))
 
 
 @dataclass(frozen=True)
@@ -138,7 +151,7 @@ def encode_conversation(tokenizer, example: Example, chat: ChatFormat | None = N
     """The conversation's ids, cut after the end-of-turn token that closes the answer, and the prompt's length."""
     chat = chat or ChatFormat.of(tokenizer)
     prompt = encode_prompt(tokenizer, example.question, chat)
-    full = chat.ids(tokenizer, conversation_text(tokenizer, example))
+    full = chat.ids(tokenizer, conversation_text(tokenizer, example, chat.system))
     if full[: len(prompt)] != prompt:
         at = _first_difference(prompt, full)
         raise TemplateError(
@@ -163,10 +176,12 @@ def encode_example(tokenizer, example: Example, max_length: int | None, chat: Ch
     return Encoded(input_ids=ids, labels=[IGNORE_INDEX] * n_prompt + ids[n_prompt:])
 
 
-def encode_examples(tokenizer, examples: list[Example], max_length: int | None) -> tuple[list[Encoded], list[Example]]:
+def encode_examples(
+    tokenizer, examples: list[Example], max_length: int | None, chat: ChatFormat | None = None
+) -> tuple[list[Encoded], list[Example]]:
     """Encode all rows; returns the encodings and the examples they came from (rows longer than
     max_length are dropped from both)."""
-    chat = ChatFormat.of(tokenizer)
+    chat = chat or ChatFormat.of(tokenizer)
     pairs = [(encode_example(tokenizer, e, max_length, chat), e) for e in examples]
     kept = [(enc, e) for enc, e in pairs if enc is not None]
     return [enc for enc, _ in kept], [e for _, e in kept]

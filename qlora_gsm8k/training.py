@@ -55,10 +55,15 @@ class EncodedDataset(torch.utils.data.Dataset):
 
 
 def preflight(
-    tokenizer, examples: list[Example], encoded: list[Encoded], collator: Collator, stop_ids: list[int]
+    tokenizer,
+    examples: list[Example],
+    encoded: list[Encoded],
+    collator: Collator,
+    stop_ids: list[int],
+    chat: ChatFormat | None = None,
 ) -> None:
     """Check every row's token ids (cheap) for what silently ruins SFT runs; name the broken check and the row.
-    `stop_ids` are the ids generation stops at (prompts.stop_token_ids)."""
+    `stop_ids` are the ids generation stops at (prompts.stop_token_ids); `chat` the format the rows were encoded in."""
 
     def fail(check: str, detail: str) -> None:
         raise PreflightError(f"pre-flight check '{check}' failed: {detail}")
@@ -66,7 +71,7 @@ def preflight(
     def token(i: int) -> str:
         return repr(tokenizer.convert_ids_to_tokens(int(i)))
 
-    chat = ChatFormat.of(tokenizer)
+    chat = chat or ChatFormat.of(tokenizer)
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id in stop_ids:
         fail("pad is no stop token", f"pad id {tokenizer.pad_token_id}, stop ids {stop_ids}")
     if chat.end_of_turn_id not in stop_ids:
@@ -343,7 +348,8 @@ def train_adapter(
 
     cfg = params.train
     tokenizer = load_tokenizer(base_dir)
-    encoded, kept_examples = encode_examples(tokenizer, train_examples, cfg.max_length)
+    chat = ChatFormat.of(tokenizer, params.prompt.system)
+    encoded, kept_examples = encode_examples(tokenizer, train_examples, cfg.max_length, chat)
     dropped = len(train_examples) - len(encoded)
     if dropped:
         print(
@@ -356,7 +362,8 @@ def train_adapter(
             "tokens; raise train.max_length (e.g. -S train.max_length=1024)"
         )
     collator = Collator(tokenizer.pad_token_id, pad_to_multiple_of)
-    preflight(tokenizer, kept_examples, encoded, collator, stop_token_ids(tokenizer, saved_generation_config(base_dir)))
+    stop_ids = stop_token_ids(tokenizer, saved_generation_config(base_dir))
+    preflight(tokenizer, kept_examples, encoded, collator, stop_ids, chat)
 
     use_liger = liger_kernel_enabled(cfg)
     use_compile = compile_enabled(cfg)

@@ -26,7 +26,7 @@ def main() -> None:
     examples = read_jsonl(args.eval)
     model, tokenizer, precision = load_for_eval(args.model, params.eval.dtype)
 
-    perplexity, rows, summary = evaluate_model(model, tokenizer, examples, params.eval)
+    perplexity, rows, summary = evaluate_model(model, tokenizer, examples, params)
     print(f"{args.label} perplexity {perplexity['perplexity']:.3f} over {perplexity['tokens']} response tokens")
     # All three outputs once both measurements are done: a stage that fails or is killed while generating leaves
     # no perplexity file that looks like this run's next to the last run's generation metrics.

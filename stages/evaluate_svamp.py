@@ -28,7 +28,7 @@ def main() -> None:
     from qlora_gsm8k.modeling import load_for_eval
 
     model, tokenizer, _ = load_for_eval(args.model, params.eval.dtype)
-    rows, summary = answer_and_score(model, tokenizer, examples, params.eval)
+    rows, summary = answer_and_score(model, tokenizer, examples, params)
     atomic_write_text(args.generations_out, "".join(json.dumps(r) + "\n" for r in rows))
     write_json(args.metrics_out, {"svamp": {args.label: summary}})
     print(

@@ -80,6 +80,7 @@ def test_time_repro_runs_the_whole_pipeline_and_times_every_stage(tmp_path, tiny
     """The script behind the recorded `dvc repro` timing: a real repro of the tracked project on a local model
     directory and local data, every stage timed (and profiled), then a no-op repro."""
     command = [sys.executable, "bench/time_repro.py", "--model", str(tiny_base_dir), "--data", str(dataset_dir)]
+    command += ["--svamp", str(dataset_dir / "SVAMP.json")]
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     env = {**tool_env(), "TMPDIR": str(scratch)}

@@ -46,7 +46,7 @@ def test_empty_params_are_the_defaults():
     ("raw", "needles"),
     [
         ({"lora": {"rank": 8}}, ["lora.rank", "allowed lora: r, alpha, dropout, target_modules"]),
-        ({"trian": {}}, ["trian", "allowed sections: model, data, lora, quant, train, eval"]),
+        ({"trian": {}}, ["trian", "allowed sections: model, data, prompt, lora, quant, train, eval, svamp"]),
         ({"eval": {"batchsize": 4}}, ["eval.batchsize", "batch_size"]),
         # YAML keys of mixed types (an int and a string) must still give the one-line error
         ({"lora": {1: 2, "rank": 8}}, ["unknown param lora.1", "allowed lora: r"]),
@@ -189,3 +189,11 @@ def test_string_params_are_bounded(key):
     parse_params({section: {name: "x" * 1024}})
     with pytest.raises(UserError, match=rf"{section}\.{name} is 5,000 characters long; at most 1024"):
         parse_params({section: {name: "x" * 5000}})
+
+
+def test_prompt_system_is_text_or_null():
+    assert parse_params({}).prompt.system is None
+    assert parse_params({"prompt": {"system": None}}).prompt.system is None
+    assert parse_params({"prompt": {"system": "Be brief."}}).prompt.system == "Be brief."
+    with pytest.raises(UserError, match="prompt.system must be str or null, got ''"):
+        parse_params({"prompt": {"system": ""}})

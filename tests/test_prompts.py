@@ -280,3 +280,31 @@ def test_llama2_template_gets_exactly_its_own_bos(tiny_base_dir, rows):
         assert enc.input_ids.count(tok.bos_token_id) == 1 and enc.input_ids[0] == tok.bos_token_id
         assert enc.input_ids[: len(prompt)] == prompt and tok.decode(prompt).endswith("[/INST]")
         assert enc.labels[-1] == tok.eos_token_id and enc.input_ids.count(tok.eos_token_id) == 1
+
+
+def test_system_prompt_replaces_the_template_default_in_prompt_and_conversation(chatml_tokenizer, rows):
+    """prompt.system: the same system message opens the prompt generation sees and the conversation training sees."""
+    tok = chatml_tokenizer
+    chat = ChatFormat.of(tok, "Answer with '#### <number>' and stop.")
+    prompt = encode_prompt(tok, rows[0].question, chat)
+    text = tok.decode(prompt)
+    assert "Answer with '#### <number>' and stop." in text and "You are a helpful assistant." not in text
+    enc = encode_example(tok, rows[0], None, chat)
+    assert enc.input_ids[: len(prompt)] == prompt and enc.labels[len(prompt) - 1] == IGNORE_INDEX
+    # None: no system message of ours, the template's default is kept
+    assert "You are a helpful assistant." in tok.decode(encode_prompt(tok, rows[0].question, ChatFormat.of(tok)))
+    encoded, _ = encode_examples(tok, rows, None, chat)
+    assert encoded[0].input_ids == enc.input_ids
+
+
+def test_template_that_refuses_a_system_message_names_the_param(tiny_base_dir, rows):
+    from qlora_gsm8k.errors import UserError
+
+    tok = load_tokenizer(tiny_base_dir)
+    tok.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        + TINY_CHAT_TEMPLATE
+    )
+    encode_prompt(tok, rows[0].question)  # no system message: fine
+    with pytest.raises(UserError, match="refuses a system message.*System role not supported.*prompt.system=null"):
+        encode_prompt(tok, rows[0].question, ChatFormat.of(tok, "Be brief."))
