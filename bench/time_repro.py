@@ -1,8 +1,9 @@
 """Wall time of the default `dvc repro`, end to end, model load included, with each stage's share.
 
 Copies this project's tracked files into a fresh git repository, points `model.name` and `data.source` at
-local directories and `svamp.source` at a local file (or turns SVAMP off; nothing is downloaded), runs `dvc repro` from scratch and then a no-op `dvc repro`, and
-timestamps every line DVC prints, so the slow stages show. Every other param stays as in params.yaml.
+local directories and `svamp.source` at a local file (or turns SVAMP off; nothing is downloaded), runs
+`dvc repro` from scratch and then a no-op `dvc repro`, and timestamps every line DVC prints, so the slow stages
+show. Every other param stays as in params.yaml.
 
     python bench/time_repro.py --model DIR --data DIR [--svamp SVAMP.json] --out OUT [--profile] [--tree DIR]
 (the model directory: e.g. the TinyLlama-arch base that `bench/bench.py --save-base DIR` builds).

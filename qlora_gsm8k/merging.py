@@ -12,6 +12,7 @@ into NF4; neither mode does that."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -70,7 +71,11 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, examples: list[Example], pa
 
     cfg = params.eval
     tokenizer = load_tokenizer(adapter_dir)
-    base_4bit = load_model(base_dir, dtype=resolve_dtype(cfg.dtype), quant=params.quant)
+    # The trained model as reference, computed in the precision the merged model runs in (eval.dtype): in bf16
+    # both round differently, which is the bf16 runtime's noise, not the merge's (SmolLM2: top-1 0.989 in bf16).
+    dtype = resolve_dtype(cfg.dtype)
+    check_quant = dataclasses.replace(params.quant, compute_dtype=str(dtype).removeprefix("torch."))
+    base_4bit = load_model(base_dir, dtype=dtype, quant=check_quant)
     base_weights = dequantized_weights(base_4bit) if cfg.merge_into == "dequantized" else None
     adapter_4bit = PeftModel.from_pretrained(base_4bit, str(adapter_dir))
     chat = ChatFormat.of(tokenizer, params.prompt.system)

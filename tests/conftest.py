@@ -42,7 +42,7 @@ TINY_PARAMS = {
 def dataset_dir(tmp_path_factory):
     """GSM8K's train.jsonl and test.jsonl, and beside them SVAMP.json in the published SVAMP layout."""
     root = write_dataset_dir(tmp_path_factory.mktemp("gsm8k"), train_rows=300, test_rows=150)
-    write_svamp_file(root / "SVAMP.json", count=40)
+    write_svamp_file(root / "SVAMP.json", count=120)
     return root
 
 
