@@ -322,6 +322,31 @@ def _callbacks(live_dir: Path | None, resume_from: str | None) -> list:
     return [LiveCurves(), *callbacks]
 
 
+# The HF Trainer logs total_flos from 6 × tokens × num_parameters(exclude_embeddings=True), and recounts the
+# parameters at every step by walking every module (~3.2M named_modules calls over 110 TinyLlama steps, 8 ms of a
+# 111 ms step under cProfile on the H200: bench/RESULTS.md run 12). Counted once here; the same total_flos.
+# False: the Trainer's own per-step count (bench/bench.py's ablation).
+COUNT_PARAMETERS_ONCE = True
+
+
+def _trainer_class(trainer_cls):
+    if not COUNT_PARAMETERS_ONCE:
+        return trainer_cls
+
+    class CountingOnceTrainer(trainer_cls):
+        _counted_parameters: int | None = None
+
+        def floating_point_ops(self, inputs) -> int:
+            main_input = getattr(self.model, "main_input_name", "input_ids")
+            if main_input not in inputs or not hasattr(self.model, "num_parameters"):
+                return 0
+            if self._counted_parameters is None:
+                self._counted_parameters = self.model.num_parameters(exclude_embeddings=True)
+            return 6 * inputs[main_input].numel() * self._counted_parameters
+
+    return CountingOnceTrainer
+
+
 def train_adapter(
     params: Params,
     train_examples: list[Example],
@@ -413,7 +438,7 @@ def train_adapter(
         use_liger_kernel=use_liger,
         liger_kernel_config=liger_kernel_config or (LIGER_KERNELS_COMPILED if use_compile else LIGER_KERNELS),
     )
-    trainer = Trainer(
+    trainer = _trainer_class(Trainer)(
         model=model,
         args=args,
         train_dataset=EncodedDataset(encoded),

@@ -378,3 +378,23 @@ def test_adapter_names_a_hub_base_by_id_and_revision(tmp_path):
     local.mkdir()
     (local / "provenance.json").write_text(json.dumps({"name": "/m", "revision": None, "kind": "local"}))
     assert adapter_base_reference(local) == (str(local), None)
+
+
+def test_parameters_counted_once_give_the_trainers_own_flop_count(tmp_path):
+    """The per-step parameter walk removed from the training loop (issue 17) without changing total_flos."""
+    from transformers import Trainer, TrainingArguments
+
+    from qlora_gsm8k.tiny import build_tiny_llama
+    from qlora_gsm8k.training import _trainer_class
+
+    model, _ = build_tiny_llama()
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    ours, theirs = _trainer_class(Trainer)(model=model, args=args), Trainer(model=model, args=args)
+    assert type(ours) is not Trainer
+    calls = []
+    counted = model.num_parameters
+    model.num_parameters = lambda **kw: calls.append(kw) or counted(**kw)
+    for width in (7, 13):
+        inputs = {"input_ids": torch.ones(3, width, dtype=torch.long)}
+        assert ours.floating_point_ops(inputs) == theirs.floating_point_ops(inputs) > 0
+    assert len(calls) == 1 + 2  # ours once, the Trainer's own at every call
