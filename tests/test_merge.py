@@ -207,3 +207,15 @@ def test_merge_stage_writes_a_loadable_model_below_threshold(tmp_path, tiny_base
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     assert model.generation_config.pad_token_id == tokenizer.pad_token_id
     assert json.loads((tmp_path / "merge.json").read_text())["merge"]["check_examples"] == 2
+
+
+@pytest.mark.slow
+def test_merge_check_runs_the_4bit_reference_in_eval_dtype(tiny_base_dir, adapter_dir, eval_rows):
+    """quant.compute_dtype is training's; the check compares both models in the precision the merged one runs in
+    (eval.dtype), so a float32 merge is checked against a float32 4-bit model, not against bf16 rounding noise."""
+    raw = {k: dict(v) for k, v in TINY.items()}
+    raw["quant"] = {"compute_dtype": "bfloat16"}
+    _, _, in_fp32 = merge_adapter(tiny_base_dir, adapter_dir, eval_rows[:2], parse_params(raw))
+    assert in_fp32["top1_agreement_merged_vs_4bit_adapter"] == 1.0
+    # bf16 compute in the reference gave 2e-7 here (CPU, tiny model); float32 against float32 is exact to 1e-15.
+    assert in_fp32["kl_merged_vs_4bit_adapter"] < 1e-10, in_fp32
