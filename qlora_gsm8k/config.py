@@ -40,8 +40,12 @@ class DataConfig:
     eval_offset: int = 0
     # 0 keeps the published order; any other value shuffles each split with that seed before slicing.
     shuffle_seed: int = 0
+    # Share of eval questions allowed to appear in the train slice too (a contaminated eval measures recall).
+    max_eval_overlap: float = 0.0
 
     def validate(self) -> None:
+        if not 0.0 <= self.max_eval_overlap <= 1.0:
+            raise UserError(f"data.max_eval_overlap must be in [0, 1], got {self.max_eval_overlap}")
         _positive("data.train_size", self.train_size)
         _positive("data.eval_size", self.eval_size)
         _non_negative("data.train_offset", self.train_offset)

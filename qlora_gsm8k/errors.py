@@ -3,7 +3,9 @@
 `stage_main` is the one place a stage's failures are turned into what the user reads:
 - UserError (bad params, bad data, a model that cannot be found): `error: <one line>`, exit 2;
 - GPU out of memory that no stage turned into a UserError: one line naming the batch settings, exit 2;
-- Ctrl-C / SIGTERM: one line saying that the next `dvc repro` resumes training, exit 130 / 143.
+- Ctrl-C / SIGTERM: one line saying that the next `dvc repro` runs the stage again (training: resumes from its
+  last checkpoint), exit 130 / 143;
+- checks registered with `at_stage_end` (params.yaml unchanged since the stage read it) run once it succeeded.
 Anything else is a bug and keeps its traceback.
 """
 
@@ -50,8 +52,24 @@ def _is_out_of_memory(err: BaseException) -> bool:
     return torch is not None and isinstance(err, torch.OutOfMemoryError)
 
 
-def stage_main(func: Callable[[], None]) -> Callable[[], None]:
-    """Wrap a stage's main so user errors print one line instead of a traceback."""
+_STAGE_END_CHECKS: list[Callable[[], None]] = []
+
+
+def at_stage_end(check: Callable[[], None]) -> None:
+    """Run `check` when the stage's main returns; a UserError from it fails the stage like any other."""
+    _STAGE_END_CHECKS.append(check)
+
+
+def stage_main(func: Callable[[], None] | None = None, *, resumes: bool = False):
+    """Wrap a stage's main so user errors print one line instead of a traceback. `resumes`: the stage picks up
+    where it was interrupted (training's checkpoints), which the interruption message then says."""
+    if func is None:
+        return functools.partial(stage_main, resumes=resumes)
+    again = (
+        "run `dvc repro` again (training resumes from its last checkpoint under checkpoints/)"
+        if resumes
+        else "run `dvc repro` again to run it from the start"
+    )
 
     @functools.wraps(func)
     def wrapper() -> None:
@@ -62,16 +80,14 @@ def stage_main(func: Callable[[], None]) -> Callable[[], None]:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             func()
+            for check in _STAGE_END_CHECKS:
+                check()
         except UserError as err:
             print(f"error: {one_line(err)}", file=sys.stderr)
             sys.exit(USER_ERROR_EXIT_CODE)
         except KeyboardInterrupt as err:
             how = "terminated" if isinstance(err, Terminated) else "interrupted"
-            print(
-                f"{how}: the stage did not finish, DVC records none of its outputs; run `dvc repro` again "
-                "(training resumes from its last checkpoint under checkpoints/)",
-                file=sys.stderr,
-            )
+            print(f"{how}: the stage did not finish, DVC records none of its outputs; {again}", file=sys.stderr)
             sys.exit(143 if isinstance(err, Terminated) else 130)
         except Exception as err:
             if not _is_out_of_memory(err):

@@ -140,6 +140,25 @@ def take_slice(examples: list[Example], offset: int, size: int, seed: int, what:
     return ordered[offset : offset + size]
 
 
+def _question_key(question: str) -> str:
+    return " ".join(question.lower().split())
+
+
+def eval_overlap(train: list[Example], evaluated: list[Example], max_share: float) -> int:
+    """How many eval questions also appear (case and spacing aside) in the train slice; refused above
+    `max_share` of the eval slice (data.max_eval_overlap): the tuned model would be scored on what it was taught."""
+    seen = {_question_key(e.question) for e in train}
+    overlapping = [e.index for e in evaluated if _question_key(e.question) in seen]
+    if evaluated and len(overlapping) / len(evaluated) > max_share:
+        raise UserError(
+            f"{len(overlapping)} of {len(evaluated)} eval questions are also in the train slice (eval rows "
+            f"{', '.join(map(str, overlapping[:5]))}{'…' if len(overlapping) > 5 else ''}): the tuned model would be "
+            f"scored on rows it was trained on. Use disjoint train and test files, or allow it with "
+            f"-S data.max_eval_overlap={len(overlapping) / len(evaluated):.2f}"
+        )
+    return len(overlapping)
+
+
 def is_local_source(source: str) -> bool:
     return source.startswith((".", "/", "~")) or Path(source).expanduser().is_dir()
 

@@ -53,7 +53,28 @@ def _check_local_model_dir(name: str) -> Path:
             "*.bin/*.pt weights can run code when loaded). Convert them, e.g. "
             "model.save_pretrained(dir, safe_serialization=True) in a trusted environment"
         )
+    for weights in sorted(path.glob("*.safetensors")):
+        safetensors_header(weights)
     return path
+
+
+def safetensors_header(path: Path) -> dict:
+    """A safetensors file's JSON header (8-byte little-endian length, then the JSON): read without loading a
+    tensor, and refused in one line when the file is not safetensors at all (a renamed pickle, a truncated copy)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        length = int.from_bytes(fh.read(8), "little")
+        raw = fh.read(length) if 2 <= length <= min(size - 8, 100 * 2**20) else b""
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = None
+    if not isinstance(header, dict):
+        raise UserError(
+            f"{path} is not a safetensors file (its first bytes are no safetensors header); replace it with the "
+            "model's real weights, e.g. model.save_pretrained(dir, safe_serialization=True)"
+        )
+    return header
 
 
 def source_model_config(cfg: ModelConfig):
@@ -156,8 +177,7 @@ def safetensors_parameter_count(files: list[Path]) -> int:
     """Parameters in safetensors files, from their JSON headers (8-byte length, then the header) alone."""
     total = 0
     for f in files:
-        with open(f, "rb") as fh:
-            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        header = safetensors_header(f)
         total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
     return total
 

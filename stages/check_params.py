@@ -22,7 +22,7 @@ from pathlib import Path
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.config import Params, model_kind
 from qlora_gsm8k.errors import UserError, stage_main
-from qlora_gsm8k.gsm8k import is_local_source, load_splits, take_slice
+from qlora_gsm8k.gsm8k import eval_overlap, is_local_source, load_splits, take_slice
 from qlora_gsm8k.io import atomic_write_text, file_sha256, read_json, write_json
 from qlora_gsm8k.svamp import is_local_svamp, load_svamp, take_svamp_slice
 
@@ -49,8 +49,9 @@ def check_revisions(params: Params) -> None:
 def check_data(params: Params) -> None:
     cfg = params.data
     train, test, _ = load_splits(cfg)
-    take_slice(train, cfg.train_offset, cfg.train_size, cfg.shuffle_seed, "train")
-    take_slice(test, cfg.eval_offset, cfg.eval_size, cfg.shuffle_seed, "eval")
+    train_slice = take_slice(train, cfg.train_offset, cfg.train_size, cfg.shuffle_seed, "train")
+    eval_slice = take_slice(test, cfg.eval_offset, cfg.eval_size, cfg.shuffle_seed, "eval")
+    eval_overlap(train_slice, eval_slice, cfg.max_eval_overlap)
 
 
 def check_svamp(params: Params) -> None:

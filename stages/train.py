@@ -21,7 +21,7 @@ from qlora_gsm8k.training import discard_finished_runs, train_adapter
 RUN_SETTINGS = ("device", "compute_dtype", "liger_kernel", "compile")
 
 
-@stage_main
+@stage_main(resumes=True)
 def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--base", required=True)

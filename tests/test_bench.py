@@ -38,7 +38,10 @@ def test_bench_smoke_runs_all_configurations(tmp_path):
     assert runs["lean"]["params_train"]["gradient_checkpointing"] is True
     assert runs["ours"]["liger_kernel"] is False  # auto: no GPU here
     assert runs["ours with double quantization"]["params_train"] == runs["ours"]["params_train"]
-    assert runs["ours, parameters recounted every step (HF Trainer default)"]["params_train"] == runs["ours"]["params_train"]
+    assert (
+        runs["ours, parameters recounted every step (HF Trainer default)"]["params_train"]
+        == runs["ours"]["params_train"]
+    )
     assert results["eval"]["questions"] == 16
     assert results["eval"]["generation"][0]["seconds"] > 0
     assert results["eval"]["generation"][0]["batch_size"] == 256  # params.yaml's eval.generation_batch_size

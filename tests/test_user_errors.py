@@ -349,10 +349,15 @@ def test_unreachable_hub_still_serves_a_model_from_the_local_cache(tmp_path, dat
     assert json.loads((tmp_path / "base/provenance.json").read_text())["revision"] == revision
 
 
-@pytest.mark.parametrize("case", ["missing-dir", "no-config", "no-safetensors"])
+@pytest.mark.parametrize("case", ["missing-dir", "no-config", "no-safetensors", "not-safetensors"])
 def test_local_model_that_is_not_a_model_fails_in_one_line(case, tmp_path, dataset_dir, tiny_base_dir):
     model_dir = tmp_path / "model"
-    if case == "missing-dir":
+    if case == "not-safetensors":
+        # A pickle renamed to model.safetensors (a UnicodeDecodeError traceback in the base stage before)
+        shutil.copytree(tiny_base_dir, model_dir)
+        torch.save({"w": torch.zeros(2)}, model_dir / "model.safetensors")
+        expected = f"{model_dir / 'model.safetensors'} is not a safetensors file"
+    elif case == "missing-dir":
         expected = f"model.name '{model_dir}' is not a directory"
     elif case == "no-config":
         model_dir.mkdir()
@@ -623,3 +628,85 @@ def test_stage_stops_on_sigint_even_when_started_with_sigint_ignored():
         assert "interrupted" in proc.stderr.read()
     finally:
         proc.kill()
+
+
+def test_params_edited_while_a_stage_runs_fail_the_stage_and_record_nothing(tmp_path, monkeypatch, capsys):
+    """dvc.lock takes params.yaml as it is when the stage ends: an edit mid-run (or a refused `dvc exp run -S`,
+    which rewrites the file) would be recorded beside outputs made with the old values."""
+    from qlora_gsm8k import errors
+    from qlora_gsm8k.cli import parse_stage_args, stage_parser
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("lora:\n  r: 8\n")
+    monkeypatch.setattr(errors, "_STAGE_END_CHECKS", [])
+    monkeypatch.setattr(sys, "argv", ["stage", "--params", str(params_file)])
+    ran = []
+
+    @stage_main
+    def stage() -> None:
+        _, params = parse_stage_args(stage_parser("a stage"))
+        ran.append(params.lora.r)
+        params_file.write_text("lora:\n  r: 4\n")  # what `dvc exp run -S lora.r=4` does to the workspace
+
+    with pytest.raises(SystemExit) as exit_info:
+        stage()
+    assert ran == [8] and exit_info.value.code == USER_ERROR_EXIT_CODE
+    err = capsys.readouterr().err
+    assert "changed while this stage ran (lora.r: 8 → 4)" in err and "records nothing" in err
+
+    # Unchanged (or changed and changed back): the stage succeeds.
+    monkeypatch.setattr(errors, "_STAGE_END_CHECKS", [])
+    params_file.write_text("lora:\n  r: 8\n")
+
+    @stage_main
+    def quiet_stage() -> None:
+        parse_stage_args(stage_parser("a stage"))
+
+    quiet_stage()
+
+
+def test_interruption_message_says_what_the_next_run_does(capsys, monkeypatch):
+    from qlora_gsm8k import errors
+
+    monkeypatch.setattr(errors, "_STAGE_END_CHECKS", [])
+    for resumes, expected in ((False, "to run it from the start"), (True, "training resumes from its last checkpoint")):
+
+        @stage_main(resumes=resumes)
+        def stage() -> None:
+            raise errors.Terminated()
+
+        with pytest.raises(SystemExit) as exit_info:
+            stage()
+        assert exit_info.value.code == 143
+        err = capsys.readouterr().err
+        assert err.startswith("terminated: the stage did not finish") and expected in err, err
+
+
+def test_eval_rows_that_are_also_train_rows_are_refused_or_counted(tmp_path, dataset_dir):
+    """Contamination: an eval slice that holds train rows scores the tuned model on what it was taught."""
+    source = tmp_path / "leaky"
+    source.mkdir()
+    train_lines = (dataset_dir / "train.jsonl").read_text().splitlines()
+    (source / "train.jsonl").write_text("\n".join(train_lines) + "\n")
+    # 3 of the 12 eval rows are train rows (one with other spacing and case): 25%
+    test_lines = (dataset_dir / "test.jsonl").read_text().splitlines()[:9]
+    leaked = [json.loads(line) for line in train_lines[:3]]
+    leaked[0]["question"] = "  " + leaked[0]["question"].upper().replace(" ", "  ")
+    (source / "test.jsonl").write_text("\n".join(test_lines + [json.dumps(r) for r in leaked]) + "\n")
+    params_file = _write_params(tmp_path, dataset_dir, {"data": {"source": str(source), "eval_size": 12}})
+    result, seconds = _check_params(params_file, tmp_path)
+    assert_one_line_error(
+        result, seconds, "3 of 12 eval questions are also in the train slice", "max_eval_overlap=0.25"
+    )
+
+    allowed = _write_params(
+        tmp_path, dataset_dir, {"data": {"source": str(source), "eval_size": 12, "max_eval_overlap": 0.25}}
+    )
+    out = tmp_path / "fetched"
+    result, _ = _stage(
+        "fetch", "--params", str(allowed), "--train-out", str(out / "train.jsonl"), "--eval-out",
+        str(out / "eval.jsonl"), "--source-out", str(out / "source.json"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "3 of 12 eval questions are in the train slice too" in result.stdout
+    assert json.loads((out / "source.json").read_text())["eval_rows_in_train"] == 3
