@@ -79,6 +79,36 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+# Beside the weights of every model directory a stage writes: what the files held when they were written.
+WEIGHT_DIGESTS = "weights.sha256.json"
+_WRITER_STAGE = {"base": "base", "adapter": "train", "merged": "merge"}
+
+
+def record_weight_digests(directory: str | Path) -> None:
+    directory = Path(directory)
+    write_json(directory / WEIGHT_DIGESTS, {f.name: file_sha256(f) for f in sorted(directory.glob("*.safetensors"))})
+
+
+def verify_weight_digests(directory: str | Path) -> None:
+    """The weights are what their stage wrote. DVC trusts file times, so a flipped byte in a cache object (and in
+    the workspace file hardlinked to it) goes unseen: every stage that loads a model checks (2.2 GB: ~2 s)."""
+    from .errors import UserError
+
+    directory = Path(directory)
+    record = directory / WEIGHT_DIGESTS
+    if not record.is_file():
+        return  # a model directory this pipeline did not write (model.name pointing at a local model)
+    for name, digest in read_json(record).items():
+        path = directory / name
+        if not path.is_file() or file_sha256(path) != digest:
+            stage = _WRITER_STAGE.get(directory.name, f"the stage that writes {directory}")
+            raise UserError(
+                f"{path} is not what its stage wrote (sha256 differs from {record.name}): the file, or the DVC cache "
+                f"object it is linked to, is corrupt. Repair: find .dvc/cache -samefile {path} -delete; "
+                f"rm -f {path}; dvc repro -f -s {stage} (docs/troubleshooting.md, 'Corrupt model files')"
+            )
+
+
 def _fsync_tree(root: Path) -> None:
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:

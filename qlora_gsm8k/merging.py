@@ -21,6 +21,7 @@ from .config import Params
 from .errors import UserError
 from .evaluation import kl_between, response_logits
 from .gsm8k import Example
+from .io import verify_weight_digests
 from .modeling import load_model, load_tokenizer, resolve_dtype
 from .prompts import ChatFormat
 
@@ -42,6 +43,7 @@ def load_with_adapter(base_dir: Path, adapter_dir: Path, dtype_name: str, quant=
             for name, weight in base_weights.items():
                 target = model.get_submodule(name).weight
                 target.copy_(weight.to(device=target.device, dtype=target.dtype))
+    verify_weight_digests(adapter_dir)
     return PeftModel.from_pretrained(model, str(adapter_dir))
 
 
@@ -77,6 +79,7 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, examples: list[Example], pa
     check_quant = dataclasses.replace(params.quant, compute_dtype=str(dtype).removeprefix("torch."))
     base_4bit = load_model(base_dir, dtype=dtype, quant=check_quant)
     base_weights = dequantized_weights(base_4bit) if cfg.merge_into == "dequantized" else None
+    verify_weight_digests(adapter_dir)
     adapter_4bit = PeftModel.from_pretrained(base_4bit, str(adapter_dir))
     chat = ChatFormat.of(tokenizer, params.prompt.system)
     logits_4bit = response_logits(adapter_4bit, tokenizer, examples, cfg.batch_size, chat)

@@ -10,6 +10,7 @@ import torch
 
 from .config import LoraConfig, QuantConfig
 from .errors import UserError
+from .io import verify_weight_digests
 
 
 def device() -> torch.device:
@@ -103,6 +104,7 @@ def load_model(path: str | Path, dtype: torch.dtype, quant: QuantConfig | None =
     """Load a saved model: 16-bit (or fp32) when `quant` is None, else bitsandbytes 4-bit."""
     from transformers import AutoModelForCausalLM
 
+    verify_weight_digests(path)
     configure_attention_backends()
     kwargs = {}
     if quant is not None:

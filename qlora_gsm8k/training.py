@@ -26,7 +26,7 @@ from .config import Params, TrainConfig, params_as_dict
 from .distributed import is_main_process
 from .errors import UserError
 from .gsm8k import Example
-from .io import atomic_write_text, file_sha256
+from .io import atomic_write_text, file_sha256, record_weight_digests
 from .modeling import (
     check_target_modules,
     device,
@@ -457,6 +457,7 @@ def train_adapter(
     if adapter_dir is not None:
         model.save_pretrained(str(adapter_dir), safe_serialization=True)
         tokenizer.save_pretrained(str(adapter_dir))
+        record_weight_digests(adapter_dir)
         # The adapter points at the base by a path relative to the repo root, where stages run.
         _set_adapter_base(adapter_dir, base_dir)
 

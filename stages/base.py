@@ -7,7 +7,7 @@ from pathlib import Path
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.config import ModelConfig, model_kind
 from qlora_gsm8k.errors import stage_main
-from qlora_gsm8k.io import atomic_directory, file_sha256, write_json
+from qlora_gsm8k.io import atomic_directory, file_sha256, record_weight_digests, write_json
 from qlora_gsm8k.sources import materialise_base
 
 
@@ -36,6 +36,7 @@ def main() -> None:
     with atomic_directory(args.out) as tmp:
         n_params = materialise_base(params.model, tmp)
         write_json(tmp / "provenance.json", provenance(params.model))
+        record_weight_digests(tmp)
     print(f"saved base model {params.model.name} ({n_params / 1e6:.1f}M params) to {args.out}")
 
 

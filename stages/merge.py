@@ -8,7 +8,7 @@ from qlora_gsm8k.cards import write_merged_card
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.gsm8k import read_jsonl
-from qlora_gsm8k.io import atomic_directory, write_json
+from qlora_gsm8k.io import atomic_directory, record_weight_digests, write_json
 from qlora_gsm8k.merging import check_merge, merge_adapter
 
 
@@ -27,6 +27,7 @@ def main() -> None:
     with atomic_directory(args.out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        record_weight_digests(tmp)
         write_merged_card(tmp, args.out, Path(args.base), params, metrics, str(merged.dtype).removeprefix("torch."))
     # Written once the model is in place: merge.json never describes a model that was not saved.
     write_json(args.metrics_out, {"merge": metrics})

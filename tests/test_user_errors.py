@@ -710,3 +710,31 @@ def test_eval_rows_that_are_also_train_rows_are_refused_or_counted(tmp_path, dat
     assert result.returncode == 0, result.stderr
     assert "3 of 12 eval questions are in the train slice too" in result.stdout
     assert json.loads((out / "source.json").read_text())["eval_rows_in_train"] == 3
+
+
+def test_a_corrupt_model_file_is_refused_with_the_repair(tmp_path, tiny_base_dir):
+    """Bit rot in a DVC cache object (and in the workspace file hardlinked to it) that DVC, trusting file times,
+    does not see: the stage that loads the model does, before scoring corrupt weights."""
+    from qlora_gsm8k.io import record_weight_digests
+
+    model_dir = tmp_path / "models" / "merged"
+    shutil.copytree(tiny_base_dir, model_dir)
+    record_weight_digests(model_dir)
+    weights = model_dir / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-64:] = bytes(64)  # 64 bytes of the last tensor zeroed: still a valid safetensors file
+    weights.write_bytes(bytes(data))
+    (tmp_path / "svamp.jsonl").write_text(
+        json.dumps({"index": 0, "id": "1", "question": "1+1?", "number": "2", "type": "Addition"}) + "\n"
+    )
+    (tmp_path / "params.yaml").write_text("eval:\n  dtype: float32\n  max_new_tokens: 2\n")
+    result, seconds = _stage(
+        "evaluate_svamp", "--params", str(tmp_path / "params.yaml"), "--model", str(model_dir), "--label", "tuned",
+        "--eval", str(tmp_path / "svamp.jsonl"), "--generations-out", str(tmp_path / "gen.jsonl"),
+        "--metrics-out", str(tmp_path / "m.json"),
+    )  # fmt: skip
+    assert_one_line_error(
+        result, seconds, f"{weights} is not what its stage wrote", f"find .dvc/cache -samefile {weights} -delete",
+        "dvc repro -f -s merge",
+    )  # fmt: skip
+    assert not (tmp_path / "m.json").exists()
