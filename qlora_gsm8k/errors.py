@@ -47,6 +47,20 @@ def eval_oom_message() -> str:
     )
 
 
+def _is_disk_full(err: BaseException) -> bool:
+    """No space left, as the OS says it (OSError ENOSPC) or as a library rewords it (safetensors' SafetensorError)."""
+    import errno
+
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err)
+
+
+DISK_FULL_MESSAGE = (
+    "no space left on device while writing this stage's outputs (its temporary files are removed; nothing was "
+    "recorded). Free disk space: `dvc gc -w` drops cache objects no longer used by the workspace, `rm -rf "
+    "checkpoints/` old training checkpoints; then run `dvc repro` again"
+)
+
+
 def _is_out_of_memory(err: BaseException) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(err, torch.OutOfMemoryError)
@@ -90,6 +104,9 @@ def stage_main(func: Callable[[], None] | None = None, *, resumes: bool = False)
             print(f"{how}: the stage did not finish, DVC records none of its outputs; {again}", file=sys.stderr)
             sys.exit(143 if isinstance(err, Terminated) else 130)
         except Exception as err:
+            if _is_disk_full(err):
+                print(f"error: {DISK_FULL_MESSAGE}", file=sys.stderr)
+                sys.exit(USER_ERROR_EXIT_CODE)
             if not _is_out_of_memory(err):
                 raise
             print(f"error: {eval_oom_message()}", file=sys.stderr)

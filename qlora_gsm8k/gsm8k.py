@@ -103,7 +103,13 @@ def read_jsonl(path: str | Path) -> list[Example]:
         lines = path.read_text(encoding="utf-8").split("\n")
     except FileNotFoundError:
         raise UserError(f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        # The decoder names a byte offset; people look for lines.
+        line_no = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}:{line_no}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+        ) from None
+    except OSError as err:
         raise UserError(f"cannot read {path}: {err}") from None
     rows, line_numbers = [], []
     for line_no, line in enumerate(lines, start=1):

@@ -180,3 +180,11 @@ def test_take_slice_bounds(examples):
         take_slice(examples, 296, 5, 0, "eval")
     with pytest.raises(UserError, match=r"data\.train_offset"):
         take_slice(examples, 0, 301, 0, "train")
+
+
+def test_non_utf8_input_names_the_line_not_a_byte_offset(tmp_path):
+    path = tmp_path / "train.jsonl"
+    good = json.dumps({"question": "q", "answer": "#### 1"}).encode()
+    path.write_bytes(good + b"\n" + good + b"\n" + b'{"question": "caf\xe9", "answer": "#### 2"}\n')
+    with pytest.raises(UserError, match=r"train.jsonl:3: not UTF-8 text \(invalid continuation byte at byte \d+\)"):
+        read_jsonl(path)

@@ -738,3 +738,49 @@ def test_a_corrupt_model_file_is_refused_with_the_repair(tmp_path, tiny_base_dir
         "dvc repro -f -s merge",
     )  # fmt: skip
     assert not (tmp_path / "m.json").exists()
+
+
+def test_eval_rows_longer_than_the_context_are_refused_before_generating(tmp_path, tiny_base_dir):
+    """A 20,000-character question went straight into generation (8x the run time, a 6,552-token prompt against
+    a 2,048 context): refused, counted, in seconds."""
+    rows = [
+        {"question": "How many? " + "apples and pears " * 900, "answer": "#### 1"},
+        {"question": "1+1?", "answer": "#### 2"},
+    ]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "params.yaml").write_text("eval:\n  dtype: float32\n  max_new_tokens: 4\n  batch_size: 2\n")
+    result, seconds = _stage(
+        "evaluate", "--params", str(tmp_path / "params.yaml"), "--model", str(tiny_base_dir), "--label", "base",
+        "--eval", str(tmp_path / "eval.jsonl"), "--perplexity-out", str(tmp_path / "ppl.json"),
+        "--generations-out", str(tmp_path / "gen.jsonl"), "--generation-metrics-out", str(tmp_path / "gen.json"),
+        "--info-out", str(tmp_path / "info.json"),
+    )  # fmt: skip
+    # The last line (transformers warns about the long row and loads with a progress bar before it)
+    assert result.returncode == USER_ERROR_EXIT_CODE and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 1 of 2 eval rows do not fit the model's context of 2048 tokens"), last
+    assert "rows 0 of the slice" in last and seconds < FAST_SECONDS
+    assert not (tmp_path / "ppl.json").exists()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(28, "No space left on device"),
+        RuntimeError("SafetensorError: Error while serializing: No space left on device (os error 28)"),
+    ],
+)
+def test_disk_full_is_one_line_with_what_to_free(error, capsys, monkeypatch):
+    from qlora_gsm8k import errors
+
+    monkeypatch.setattr(errors, "_STAGE_END_CHECKS", [])
+
+    @stage_main
+    def stage() -> None:
+        raise error
+
+    with pytest.raises(SystemExit) as exit_info:
+        stage()
+    assert exit_info.value.code == USER_ERROR_EXIT_CODE
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space left on device") and "dvc gc -w" in err and err.count("\n") == 1
