@@ -35,13 +35,35 @@ def _base_line(base_dir: Path) -> str:
     return f"`{name}` ({provenance.get('kind')}{': ' + pinned if pinned else ''})"
 
 
+_METHOD_NAMES = {
+    "lora": "LoRA",
+    "dora": "DoRA (weight-decomposed LoRA)",
+    "rslora": "rsLoRA (LoRA scaled by alpha/sqrt(r))",
+    "ia3": "IA3 (learned activation scaling)",
+    "prompt": "prompt tuning",
+    "prefix": "prefix tuning",
+}
+
+
+def _method_line(params: Params) -> str:
+    lora, peft = params.lora, params.peft
+    if peft.method == "ia3":
+        return f"- {_METHOD_NAMES['ia3']} on {', '.join(peft.ia3_target_modules)}"
+    if peft.method in ("prompt", "prefix"):
+        return f"- {_METHOD_NAMES[peft.method]}: {peft.num_virtual_tokens} virtual tokens"
+    rslora = lora.use_rslora or peft.method == "rslora"
+    return (
+        f"- {_METHOD_NAMES[peft.method]}: r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout}, rsLoRA "
+        f"{'on' if rslora else 'off'}, on {', '.join(lora.target_modules)}"
+    )
+
+
 def _recipe(params: Params) -> list[str]:
-    lora, quant, train, data = params.lora, params.quant, params.train, params.data
+    quant, train, data = params.quant, params.train, params.data
     return [
         f"- Base, frozen in 4-bit: bitsandbytes {quant.quant_type.upper()}, double quantization "
         f"{'on' if quant.double_quant else 'off'}, compute dtype {quant.compute_dtype}",
-        f"- LoRA: r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout}, rsLoRA {'on' if lora.use_rslora else 'off'}, "
-        f"on {', '.join(lora.target_modules)}",
+        _method_line(params),
         f"- Data: GSM8K `{data.source}` (config `{data.config}`, revision `{data.revision}`), train rows "
         f"{data.train_offset}–{data.train_offset + data.train_size - 1}"
         + (f" after a shuffle with seed {data.shuffle_seed}" if data.shuffle_seed else " in published order")
@@ -105,11 +127,27 @@ def write_adapter_card(adapter_dir: Path, shown_as: str, base_dir: Path, params:
 def write_merged_card(
     merged_dir: Path, shown_as: str, base_dir: Path, params: Params, merge_metrics: dict, dtype: str
 ) -> None:
+    what = (
+        f"A standalone {dtype} model: the qlora-gsm8k adapter merged into its base, {_base_line(base_dir)}, "
+        f"merged into the base's {params.eval.merge_into} weights."
+        if merge_metrics.get("merged", 1)
+        else f"Not merged: peft.method={params.peft.method} learns virtual tokens, not weight changes, so this is the "
+        f"adapter with the {dtype} weights of its base, {_base_line(base_dir)} ({params.eval.merge_into} weights), in "
+        "one directory; the adapter is in `adapter/`, whose `adapter_config.json` names this directory as its base."
+    )
+    load = (
+        [f'model = AutoModelForCausalLM.from_pretrained("{shown_as}")']
+        if merge_metrics.get("merged", 1)
+        else [
+            "from peft import AutoPeftModelForCausalLM",
+            "",
+            f'model = AutoPeftModelForCausalLM.from_pretrained("{shown_as}/adapter")  # from the repository root',
+        ]
+    )
     lines = [
         "# GSM8K QLoRA fine-tune, merged",
         "",
-        f"A standalone {dtype} model: the qlora-gsm8k adapter merged into its base, {_base_line(base_dir)}, "
-        f"merged into the base's {params.eval.merge_into} weights.",
+        what,
         "",
         *_recipe(params),
         "",
@@ -123,7 +161,7 @@ def write_merged_card(
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
-        f'model = AutoModelForCausalLM.from_pretrained("{shown_as}")',
+        *load,
         f'tokenizer = AutoTokenizer.from_pretrained("{shown_as}")',
         "```",
         "",

@@ -97,6 +97,59 @@ class LoraConfig:
             raise UserError("lora.target_modules must name at least one module, e.g. [q_proj, v_proj]")
 
 
+LORA_METHODS = ("lora", "dora", "rslora")
+VIRTUAL_TOKEN_METHODS = ("prompt", "prefix")
+
+
+@dataclass(frozen=True)
+class PeftMethodConfig:
+    """Which parameter-efficient method trains on the frozen 4-bit base, each with its own keys.
+
+    lora: the `lora` section; dora: LoRA with weight decomposition (peft's use_dora); rslora: LoRA scaled by
+    alpha/sqrt(r) (lora.use_rslora implied); ia3: learned scaling of the activations of ia3_target_modules
+    (ia3_feedforward_modules scale their input); prompt / prefix: prompt tuning / prefix tuning, num_virtual_tokens
+    learned tokens (embeddings, or keys and values at every layer). prompt and prefix cannot be merged into the
+    weights: the merge stage saves them as an adapter on the base, and says so (merge.merged = 0)."""
+
+    method: Literal["lora", "dora", "rslora", "ia3", "prompt", "prefix"] = "lora"
+    ia3_target_modules: list[str] = field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"])
+    ia3_feedforward_modules: list[str] = field(default_factory=lambda: ["down_proj"])
+    num_virtual_tokens: int = 20
+
+    def validate(self) -> None:
+        _positive("peft.num_virtual_tokens", self.num_virtual_tokens)
+        if self.method != "ia3":
+            return  # the ia3 keys are not read (a changed one is refused by _check_method_keys)
+        if not self.ia3_target_modules:
+            raise UserError("peft.ia3_target_modules must name at least one module, e.g. [k_proj, v_proj, down_proj]")
+        stray = [m for m in self.ia3_feedforward_modules if m not in self.ia3_target_modules]
+        if stray:
+            raise UserError(f"peft.ia3_feedforward_modules {stray} must also be in peft.ia3_target_modules")
+
+    def adapted_modules(self, lora: LoraConfig) -> list[str]:
+        """The modules the method wraps (none for prompt and prefix tuning, which add tokens)."""
+        if self.method in LORA_METHODS:
+            return list(lora.target_modules)
+        return list(self.ia3_target_modules) if self.method == "ia3" else []
+
+
+def _check_method_keys(params: Params) -> None:
+    """A key changed from its default that the chosen method does not read is an error, naming both."""
+    peft, defaults = params.peft, PeftMethodConfig()
+    applies = {
+        "peft.ia3_target_modules": (peft.ia3_target_modules != defaults.ia3_target_modules, ("ia3",)),
+        "peft.ia3_feedforward_modules": (peft.ia3_feedforward_modules != defaults.ia3_feedforward_modules, ("ia3",)),
+        "peft.num_virtual_tokens": (peft.num_virtual_tokens != defaults.num_virtual_tokens, VIRTUAL_TOKEN_METHODS),
+        "lora.use_rslora": (params.lora.use_rslora, LORA_METHODS),
+    }
+    for key, (changed, methods) in applies.items():
+        if changed and peft.method not in methods:
+            raise UserError(
+                f"{key} does not apply to peft.method={peft.method} (only to {', '.join(methods)}); "
+                f"reset it, or pick one of those methods"
+            )
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     quant_type: Literal["nf4", "fp4"] = "nf4"
@@ -190,6 +243,7 @@ class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    peft: PeftMethodConfig = field(default_factory=PeftMethodConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -201,6 +255,7 @@ class Params:
             validate = getattr(getattr(self, section.name), "validate", None)
             if validate:
                 validate()
+        _check_method_keys(self)
         steps, warmup = optimizer_steps(self.data.train_size, self.train)
         if steps <= warmup:
             # The HF Trainer's first step runs at learning rate 0 during warmup: LoRA's B would stay all zero and

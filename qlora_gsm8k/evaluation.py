@@ -34,6 +34,11 @@ def _by_length(rows: list, length) -> list[int]:
     return sorted(range(len(rows)), key=lambda i: -length(rows[i]))
 
 
+def _row_logits(output, batch) -> torch.Tensor:
+    """Logits at the batch's own positions: prompt tuning (peft.method=prompt) puts its virtual tokens first."""
+    return output.logits[:, -batch["input_ids"].shape[1] :]
+
+
 @torch.no_grad()
 def response_nll(
     model, tokenizer, examples: list[Example], batch_size: int, max_length: int | None = None, chat=None
@@ -56,7 +61,7 @@ def response_nll(
     for batch_idx in tqdm(_batches(order, batch_size), desc="perplexity", unit="batch"):
         batch = pad_batch([encoded[i] for i in batch_idx], tokenizer.pad_token_id)
         batch = {k: v.to(dev) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = _row_logits(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]), batch)
         shift_logits = logits[:, :-1].float()
         shift_labels = batch["labels"][:, 1:]
         nll = F.cross_entropy(
@@ -290,7 +295,9 @@ def response_logits(model, tokenizer, examples: list[Example], batch_size: int, 
     for batch_rows in _batches(encoded, batch_size):
         batch = pad_batch(batch_rows, tokenizer.pad_token_id)
         mask = batch["labels"][:, 1:] != IGNORE_INDEX
-        out = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).logits
+        out = _row_logits(
+            model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)), batch
+        )
         logits.append(out[:, :-1][mask.to(dev)].float().cpu())
     return logits
 

@@ -13,15 +13,16 @@ into NF4; neither mode does that."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
 
-from .config import Params
+from .config import VIRTUAL_TOKEN_METHODS, Params
 from .errors import UserError
 from .evaluation import kl_between, response_logits
 from .gsm8k import Example
-from .io import verify_weight_digests
+from .io import atomic_write_text, record_weight_digests, verify_weight_digests
 from .modeling import load_model, load_tokenizer, resolve_dtype
 from .prompts import ChatFormat
 
@@ -78,6 +79,9 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, examples: list[Example], pa
     dtype = resolve_dtype(cfg.dtype)
     check_quant = dataclasses.replace(params.quant, compute_dtype=str(dtype).removeprefix("torch."))
     base_4bit = load_model(base_dir, dtype=dtype, quant=check_quant)
+    # Prompt and prefix tuning learn tokens, not weight deltas: nothing to merge. The adapter is kept on the same
+    # 16-bit weights a merge would use (save_merged writes both).
+    mergeable = params.peft.method not in VIRTUAL_TOKEN_METHODS
     base_weights = dequantized_weights(base_4bit) if cfg.merge_into == "dequantized" else None
     verify_weight_digests(adapter_dir)
     adapter_4bit = PeftModel.from_pretrained(base_4bit, str(adapter_dir))
@@ -88,9 +92,13 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, examples: list[Example], pa
     unmerged = load_with_adapter(base_dir, adapter_dir, cfg.dtype, base_weights=base_weights)
     del base_weights
     unmerged_logits = response_logits(unmerged, tokenizer, examples, cfg.batch_size, chat)
-    merged = unmerged.merge_and_unload()
-    merged.generation_config.pad_token_id = tokenizer.pad_token_id
-    merged_logits = response_logits(merged, tokenizer, examples, cfg.batch_size, chat)
+    if mergeable:
+        merged = unmerged.merge_and_unload()
+        merged.generation_config.pad_token_id = tokenizer.pad_token_id
+        merged_logits = response_logits(merged, tokenizer, examples, cfg.batch_size, chat)
+    else:
+        merged, merged_logits = unmerged, unmerged_logits
+        merged.get_base_model().generation_config.pad_token_id = tokenizer.pad_token_id
     kl_16bit = kl_between(merged_logits, unmerged_logits)
     kl_4bit = kl_between(merged_logits, logits_4bit)
     metrics = {
@@ -99,6 +107,7 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, examples: list[Example], pa
         "top1_agreement_merged_vs_4bit_adapter": kl_4bit["top1_agreement"],
         "kl_tokens": kl_4bit["tokens"],
         "check_examples": len(examples),
+        "merged": int(mergeable),
     }
     return merged, tokenizer, metrics
 
@@ -126,3 +135,32 @@ def check_merge(metrics: dict, params: Params) -> None:
         )
         measured = f"(over {metrics['kl_tokens']} response tokens of {metrics['check_examples']} held-out rows)"
         raise MergeCheckError(f"merge check failed: {'; '.join(problems)} {measured}; the model was not saved.{hint}")
+
+
+UNMERGED_ADAPTER = "adapter"
+
+
+def save_merged(model, tokenizer, out_dir: Path, shown_as: str | Path) -> None:
+    """The merged model with its tokenizer and weight digests. For prompt/prefix tuning (a PeftModel, nothing to
+    merge): the 16-bit weights it runs on, plus the adapter in out_dir/adapter naming them (`shown_as`: the directory
+    as stages and users reach it). Not side by side: transformers would load an adapter it finds beside weights."""
+    from peft import PeftModel
+
+    out_dir = Path(out_dir)
+    if isinstance(model, PeftModel):
+        model.get_base_model().save_pretrained(out_dir, safe_serialization=True)
+        model.save_pretrained(out_dir / UNMERGED_ADAPTER, safe_serialization=True)
+        name_adapter_base(out_dir / UNMERGED_ADAPTER, shown_as)
+        record_weight_digests(out_dir / UNMERGED_ADAPTER)
+    else:
+        model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    record_weight_digests(out_dir)
+
+
+def name_adapter_base(adapter_dir: Path, base_dir: str | Path) -> None:
+    """Point a saved adapter at the base directory it runs on (what load_for_eval and users load it with)."""
+    config_path = Path(adapter_dir) / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"], config["revision"] = str(base_dir), None
+    atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")

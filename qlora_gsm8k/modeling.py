@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .config import LoraConfig, QuantConfig
+from .config import LoraConfig, Params, QuantConfig
 from .errors import UserError
 from .io import verify_weight_digests
 
@@ -86,18 +86,40 @@ def quantization_config(quant: QuantConfig):
     )
 
 
-def lora_config(lora: LoraConfig):
+def lora_config(lora: LoraConfig, use_dora: bool = False, use_rslora: bool | None = None):
     from peft import LoraConfig as PeftLoraConfig
 
     return PeftLoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        use_rslora=lora.use_rslora,
+        use_rslora=lora.use_rslora if use_rslora is None else use_rslora,
+        use_dora=use_dora,
         target_modules=list(lora.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
     )
+
+
+def adapter_config(params: Params):
+    """The peft config of params.peft.method: QLoRA is this plus the 4-bit quantization config."""
+    from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig
+
+    peft = params.peft
+    if peft.method == "lora":
+        return lora_config(params.lora)
+    if peft.method == "dora":
+        return lora_config(params.lora, use_dora=True)
+    if peft.method == "rslora":
+        return lora_config(params.lora, use_rslora=True)
+    if peft.method == "ia3":
+        return IA3Config(
+            target_modules=list(peft.ia3_target_modules),
+            feedforward_modules=list(peft.ia3_feedforward_modules),
+            task_type="CAUSAL_LM",
+        )
+    config_class = PromptTuningConfig if peft.method == "prompt" else PrefixTuningConfig
+    return config_class(num_virtual_tokens=peft.num_virtual_tokens, task_type="CAUSAL_LM")
 
 
 def load_model(path: str | Path, dtype: torch.dtype, quant: QuantConfig | None = None):
@@ -130,9 +152,18 @@ def skeleton_from_config(config):
 
 
 def load_for_eval(path: str | Path, dtype_name: str):
-    """A saved model and its tokenizer as both evaluation stages run them; returns (model, tokenizer, precision)."""
+    """A saved model and its tokenizer as both evaluation stages run them; returns (model, tokenizer, precision).
+    A merge stage output with an `adapter/` inside (prompt or prefix tuning, which cannot merge) is the weights
+    there with that adapter on top."""
     dtype = resolve_dtype(dtype_name)
-    return load_model(path, dtype=dtype), load_tokenizer(path), str(dtype).removeprefix("torch.")
+    model = load_model(path, dtype=dtype)
+    unmerged = Path(path) / "adapter"
+    if (unmerged / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        verify_weight_digests(unmerged)
+        model = PeftModel.from_pretrained(model, str(unmerged))
+    return model, load_tokenizer(path), str(dtype).removeprefix("torch.")
 
 
 def check_target_modules(model, target_modules: list[str]) -> None:

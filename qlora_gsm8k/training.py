@@ -28,11 +28,11 @@ from .errors import UserError
 from .gsm8k import Example
 from .io import atomic_write_text, file_sha256, record_weight_digests
 from .modeling import (
+    adapter_config,
     check_target_modules,
     device,
     load_model,
     load_tokenizer,
-    lora_config,
     resolve_dtype,
     saved_generation_config,
 )
@@ -127,7 +127,7 @@ def run_fingerprint(params: Params, encoded: list[Encoded], base_dir: Path) -> s
     included) and the versions of the libraries that compute the steps."""
     digest = hashlib.sha256()
     cfg = params_as_dict(params)
-    digest.update(json.dumps({k: cfg[k] for k in ("lora", "quant", "train")}, sort_keys=True).encode())
+    digest.update(json.dumps({k: cfg[k] for k in ("peft", "lora", "quant", "train")}, sort_keys=True).encode())
     digest.update(json.dumps([[e.input_ids, e.labels] for e in encoded]).encode())
     for file in sorted(p for p in base_dir.iterdir() if p.is_file()):
         digest.update(f"{file.name}:{file_sha256(file)}".encode())
@@ -394,11 +394,11 @@ def train_adapter(
     use_compile = compile_enabled(cfg)
     compute_dtype = resolve_dtype(params.quant.compute_dtype)
     model = load_model(base_dir, dtype=compute_dtype, quant=params.quant)
-    check_target_modules(model, params.lora.target_modules)
+    check_target_modules(model, params.peft.adapted_modules(params.lora))
     model = freeze_base(model, compute_dtype, cfg.gradient_checkpointing, upcast_fp32)
     # LoRA A starts random: seed it, or two runs with the same params start from different adapters.
     set_seed(cfg.seed)
-    model = get_peft_model(model, lora_config(params.lora))
+    model = get_peft_model(model, adapter_config(params))
     if use_compile:
         compile_decoder_layers(model, compile_mode)
 

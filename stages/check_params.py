@@ -64,7 +64,7 @@ def model_check_key(params: Params) -> dict:
     """Everything the model check depends on: a Hub revision is a commit (immutable); a local directory is
     identified by its config.json, which names the architecture and so the module names."""
     cfg = params.model
-    key = {"name": cfg.name, "kind": model_kind(cfg.name), "target_modules": list(params.lora.target_modules)}
+    key = {"name": cfg.name, "kind": model_kind(cfg.name), "target_modules": params.peft.adapted_modules(params.lora)}
     if key["kind"] == "hub":
         key["revision"] = cfg.revision
     elif key["kind"] == "local":
@@ -86,7 +86,7 @@ def check_model(params: Params, record: Path | None) -> None:
     else:
         from qlora_gsm8k.sources import check_model_source  # torch + transformers: only when needed
 
-        context = check_model_source(params.model, params.lora.target_modules)
+        context = check_model_source(params.model, params.peft.adapted_modules(params.lora))
         if record is not None:
             write_json(record, {"key": key, "context": context})
     check_context(params, context)

@@ -8,8 +8,8 @@ from qlora_gsm8k.cards import write_merged_card
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.gsm8k import read_jsonl
-from qlora_gsm8k.io import atomic_directory, record_weight_digests, write_json
-from qlora_gsm8k.merging import check_merge, merge_adapter
+from qlora_gsm8k.io import atomic_directory, write_json
+from qlora_gsm8k.merging import check_merge, merge_adapter, save_merged
 
 
 @stage_main
@@ -25,17 +25,17 @@ def main() -> None:
     merged, tokenizer, metrics = merge_adapter(Path(args.base), Path(args.adapter), examples, params)
     check_merge(metrics, params)
     with atomic_directory(args.out) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        record_weight_digests(tmp)
+        save_merged(merged, tokenizer, tmp, args.out)
         write_merged_card(tmp, args.out, Path(args.base), params, metrics, str(merged.dtype).removeprefix("torch."))
     # Written once the model is in place: merge.json never describes a model that was not saved.
     write_json(args.metrics_out, {"merge": metrics})
     kl, top1 = metrics["kl_merged_vs_4bit_adapter"], metrics["top1_agreement_merged_vs_4bit_adapter"]
-    print(
-        f"merged into the {params.eval.merge_into} base weights, saved to {args.out}; "
-        f"against the 4-bit model: KL {kl:.2e}, top-1 agreement {top1:.4f}"
+    what = (
+        f"merged into the {params.eval.merge_into} base weights"
+        if metrics["merged"]
+        else f"not merged (peft.method={params.peft.method} learns tokens, not weights): the adapter and its weights"
     )
+    print(f"{what}, saved to {args.out}; against the 4-bit model: KL {kl:.2e}, top-1 agreement {top1:.4f}")
 
 
 if __name__ == "__main__":

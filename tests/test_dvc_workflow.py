@@ -180,6 +180,24 @@ class Workflow:
 
         return self.once("sweep", step)
 
+    def method_sweep(self) -> dict:
+        def step():
+            self.reset()
+            queued = self.exp_run("--queue", "-S", "peft.method=ia3,prompt")
+            names = exp_names(queued, r"Queued experiment '([^']+)'")
+            dvc(self.project, "queue", "start", "-j", "1")
+            deadline = time.monotonic() + 600
+            while re.search(r"\b(Queued|Running)\b", output(dvc(self.project, "queue", "status"))):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(3)
+            logs = {n: output(dvc(self.project, "queue", "logs", n, check=False)) for n in names}
+            dvc(self.project, "queue", "stop", check=False)
+            show = json.loads(dvc(self.project, "exp", "show", "--json").stdout)
+            return {"names": names, "logs": logs, "show": show}
+
+        return self.once("method_sweep", step)
+
     def branches(self) -> dict:
         def step():
             r4 = self.lora_r4()
@@ -294,6 +312,27 @@ def test_queued_sweep_runs_both_points_and_exp_show_lists_them(workflow):
     assert "lora.r" in header and "tuned.perplexity" in header and "tuned.exact_match_strict" in header, header
     assert "svamp.tuned.exact_match_flexible" in header and "svamp.paired.mcnemar_p" in header, header
     assert all(name in sweep["csv"] for name in names)
+
+
+def test_peft_method_sweep_gives_one_row_per_method(workflow):
+    """`dvc exp run --queue -S peft.method=…`: each method trains, merges (or, prompt tuning, keeps its adapter)
+    and is evaluated; exp show has one row per method with its trainable parameters and paired statistics."""
+    sweep = workflow.method_sweep()
+    exps = experiments_of(sweep["show"])
+    rows = {}
+    for name in sweep["names"]:
+        assert name in exps, (name, sweep["logs"].get(name, "")[-3000:])
+        data = exps[name]
+        method = data["params"]["params.yaml"]["data"]["peft"]["method"]
+        rows[method] = data["metrics"]
+    assert set(rows) == {"ia3", "prompt"}, sweep["logs"]
+    for method, metrics in rows.items():
+        assert metrics["metrics/train.json"]["data"]["train"]["trainable_params"] > 0
+        assert math.isfinite(metrics["metrics/perplexity_tuned.json"]["data"]["tuned"]["perplexity"])
+        assert "mcnemar_p" in metrics["metrics/compare.json"]["data"]["paired"]
+        assert metrics["metrics/merge.json"]["data"]["merge"]["merged"] == (0 if method == "prompt" else 1)
+    trainable = {m: rows[m]["metrics/train.json"]["data"]["train"]["trainable_params"] for m in rows}
+    assert trainable["ia3"] != trainable["prompt"]
 
 
 # --- diffs across branches -----------------------------------------------------------------------------------
