@@ -81,6 +81,23 @@ RECIPES = {
         "train": {"epochs": 2.0, "learning_rate": 2e-3, "micro_batch_size": 32},
     },
 }
+# PEFT methods (peft.method), one epoch over the whole split each, at a learning rate in the method's usual range
+# (IA3 and the virtual-token methods train far fewer parameters and take larger steps).
+_ONE_EPOCH = {"epochs": 1.0, "micro_batch_size": 32}
+_ALL_LINEAR_R16 = {"target_modules": ALL_LINEAR}
+for _method, _lr in (
+    ("lora", 1e-3),
+    ("dora", 1e-3),
+    ("rslora", 1e-3),
+    ("ia3", 1e-2),
+    ("prompt", 3e-2),
+    ("prefix", 1e-2),
+):
+    RECIPES[f"method-{_method}-1ep"] = {
+        "peft": {"method": _method},
+        "lora": _ALL_LINEAR_R16,
+        "train": {**_ONE_EPOCH, "learning_rate": _lr},
+    }
 EVALS = ("adapter", "dequantized", "original", "dequantized-fp32")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
