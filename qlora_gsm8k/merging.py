@@ -33,6 +33,22 @@ class MergeCheckError(UserError):
     pass
 
 
+def adapter_in_dtype(model, dtype: torch.dtype):
+    """IA3 outside training's autocast, in bf16/fp16: its scaling vectors are saved in float32, and peft's IA3 on
+    bitsandbytes 4-bit layers computes in float32 and returns float32 keys and values beside bf16 queries, which
+    attention refuses. Cast the vectors to the model's dtype, and those layers' outputs back to their input's."""
+    for name, parameter in model.named_parameters():
+        if ".ia3_l." in name and parameter.dtype != dtype:
+            parameter.data = parameter.data.to(dtype)
+    if dtype != torch.float32:
+        from peft.tuners.ia3.bnb import Linear4bit as IA3Linear4bit
+
+        for module in model.modules():
+            if isinstance(module, IA3Linear4bit):
+                module.register_forward_hook(lambda _module, args, output: output.to(args[0].dtype))
+    return model
+
+
 def load_with_adapter(base_dir: Path, adapter_dir: Path, dtype_name: str, quant=None, base_weights=None):
     """The base (16-bit, or 4-bit with `quant`) with the adapter on top; `base_weights` (name -> tensor)
     replace the base's linear weights first (the dequantized NF4 weights)."""
@@ -45,7 +61,7 @@ def load_with_adapter(base_dir: Path, adapter_dir: Path, dtype_name: str, quant=
                 target = model.get_submodule(name).weight
                 target.copy_(weight.to(device=target.device, dtype=target.dtype))
     verify_weight_digests(adapter_dir)
-    return PeftModel.from_pretrained(model, str(adapter_dir))
+    return adapter_in_dtype(PeftModel.from_pretrained(model, str(adapter_dir)), resolve_dtype(dtype_name))
 
 
 def dequantized_weights(model) -> dict[str, torch.Tensor]:
@@ -84,7 +100,7 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, examples: list[Example], pa
     mergeable = params.peft.method not in VIRTUAL_TOKEN_METHODS
     base_weights = dequantized_weights(base_4bit) if cfg.merge_into == "dequantized" else None
     verify_weight_digests(adapter_dir)
-    adapter_4bit = PeftModel.from_pretrained(base_4bit, str(adapter_dir))
+    adapter_4bit = adapter_in_dtype(PeftModel.from_pretrained(base_4bit, str(adapter_dir)), dtype)
     chat = ChatFormat.of(tokenizer, params.prompt.system)
     logits_4bit = response_logits(adapter_4bit, tokenizer, examples, cfg.batch_size, chat)
     del adapter_4bit, base_4bit
@@ -93,7 +109,8 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, examples: list[Example], pa
     del base_weights
     unmerged_logits = response_logits(unmerged, tokenizer, examples, cfg.batch_size, chat)
     if mergeable:
-        merged = unmerged.merge_and_unload()
+        # IA3's vectors are float32: merged into bf16 weights they would leave float32 layers among bf16 ones.
+        merged = unmerged.merge_and_unload().to(resolve_dtype(cfg.dtype))
         merged.generation_config.pad_token_id = tokenizer.pad_token_id
         merged_logits = response_logits(merged, tokenizer, examples, cfg.batch_size, chat)
     else:

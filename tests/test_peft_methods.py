@@ -10,6 +10,7 @@ import shutil
 import sys
 
 import pytest
+import torch
 import yaml
 
 from conftest import REPO_ROOT, TINY_PARAMS, merge_params, run, tool_env, train_tiny_adapter
@@ -147,3 +148,18 @@ def test_prompt_tuning_adapter_dir_runs_through_the_merge_and_evaluate_stages(
         "--generation-metrics-out", str(tmp_path / "gen.json"), "--info-out", str(tmp_path / "info.json"),
     )  # fmt: skip
     assert math.isfinite(json.loads((tmp_path / "ppl.json").read_text())["tuned"]["perplexity"])
+
+
+@pytest.mark.slow
+def test_ia3_merges_and_evaluates_in_bf16(trained, tiny_base_dir, examples):
+    """peft's IA3 on bitsandbytes 4-bit layers returns float32 keys and values outside autocast (the H200 merge check
+    failed: 'Expected query, key, and value to have the same dtype'); the merge check and the merged model in bf16."""
+    adapter, _ = trained["ia3"]
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    raw = merge_params(merge_params(raw, TINY_PARAMS), {"peft": {"method": "ia3"}, "eval": {"dtype": "bfloat16"}})
+    params = parse_params(raw)
+    merged, tokenizer, check = merge_adapter(tiny_base_dir, adapter, examples[100:102], params)
+    assert check["merged"] == 1 and math.isfinite(check["kl_merged_vs_4bit_adapter"])
+    assert {p.dtype for p in merged.parameters()} == {torch.bfloat16}
+    perplexity, _, summary = evaluate_model(merged, tokenizer, examples[100:102], params)
+    assert math.isfinite(perplexity["perplexity"]) and summary["examples"] == 2
