@@ -160,43 +160,29 @@ class Workflow:
 
         return self.once("merge_param", step)
 
-    def sweep(self) -> dict:
-        def step():
-            self.reset()
-            queued = self.exp_run("--queue", "-S", "lora.r=4,8")
-            names = exp_names(queued, r"Queued experiment '([^']+)'")
-            dvc(self.project, "queue", "start", "-j", "1")
-            deadline = time.monotonic() + 600
-            while True:
-                status = output(dvc(self.project, "queue", "status"))
-                if not re.search(r"\b(Queued|Running)\b", status) or time.monotonic() > deadline:
-                    break
-                time.sleep(3)
-            logs = {n: output(dvc(self.project, "queue", "logs", n, check=False)) for n in names}
-            dvc(self.project, "queue", "stop", check=False)
-            show = json.loads(dvc(self.project, "exp", "show", "--json").stdout)
-            csv = dvc(self.project, "exp", "show", "--csv").stdout
-            return {"names": names, "status": status, "logs": logs, "show": show, "csv": csv}
+    def queued_sweep(self, *set_params: str) -> dict:
+        """Queue one experiment per value (`-S key=a,b`), run the queue, and read the results."""
+        self.reset()
+        queued = self.exp_run("--queue", *(arg for value in set_params for arg in ("-S", value)))
+        names = exp_names(queued, r"Queued experiment '([^']+)'")
+        dvc(self.project, "queue", "start", "-j", "1")
+        deadline = time.monotonic() + 600
+        while True:
+            status = output(dvc(self.project, "queue", "status"))
+            if not re.search(r"\b(Queued|Running)\b", status) or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+        logs = {n: output(dvc(self.project, "queue", "logs", n, check=False)) for n in names}
+        dvc(self.project, "queue", "stop", check=False)
+        show = json.loads(dvc(self.project, "exp", "show", "--json").stdout)
+        csv = dvc(self.project, "exp", "show", "--csv").stdout
+        return {"names": names, "status": status, "logs": logs, "show": show, "csv": csv}
 
-        return self.once("sweep", step)
+    def sweep(self) -> dict:
+        return self.once("sweep", lambda: self.queued_sweep("lora.r=4,8"))
 
     def method_sweep(self) -> dict:
-        def step():
-            self.reset()
-            queued = self.exp_run("--queue", "-S", "peft.method=ia3,prompt")
-            names = exp_names(queued, r"Queued experiment '([^']+)'")
-            dvc(self.project, "queue", "start", "-j", "1")
-            deadline = time.monotonic() + 600
-            while re.search(r"\b(Queued|Running)\b", output(dvc(self.project, "queue", "status"))):
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(3)
-            logs = {n: output(dvc(self.project, "queue", "logs", n, check=False)) for n in names}
-            dvc(self.project, "queue", "stop", check=False)
-            show = json.loads(dvc(self.project, "exp", "show", "--json").stdout)
-            return {"names": names, "logs": logs, "show": show}
-
-        return self.once("method_sweep", step)
+        return self.once("method_sweep", lambda: self.queued_sweep("peft.method=ia3,prompt"))
 
     def branches(self) -> dict:
         def step():
