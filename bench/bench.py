@@ -35,10 +35,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qlora_gsm8k.config import Params, QuantConfig, load_params, params_as_dict, parse_params  # noqa: E402
+from qlora_gsm8k.config import Params, QuantConfig  # noqa: E402
 from qlora_gsm8k.evaluation import generate_answers, response_nll  # noqa: E402
 from qlora_gsm8k.gsm8k import Example, read_jsonl, write_jsonl  # noqa: E402
 from qlora_gsm8k.modeling import device, load_model, load_tokenizer, lora_config, save_base  # noqa: E402
+from qlora_gsm8k.params_file import load_params, params_as_dict, parse_params  # noqa: E402
 from qlora_gsm8k.prompts import IGNORE_INDEX, encode_examples  # noqa: E402
 from qlora_gsm8k.synthetic import write_dataset_dir  # noqa: E402
 from qlora_gsm8k.tiny import TINY_CHAT_TEMPLATE, build_tiny_llama  # noqa: E402

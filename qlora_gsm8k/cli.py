@@ -8,8 +8,9 @@ import logging
 import os
 from pathlib import Path
 
-from .config import Params, load_params, params_as_dict
+from .config import Params
 from .errors import UserError, at_stage_end
+from .params_file import load_params, params_as_dict
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:

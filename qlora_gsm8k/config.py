@@ -7,20 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import yaml
+from typing import Literal
 
 from .errors import UserError
 
 TINY_LLAMA = "tiny-llama"
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-MAX_STRING_PARAM = 1024
 
 
 @dataclass(frozen=True)
@@ -297,132 +291,3 @@ def _positive(name: str, value: int | float) -> None:
 def _non_negative(name: str, value: int | float) -> None:
     if value < 0:
         raise UserError(f"{name} must be >= 0, got {value}")
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(option) for option in typing.get_args(tp))
-    if tp is float:
-        return "a finite number"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-    elif origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, list):
-            return [_coerce(f"{key}[{i}]", item, item_tp) for i, item in enumerate(value)]
-    elif origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _coerce(key, value, option)
-            except UserError:
-                continue
-    elif tp is float:
-        # YAML reads 2e-4 (no dot) as a string; accept it as the number users meant.
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                number = None
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        else:
-            number = None
-        # .nan/.inf would slip past the range checks (nan < 0 is False) and ruin a run much later.
-        if number is not None and math.isfinite(number):
-            return number
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is type(None):
-        if value is None:
-            return None
-    elif tp is str:
-        if isinstance(value, str) and value:
-            if len(value) > MAX_STRING_PARAM:
-                # dvc.lock and every experiment copy each param; no name, path or revision is this long.
-                raise UserError(f"{key} is {len(value):,} characters long; at most {MAX_STRING_PARAM} are allowed")
-            return value
-    else:
-        raise TypeError(f"unsupported annotation {tp!r} for {key}")
-    raise UserError(f"{key} must be {_type_name(tp)}, got {value!r}")
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{prefix or 'params'} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(names), key=str)  # YAML keys need not be strings (1:, null:)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise UserError(f"unknown param {where}{unknown[0]}; allowed {prefix or 'sections'}: {', '.join(names)}")
-    kwargs = {}
-    for name in names:
-        if name not in raw:
-            continue
-        key = f"{prefix}.{name}" if prefix else name
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, raw[name], key)
-        else:
-            kwargs[name] = _coerce(key, raw[name], tp)
-    return cls(**kwargs)
-
-
-def parse_params(raw: Any) -> Params:
-    params = _build(Params, raw, "")
-    params.validate()
-    return params
-
-
-# Hugging Face user access tokens: "hf_" and 30-odd letters and digits.
-_HF_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{20,}")
-
-
-def refuse_secrets(text: str, path: Path) -> None:
-    """A token in params.yaml would be committed to git and copied into dvc.lock and every experiment:
-    refuse it, naming the line but never echoing the value."""
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if _HF_TOKEN_PATTERN.search(line):
-            raise UserError(
-                f"{path}:{line_no} holds what looks like a Hugging Face token; remove it (and revoke it if it "
-                "was committed) and set the HF_TOKEN environment variable instead: params are recorded in git "
-                "and dvc.lock, the environment is not"
-            )
-
-
-def load_params(path: str | Path = "params.yaml") -> Params:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise UserError(f"cannot read {path}: {err.strerror}") from None
-    refuse_secrets(text, path)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise UserError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from None
-    return parse_params(raw)
-
-
-def params_as_dict(params: Params) -> dict[str, Any]:
-    return dataclasses.asdict(params)

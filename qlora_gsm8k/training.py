@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .cards import adapter_base_reference
-from .config import Params, TrainConfig, params_as_dict
+from .config import Params, TrainConfig
 from .distributed import is_main_process
 from .errors import UserError
 from .gsm8k import Example
@@ -36,6 +36,7 @@ from .modeling import (
     resolve_dtype,
     saved_generation_config,
 )
+from .params_file import params_as_dict
 from .prompts import IGNORE_INDEX, ChatFormat, Collator, Encoded, encode_examples, encode_prompt, stop_token_ids
 
 

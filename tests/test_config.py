@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qlora_gsm8k.config import Params, load_params, params_as_dict, parse_params
+from qlora_gsm8k.config import Params
 from qlora_gsm8k.errors import UserError
+from qlora_gsm8k.params_file import load_params, params_as_dict, parse_params
 
 REPO_PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 

@@ -14,9 +14,9 @@ import torch
 import yaml
 
 from conftest import train_tiny_adapter
-from qlora_gsm8k.config import parse_params
 from qlora_gsm8k.merging import load_with_adapter, merge_adapter
 from qlora_gsm8k.modeling import load_model
+from qlora_gsm8k.params_file import parse_params
 from qlora_gsm8k.prompts import encode_examples, pad_batch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

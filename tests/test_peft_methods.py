@@ -14,11 +14,11 @@ import torch
 import yaml
 
 from conftest import REPO_ROOT, TINY_PARAMS, merge_params, run, tool_env, train_tiny_adapter
-from qlora_gsm8k.config import parse_params
 from qlora_gsm8k.errors import UserError
 from qlora_gsm8k.evaluation import evaluate_model
 from qlora_gsm8k.merging import merge_adapter, save_merged
 from qlora_gsm8k.modeling import load_for_eval
+from qlora_gsm8k.params_file import parse_params
 
 METHODS = ("lora", "dora", "rslora", "ia3", "prompt", "prefix")
 # Learning rates at which each method moves in a handful of steps (a method's usual range: IA3 and the

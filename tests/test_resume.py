@@ -23,8 +23,8 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import dvc, make_project, run, stages_run, tool_env, train_stage_outputs
-from qlora_gsm8k.config import parse_params
 from qlora_gsm8k.io import atomic_directory, atomic_write_text, write_json
+from qlora_gsm8k.params_file import parse_params
 from qlora_gsm8k.prompts import encode_examples
 from qlora_gsm8k.training import (
     COMPLETE_MARKER,

@@ -12,11 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import REPO_ROOT, dvc, make_project, run, tool_env
-from qlora_gsm8k.config import ModelConfig, parse_params
+from qlora_gsm8k.config import ModelConfig
 from qlora_gsm8k.errors import UserError
+from qlora_gsm8k.params_file import parse_params
 
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # the stage scripts, imported as modules
@@ -171,7 +173,9 @@ def test_custom_model_code_is_never_run(tmp_path):
             }
         )
     )
-    (model_dir / "model.safetensors").write_bytes(b"")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, model_dir / "model.safetensors")  # valid weights: the config is what is refused
     with pytest.raises(UserError, match="cannot read the config of model"):
         check_model_source(ModelConfig(name=str(model_dir)), ["q_proj"])
     assert not marker.exists()

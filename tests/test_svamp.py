@@ -9,9 +9,10 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT, run, tool_env
-from qlora_gsm8k.config import SvampConfig, parse_params
+from qlora_gsm8k.config import SvampConfig
 from qlora_gsm8k.errors import UserError
 from qlora_gsm8k.evaluation import Generation, score_generations
+from qlora_gsm8k.params_file import parse_params
 from qlora_gsm8k.report import svamp_metrics
 from qlora_gsm8k.svamp import load_svamp, parse_svamp, read_svamp_slice, take_svamp_slice, write_svamp_slice
 from qlora_gsm8k.synthetic import make_svamp_rows

@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import train_tiny_adapter
-from qlora_gsm8k.config import LoraConfig, QuantConfig, parse_params
+from qlora_gsm8k.config import LoraConfig, QuantConfig
 from qlora_gsm8k.errors import UserError
 from qlora_gsm8k.modeling import load_model, load_tokenizer, lora_config
+from qlora_gsm8k.params_file import parse_params
 from qlora_gsm8k.prompts import IGNORE_INDEX, Collator, Encoded, encode_examples, stop_token_ids
 from qlora_gsm8k.training import PreflightError, preflight
 
