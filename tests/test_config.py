@@ -47,7 +47,7 @@ def test_empty_params_are_the_defaults():
     ("raw", "needles"),
     [
         ({"lora": {"rank": 8}}, ["lora.rank", "allowed lora: r, alpha, dropout, target_modules"]),
-        ({"trian": {}}, ["trian", "allowed sections: model, data, prompt, lora, quant, train, eval, svamp"]),
+        ({"trian": {}}, ["trian", "allowed sections: model, data, prompt, peft, lora, quant, train, eval, svamp"]),
         ({"eval": {"batchsize": 4}}, ["eval.batchsize", "batch_size"]),
         # YAML keys of mixed types (an int and a string) must still give the one-line error
         ({"lora": {1: 2, "rank": 8}}, ["unknown param lora.1", "allowed lora: r"]),
