@@ -198,3 +198,15 @@ def test_prompt_system_is_text_or_null():
     assert parse_params({"prompt": {"system": "Be brief."}}).prompt.system == "Be brief."
     with pytest.raises(UserError, match="prompt.system must be str or null, got ''"):
         parse_params({"prompt": {"system": ""}})
+
+
+def test_repo_params_survive_dvcs_rewrite_byte_for_byte(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml with ruamel; a value it re-spells (`null` becomes an empty value)
+    would leave params.yaml modified after returning to the original params (the run-cache test saw it)."""
+    from dvc.utils.serialize import modify_yaml
+
+    copy = tmp_path / "params.yaml"
+    copy.write_text(REPO_PARAMS.read_text())
+    with modify_yaml(str(copy)) as data:
+        data["lora"]["r"] = data["lora"]["r"]
+    assert copy.read_text() == REPO_PARAMS.read_text()
