@@ -155,6 +155,18 @@ def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
+class _ParamsDumper(yaml.SafeDumper):
+    """Writes None as an empty value, as DVC's own rewrite of params.yaml (`exp run -S`) does: `null` would come
+    back from a round trip as an empty value, and the file would differ from the commit."""
+
+
+_ParamsDumper.add_representer(type(None), lambda dumper, _: dumper.represent_scalar("tag:yaml.org,2002:null", ""))
+
+
+def dump_params(params: dict) -> str:
+    return yaml.dump(params, Dumper=_ParamsDumper, sort_keys=False)
+
+
 def make_project(root: Path, dataset_dir: Path, overrides: dict | None = None) -> Path:
     """A fresh git + DVC repo holding this project's pipeline, with tiny params, committed."""
     project = root / "project"
@@ -166,7 +178,7 @@ def make_project(root: Path, dataset_dir: Path, overrides: dict | None = None) -
     params = merge_params(params, TINY_PARAMS)
     params = merge_params(params, local_sources(dataset_dir))
     params = merge_params(params, overrides or {})
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (project / "params.yaml").write_text(dump_params(params))
     git(project, "init", "-q", "-b", "main")
     git(project, "config", "user.email", "tests@example.com")
     git(project, "config", "user.name", "tests")

@@ -119,7 +119,7 @@ PARAM_CASES = {
         {"lora": {"rank": 8}},
         ["unknown param lora.rank", "allowed lora: r, alpha, dropout, target_modules"],
     ),
-    "unknown-section": ({"trian": {"epochs": 1}}, ["unknown param trian", "allowed sections: model, data, lora"]),
+    "unknown-section": ({"trian": {"epochs": 1}}, ["unknown param trian", "allowed sections: model, data, prompt, peft, lora"]),
 }
 
 
