@@ -140,7 +140,9 @@ def test_merge_check_metrics(merge_result, eval_rows):
         "top1_agreement_merged_vs_4bit_adapter",
         "kl_tokens",
         "check_examples",
+        "merged",
     }
+    assert metrics["merged"] == 1  # LoRA merges; prompt/prefix tuning (test_peft_methods.py) give 0
     # dequantized merge: exact in float32, against the 4-bit model and the unmerged adapter on the same weights
     assert 0 <= metrics["kl_merged_vs_16bit_adapter"] < 1e-8
     assert 0 <= metrics["kl_merged_vs_4bit_adapter"] < 1e-8

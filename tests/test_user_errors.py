@@ -119,7 +119,10 @@ PARAM_CASES = {
         {"lora": {"rank": 8}},
         ["unknown param lora.rank", "allowed lora: r, alpha, dropout, target_modules"],
     ),
-    "unknown-section": ({"trian": {"epochs": 1}}, ["unknown param trian", "allowed sections: model, data, prompt, peft, lora"]),
+    "unknown-section": (
+        {"trian": {"epochs": 1}},
+        ["unknown param trian", "allowed sections: model, data, prompt, peft, lora"],
+    ),
 }
 
 
@@ -223,7 +226,7 @@ def _bad_sources(dataset_dir: Path, root: Path) -> dict[str, tuple[Path, list[st
         "missing-dir": (missing, [f"data.source '{missing}' is not a directory"]),
         "missing-file": (no_test, [f"{no_test / 'test.jsonl'} does not exist"]),
         "unreadable-file": (not_a_file, [f"cannot read {not_a_file / 'train.jsonl'}"]),
-        "not-utf8": (not_utf8, [f"cannot read {not_utf8 / 'train.jsonl'}"]),
+        "not-utf8": (not_utf8, [f"{not_utf8 / 'train.jsonl'}:", "not UTF-8 text"]),
         "malformed-jsonl": (malformed, [f"{malformed / 'train.jsonl'}:3: malformed JSON"]),
         "no-#### answer": (no_answer, [f"{no_answer / 'test.jsonl'}:5: 'answer' has no '#### <number>' final line"]),
         "not-an-object": (not_object, [f"{not_object / 'train.jsonl'}:7: expected a JSON object"]),
