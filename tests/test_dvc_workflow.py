@@ -166,7 +166,8 @@ class Workflow:
         queued = self.exp_run("--queue", *(arg for value in set_params for arg in ("-S", value)))
         names = exp_names(queued, r"Queued experiment '([^']+)'")
         dvc(self.project, "queue", "start", "-j", "1")
-        deadline = time.monotonic() + 600
+        # Two tiny pipelines take ~5 minutes on 2 idle cores; a loaded box took over 10
+        deadline = time.monotonic() + 1800
         while True:
             status = output(dvc(self.project, "queue", "status"))
             if not re.search(r"\b(Queued|Running)\b", status) or time.monotonic() > deadline:
