@@ -110,7 +110,7 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, examples: list[Example], pa
     unmerged_logits = response_logits(unmerged, tokenizer, examples, cfg.batch_size, chat)
     if mergeable:
         # IA3's vectors are float32: merged into bf16 weights they would leave float32 layers among bf16 ones.
-        merged = unmerged.merge_and_unload().to(resolve_dtype(cfg.dtype))
+        merged = unmerged.merge_and_unload().to(dtype)
         merged.generation_config.pad_token_id = tokenizer.pad_token_id
         merged_logits = response_logits(merged, tokenizer, examples, cfg.batch_size, chat)
     else:
