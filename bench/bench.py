@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from qlora_gsm8k.accelerators import LIGER_KERNELS, LIGER_KERNELS_COMPILED  # noqa: E402
 from qlora_gsm8k.config import Params, QuantConfig  # noqa: E402
 from qlora_gsm8k.evaluation import generate_answers, response_nll  # noqa: E402
 from qlora_gsm8k.gsm8k import Example, read_jsonl, write_jsonl  # noqa: E402
@@ -43,12 +44,7 @@ from qlora_gsm8k.params_file import load_params, params_as_dict, parse_params  #
 from qlora_gsm8k.prompts import IGNORE_INDEX, encode_examples  # noqa: E402
 from qlora_gsm8k.synthetic import write_dataset_dir  # noqa: E402
 from qlora_gsm8k.tiny import TINY_CHAT_TEMPLATE, build_tiny_llama  # noqa: E402
-from qlora_gsm8k.training import (  # noqa: E402
-    LIGER_KERNELS,
-    LIGER_KERNELS_COMPILED,
-    EncodedDataset,
-    train_adapter,
-)
+from qlora_gsm8k.training import EncodedDataset, train_adapter  # noqa: E402
 
 COMPILE = {"train": {"compile": True}}
 # Liger's kernels named as train_adapter picks them, so the runs are ordered by what they patch.

@@ -3,6 +3,7 @@ were trained, what was measured, and how to load them. They replace peft's blank
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .config import Params
@@ -20,6 +21,18 @@ def adapter_base_reference(base_dir: Path) -> tuple[str, str | None]:
     if provenance.get("kind") == "hub" and provenance.get("revision"):
         return provenance["name"], provenance["revision"]
     return str(base_dir), None
+
+
+def name_adapter_base(adapter_dir: Path, name: str, revision: str | None = None) -> None:
+    """Rewrite a saved adapter's adapter_config.json to name its base (what AutoPeftModelForCausalLM loads)."""
+    config_path = Path(adapter_dir) / "adapter_config.json"
+    config = read_json(config_path)
+    config["base_model_name_or_path"], config["revision"] = name, revision
+    # peft keeps target_modules as a set: its saved order follows the process's hash seed, so two identical
+    # runs would write different adapter_config.json files (and DVC would see different adapters).
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _base_line(base_dir: Path) -> str:

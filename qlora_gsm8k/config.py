@@ -174,7 +174,7 @@ class TrainConfig:
     # is micro_batch_size * grad_accum * num_gpus.
     num_gpus: int = 1
     # Liger's fused Triton kernels (RMSNorm, SwiGLU, linear + cross-entropy without the logits tensor; its
-    # RoPE is left out, see training.LIGER_KERNELS). auto: on when a CUDA GPU is used and liger-kernel is
+    # RoPE is left out, see accelerators.LIGER_KERNELS). auto: on when a CUDA GPU is used and liger-kernel is
     # installed; true: required.
     liger_kernel: bool | Literal["auto"] = "auto"
     # torch.compile each decoder layer (CUDA only): fuses the many small kernels whose CPU launch cost bounds

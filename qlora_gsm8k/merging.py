@@ -13,16 +13,16 @@ into NF4; neither mode does that."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 
+from .cards import name_adapter_base
 from .config import VIRTUAL_TOKEN_METHODS, Params
 from .errors import UserError
 from .evaluation import kl_between, response_logits
 from .gsm8k import Example
-from .io import atomic_write_text, record_weight_digests, verify_weight_digests
+from .io import record_weight_digests, verify_weight_digests
 from .modeling import load_model, load_tokenizer, resolve_dtype
 from .prompts import ChatFormat
 
@@ -167,17 +167,9 @@ def save_merged(model, tokenizer, out_dir: Path, shown_as: str | Path) -> None:
     if isinstance(model, PeftModel):
         model.get_base_model().save_pretrained(out_dir, safe_serialization=True)
         model.save_pretrained(out_dir / UNMERGED_ADAPTER, safe_serialization=True)
-        name_adapter_base(out_dir / UNMERGED_ADAPTER, shown_as)
+        name_adapter_base(out_dir / UNMERGED_ADAPTER, str(shown_as))
         record_weight_digests(out_dir / UNMERGED_ADAPTER)
     else:
         model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     record_weight_digests(out_dir)
-
-
-def name_adapter_base(adapter_dir: Path, base_dir: str | Path) -> None:
-    """Point a saved adapter at the base directory it runs on (what load_for_eval and users load it with)."""
-    config_path = Path(adapter_dir) / "adapter_config.json"
-    config = json.loads(config_path.read_text())
-    config["base_model_name_or_path"], config["revision"] = str(base_dir), None
-    atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")

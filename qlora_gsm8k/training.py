@@ -1,32 +1,28 @@
-"""QLoRA training: pre-flight label checks, the HF Trainer set-up, resumable checkpoints, DVCLive.
-
-Resume: checkpoints go to <checkpoint_root>/<run fingerprint>/checkpoint-N, outside every DVC output (DVC
-deletes a stage's outputs before it runs). A checkpoint counts only once it carries COMPLETE_MARKER, written
-after the Trainer has saved everything; a run killed mid-save resumes from the one before. The fingerprint
-covers everything the trajectory depends on (params, tokenized rows, base files, library versions), so a
-checkpoint is only ever resumed into the run that wrote it; with the RNG state restored the resumed run ends
-with the same adapter, bit for bit on CPU, as an uninterrupted one (tests/test_resume.py)."""
+"""QLoRA training: pre-flight label checks, the HF Trainer set-up and the run's metrics (checkpoints and
+curves: checkpoints.py; Liger and torch.compile: accelerators.py)."""
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
 import math
-import re
 import shutil
 import time
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
-from .cards import adapter_base_reference
+from .accelerators import (
+    LIGER_KERNELS,
+    LIGER_KERNELS_COMPILED,
+    compile_decoder_layers,
+    compile_enabled,
+    liger_kernel_enabled,
+)
+from .cards import adapter_base_reference, name_adapter_base
+from .checkpoints import FINISHED_MARKER, last_checkpoint, run_fingerprint, training_callbacks
 from .config import Params, TrainConfig
-from .distributed import is_main_process
 from .errors import UserError
 from .gsm8k import Example
-from .io import atomic_write_text, file_sha256, record_weight_digests
+from .io import atomic_write_text, record_weight_digests
 from .modeling import (
     adapter_config,
     check_target_modules,
@@ -36,7 +32,6 @@ from .modeling import (
     resolve_dtype,
     saved_generation_config,
 )
-from .params_file import params_as_dict
 from .prompts import IGNORE_INDEX, ChatFormat, Collator, Encoded, encode_examples, encode_prompt, stop_token_ids
 
 
@@ -114,102 +109,6 @@ def preflight(
         fail("padding masked", "padding tokens carry labels")
 
 
-COMPLETE_MARKER = "checkpoint_complete.json"
-FINISHED_MARKER = "FINISHED"
-_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
-_FINGERPRINT_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "liger-kernel")
-
-
-def run_fingerprint(params: Params, encoded: list[Encoded], base_dir: Path) -> str:
-    """Identifies a training run: a checkpoint is only resumed into the run that wrote it.
-
-    Covers what the trajectory depends on: the lora/quant/train params, the tokenized rows in order (so
-    a new tokenizer, template or data file gives a new run), every file of the base model (weights
-    included) and the versions of the libraries that compute the steps."""
-    digest = hashlib.sha256()
-    cfg = params_as_dict(params)
-    digest.update(json.dumps({k: cfg[k] for k in ("peft", "lora", "quant", "train")}, sort_keys=True).encode())
-    digest.update(json.dumps([[e.input_ids, e.labels] for e in encoded]).encode())
-    for file in sorted(p for p in base_dir.iterdir() if p.is_file()):
-        digest.update(f"{file.name}:{file_sha256(file)}".encode())
-    for package in _FINGERPRINT_PACKAGES:
-        try:
-            digest.update(f"{package}=={metadata.version(package)}".encode())
-        except metadata.PackageNotFoundError:
-            digest.update(f"{package} missing".encode())
-    return digest.hexdigest()[:16]
-
-
-def last_checkpoint(run_dir: Path) -> str | None:
-    """The newest complete checkpoint of a run; incomplete ones (killed mid-save) are deleted."""
-    if not run_dir.is_dir():
-        return None
-    complete = []
-    for child in run_dir.iterdir():
-        match = _CHECKPOINT_DIR.match(child.name)
-        if not match or not child.is_dir():
-            continue
-        if (child / COMPLETE_MARKER).is_file():
-            complete.append((int(match.group(1)), child))
-        else:
-            shutil.rmtree(child, ignore_errors=True)
-    return str(max(complete)[1]) if complete else None
-
-
-def discard_finished_runs(checkpoint_root: Path) -> None:
-    """Remove the checkpoints of runs whose outputs are in place (called by the stage after it wrote them)."""
-    if not checkpoint_root.is_dir():
-        return
-    for run_dir in checkpoint_root.iterdir():
-        if (run_dir / FINISHED_MARKER).is_file():
-            shutil.rmtree(run_dir, ignore_errors=True)
-
-
-# Liger's RoPE kernel is left out: on an H200 it cost about 1.8 ms of CPU per call (bench/results/run2,
-# profile.txt) and the run without it was faster (14.4k vs 13.2k tokens/s, same run).
-LIGER_KERNELS = {"rope": False}
-# With train.compile, only Liger's fused loss (outside the compiled layers) is kept: its RMSNorm kernel cannot be
-# traced and split every compiled layer in three, and Inductor fuses RMSNorm and SwiGLU itself (H200, run 8:
-# 29,081 tokens/s against 23,259 with Liger's other kernels too, same run).
-LIGER_KERNELS_COMPILED = {"rope": False, "rms_norm": False, "swiglu": False}
-
-
-def liger_kernel_enabled(cfg: TrainConfig) -> bool:
-    """Whether Liger's kernels are used: they are Triton kernels, so a CUDA GPU and liger-kernel are needed."""
-    if cfg.liger_kernel is False:
-        return False
-    on_gpu = device().type == "cuda"
-    installed = importlib.util.find_spec("liger_kernel") is not None
-    if cfg.liger_kernel is True and not (on_gpu and installed):
-        missing = "a CUDA GPU (its kernels are Triton)" if not on_gpu else "liger-kernel: pip install liger-kernel"
-        raise UserError(f"train.liger_kernel is true but needs {missing}; or set -S train.liger_kernel=auto")
-    return on_gpu and installed
-
-
-def compile_enabled(cfg: TrainConfig) -> bool:
-    """Whether decoder layers are compiled; refused off CUDA, where bitsandbytes repacks 4-bit weights on their
-    first CPU forward and a graph traced before that fails."""
-    if cfg.compile and device().type != "cuda":
-        raise UserError("train.compile is true but needs a CUDA GPU; set -S train.compile=false")
-    return cfg.compile
-
-
-def compile_decoder_layers(model, mode: str | None = None) -> int:
-    """torch.compile every decoder layer in place; returns how many. The layers share one compiled graph
-    (same code, parameters passed as inputs), so a 22-layer model compiles once per input shape, not 22 times;
-    the embedding, lm_head and loss stay eager (Liger's fused loss runs there)."""
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) and _is_decoder_layer(m[0])]
-    if not layers:
-        raise UserError("train.compile: no decoder layers found in this model")
-    for layer in layers[0]:
-        layer.compile(mode=mode)
-    return len(layers[0])
-
-
-def _is_decoder_layer(module) -> bool:
-    return type(module).__name__.endswith("DecoderLayer")
-
-
 def freeze_base(model, compute_dtype: torch.dtype, gradient_checkpointing: bool, upcast_fp32: bool | None = None):
     """Freeze every base weight before LoRA is added.
 
@@ -265,62 +164,6 @@ def _mean_logged_loss(log_history: list[dict]) -> float | None:
             steps += gap
             previous = entry["step"]
     return total / steps if steps else None
-
-
-def _callbacks(live_dir: Path | None, resume_from: str | None) -> list:
-    from transformers import TrainerCallback
-
-    class CheckpointComplete(TrainerCallback):
-        """Marks a checkpoint complete once the Trainer has saved all of it, with a copy of the training
-        curves so a resumed run continues them (DVC deletes the live dir before re-running the stage)."""
-
-        def on_save(self, args, state, control, **kwargs):
-            if not state.is_world_process_zero:
-                return
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if live_dir is not None and live_dir.is_dir():
-                # copyfile: contents only, never the read-only mode of files DVC linked from its cache.
-                shutil.copytree(live_dir, checkpoint / "dvclive", dirs_exist_ok=True, copy_function=shutil.copyfile)
-            atomic_write_text(checkpoint / COMPLETE_MARKER, json.dumps({"step": state.global_step}) + "\n")
-
-    callbacks = [CheckpointComplete()]
-    # Under DDP every rank runs this; rank 0 alone writes the curves.
-    if live_dir is None or not is_main_process():
-        return callbacks
-    try:
-        from dvclive import Live
-    except ImportError:
-        print("dvclive is not installed: training curves are not logged")
-        return callbacks
-
-    saved_curves = Path(resume_from) / "dvclive" if resume_from else None
-    if saved_curves is not None and saved_curves.is_dir():
-        shutil.rmtree(live_dir, ignore_errors=True)
-        shutil.copytree(saved_curves, live_dir, copy_function=shutil.copyfile)
-
-    class LiveCurves(TrainerCallback):
-        """DVCLive curves under live_dir only (our dvc.yaml declares the plots), x = optimizer step."""
-
-        def __init__(self):
-            # resume=False clears live_dir; resume=True keeps the curves restored from the checkpoint.
-            self.live = Live(
-                str(live_dir), resume=saved_curves is not None, dvcyaml=False, save_dvc_exp=False, report=None
-            )
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            # Per-step logs only: the end-of-training summary holds timings, which are not curves.
-            if not state.is_world_process_zero or not logs or "loss" not in logs:
-                return
-            self.live.step = state.global_step
-            for key in ("loss", "learning_rate", "grad_norm", "epoch"):
-                if isinstance(logs.get(key), (int, float)):
-                    self.live.log_metric(key, logs[key])
-            self.live.make_summary()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.live.end()
-
-    return [LiveCurves(), *callbacks]
 
 
 # The HF Trainer logs total_flos from 6 × tokens × num_parameters(exclude_embeddings=True), and recounts the
@@ -444,7 +287,7 @@ def train_adapter(
         args=args,
         train_dataset=EncodedDataset(encoded),
         data_collator=collator,
-        callbacks=_callbacks(live_dir, resume_from) + list(callbacks or []),
+        callbacks=training_callbacks(live_dir, resume_from) + list(callbacks or []),
     )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -460,7 +303,7 @@ def train_adapter(
         tokenizer.save_pretrained(str(adapter_dir))
         record_weight_digests(adapter_dir)
         # The adapter points at the base by a path relative to the repo root, where stages run.
-        _set_adapter_base(adapter_dir, base_dir)
+        name_adapter_base(adapter_dir, *adapter_base_reference(base_dir))
 
     steps = trainer.state.global_step
     resumed_from_step = int(Path(resume_from).name.split("-")[1]) if resume_from else 0
@@ -495,14 +338,3 @@ def train_adapter(
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
     return metrics
-
-
-def _set_adapter_base(adapter_dir: Path, base_dir: Path) -> None:
-    config_path = adapter_dir / "adapter_config.json"
-    config = json.loads(config_path.read_text())
-    config["base_model_name_or_path"], config["revision"] = adapter_base_reference(base_dir)
-    # peft keeps target_modules as a set: its saved order follows the process's hash seed, so two identical
-    # runs would write different adapter_config.json files (and DVC would see different adapters).
-    if isinstance(config.get("target_modules"), list):
-        config["target_modules"] = sorted(config["target_modules"])
-    atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")

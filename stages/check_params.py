@@ -118,7 +118,7 @@ def _recorded(record: Path) -> dict | None:
 def check_accelerators(params: Params) -> None:
     """What train.liger_kernel=true and train.compile=true need; auto and false need nothing (no torch import)."""
     if params.train.liger_kernel is True or params.train.compile:
-        from qlora_gsm8k.training import compile_enabled, liger_kernel_enabled
+        from qlora_gsm8k.accelerators import compile_enabled, liger_kernel_enabled
 
         liger_kernel_enabled(params.train)
         compile_enabled(params.train)

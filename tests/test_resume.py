@@ -23,17 +23,17 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import dvc, make_project, run, stages_run, tool_env, train_stage_outputs
-from qlora_gsm8k.io import atomic_directory, atomic_write_text, write_json
-from qlora_gsm8k.params_file import parse_params
-from qlora_gsm8k.prompts import encode_examples
-from qlora_gsm8k.training import (
+from qlora_gsm8k.checkpoints import (
     COMPLETE_MARKER,
     FINISHED_MARKER,
-    _mean_logged_loss,
     discard_finished_runs,
     last_checkpoint,
     run_fingerprint,
 )
+from qlora_gsm8k.io import atomic_directory, atomic_write_text, write_json
+from qlora_gsm8k.params_file import parse_params
+from qlora_gsm8k.prompts import encode_examples
+from qlora_gsm8k.training import _mean_logged_loss
 
 # Long enough to kill midway on a fast CPU (64 optimizer steps, a checkpoint every 4), short on a slow one.
 RESUME_OVERRIDES = {

@@ -312,8 +312,8 @@ def test_train_adapter_refuses_when_every_row_is_too_long(tmp_path, tiny_base_di
 
 
 def test_liger_kernel_auto_is_off_without_a_gpu_and_true_says_what_is_missing():
+    from qlora_gsm8k.accelerators import liger_kernel_enabled
     from qlora_gsm8k.config import TrainConfig
-    from qlora_gsm8k.training import liger_kernel_enabled
 
     assert liger_kernel_enabled(TrainConfig(liger_kernel="auto")) is False
     assert liger_kernel_enabled(TrainConfig(liger_kernel=False)) is False
@@ -325,9 +325,9 @@ def test_compile_is_refused_off_cuda_and_compiles_each_decoder_layer_under_peft(
     import torch
     from peft import get_peft_model
 
+    from qlora_gsm8k.accelerators import compile_decoder_layers, compile_enabled
     from qlora_gsm8k.config import LoraConfig, TrainConfig
     from qlora_gsm8k.modeling import load_model, lora_config
-    from qlora_gsm8k.training import compile_decoder_layers, compile_enabled
 
     assert compile_enabled(TrainConfig()) is False
     with pytest.raises(UserError, match=r"train.compile is true but needs a CUDA GPU"):
