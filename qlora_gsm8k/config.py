@@ -197,6 +197,23 @@ class TrainConfig:
         _positive("train.save_steps", self.save_steps)
         _positive("train.num_gpus", self.num_gpus)
 
+    def report_dropped_rows(self, lengths: list[int]) -> int:
+        """Rows longer than train.max_length are left out, never cut (a cut answer teaches the model not to stop):
+        says how many; refuses when more than half would be. Returns how many."""
+        dropped = sum(n > self.max_length for n in lengths)
+        if dropped:
+            print(
+                f"{dropped} of {len(lengths)} training rows are longer than train.max_length={self.max_length} tokens "
+                "and are left out (rows are never truncated: a cut answer teaches the model not to stop)"
+            )
+        if dropped > len(lengths) / 2:
+            fits_all = -(-max(lengths) // 64) * 64
+            raise UserError(
+                f"{dropped} of {len(lengths)} training rows are longer than train.max_length={self.max_length} tokens "
+                f"(the longest has {max(lengths)}); raise it, e.g. -S train.max_length={fits_all}"
+            )
+        return dropped
+
 
 @dataclass(frozen=True)
 class EvalConfig:

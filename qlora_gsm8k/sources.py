@@ -210,6 +210,42 @@ def _read_gguf(path: Path, config_only: bool = False):
     return tokenizer, model
 
 
+def _gguf_end_of_turn_as_eos(tokenizer, path: Path) -> int:
+    end_of_turn = end_of_turn_id(tokenizer)
+    if end_of_turn != tokenizer.eos_token_id:
+        token = tokenizer.convert_ids_to_tokens(end_of_turn)
+        print(f"{path.name}: its metadata names EOS {tokenizer.eos_token!r}; using {token!r}, which ends chat turns")
+        tokenizer.eos_token = token
+    return end_of_turn
+
+
+def source_tokenizer(cfg: ModelConfig):
+    """The configured base's tokenizer as the base stage will save it, without its weights (a Hub model's
+    tokenizer files alone are downloaded): what check_params measures training rows with."""
+    from transformers import AutoTokenizer
+
+    kind = model_kind(cfg.name)
+    if kind == "tiny":
+        return build_tiny_tokenizer()
+    if kind == "gguf":
+        path = _check_gguf_file(cfg.name)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise UserError(f"cannot read the GGUF model {str(path)!r}: {err}".splitlines()[0]) from None
+        _gguf_end_of_turn_as_eos(tokenizer, path)
+        return tokenizer
+    if kind == "local":
+        try:
+            return AutoTokenizer.from_pretrained(str(_check_local_model_dir(cfg.name)), trust_remote_code=False)
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot load the tokenizer of model {cfg.name!r}: {err}".splitlines()[0]) from None
+    try:
+        return AutoTokenizer.from_pretrained(cfg.name, trust_remote_code=False, **_hub_kwargs(cfg))
+    except OSError as err:
+        raise _hub_error(cfg, err) from None
+
+
 def materialise_gguf(path: Path, out_dir: Path) -> int:
     """Dequantize a GGUF model once into a plain directory (bf16 safetensors, tokenizer, chat template).
 
@@ -220,11 +256,7 @@ def materialise_gguf(path: Path, out_dir: Path) -> int:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    end_of_turn = end_of_turn_id(tokenizer)
-    if end_of_turn != tokenizer.eos_token_id:
-        token = tokenizer.convert_ids_to_tokens(end_of_turn)
-        print(f"{path.name}: its metadata names EOS {tokenizer.eos_token!r}; using {token!r}, which ends chat turns")
-        tokenizer.eos_token = token
+    end_of_turn = _gguf_end_of_turn_as_eos(tokenizer, path)
     model.config.eos_token_id = end_of_turn
     model.generation_config.eos_token_id = end_of_turn
     save_base(model, tokenizer, out_dir)

@@ -32,7 +32,15 @@ from .modeling import (
     resolve_dtype,
     saved_generation_config,
 )
-from .prompts import IGNORE_INDEX, ChatFormat, Collator, Encoded, encode_examples, encode_prompt, stop_token_ids
+from .prompts import (
+    IGNORE_INDEX,
+    ChatFormat,
+    Collator,
+    Encoded,
+    encode_examples,
+    encode_prompt,
+    stop_token_ids,
+)
 
 
 class PreflightError(UserError):
@@ -218,18 +226,10 @@ def train_adapter(
     cfg = params.train
     tokenizer = load_tokenizer(base_dir)
     chat = ChatFormat.of(tokenizer, params.prompt.system)
-    encoded, kept_examples = encode_examples(tokenizer, train_examples, cfg.max_length, chat)
-    dropped = len(train_examples) - len(encoded)
-    if dropped:
-        print(
-            f"{dropped} of {len(train_examples)} training rows are longer than train.max_length={cfg.max_length} "
-            "tokens and were left out (rows are never truncated: a cut answer teaches the model not to stop)"
-        )
-    if dropped > len(train_examples) / 2:
-        raise UserError(
-            f"{dropped} of {len(train_examples)} training rows are longer than train.max_length={cfg.max_length} "
-            "tokens; raise train.max_length (e.g. -S train.max_length=1024)"
-        )
+    every_row, every_example = encode_examples(tokenizer, train_examples, None, chat)
+    cfg.report_dropped_rows([len(e.input_ids) for e in every_row])
+    kept = [(e, x) for e, x in zip(every_row, every_example, strict=True) if len(e.input_ids) <= cfg.max_length]
+    encoded, kept_examples = [e for e, _ in kept], [x for _, x in kept]
     collator = Collator(tokenizer.pad_token_id, pad_to_multiple_of)
     stop_ids = stop_token_ids(tokenizer, saved_generation_config(base_dir))
     preflight(tokenizer, kept_examples, encoded, collator, stop_ids, chat)

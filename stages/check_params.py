@@ -9,20 +9,23 @@ Checked here, in this order (cheapest first):
   slices within their splits (the same code the fetch stage runs); the same for svamp.source when svamp is on;
 - the model: found (local directory with safetensors weights, tiny-llama, or the Hub / its cache when
   offline) and lora.target_modules exist in it (from its config alone, no weights loaded);
+- the training rows against train.max_length, tokenized as train will (the model's tokenizer alone);
 - what train.liger_kernel=true needs (a CUDA GPU, liger-kernel installed), and train.compile=true (a CUDA GPU).
 
 The model check imports torch and transformers (8-9 s on the H200, most of this stage). It is skipped when what
-it checked is unchanged since its last pass (--model-checked records that), so an experiment on other params
-(`-S lora.r=8`) re-runs this stage in well under a second.
+it checked is unchanged since its last pass (--model-checked records that, with the rows' token counts), so an
+experiment on other params (`-S lora.r=8`) re-runs this stage in well under a second.
 """
 
+import hashlib
+import json
 import re
 from pathlib import Path
 
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.config import Params, model_kind
 from qlora_gsm8k.errors import UserError, stage_main
-from qlora_gsm8k.gsm8k import eval_overlap, is_local_source, load_splits, take_slice
+from qlora_gsm8k.gsm8k import Example, eval_overlap, is_local_source, load_splits, take_slice
 from qlora_gsm8k.io import atomic_write_text, file_sha256, read_json, write_json
 from qlora_gsm8k.svamp import is_local_svamp, load_svamp, take_svamp_slice
 
@@ -46,12 +49,14 @@ def check_revisions(params: Params) -> None:
             )
 
 
-def check_data(params: Params) -> None:
+def check_data(params: Params) -> list[Example]:
+    """The GSM8K slices; returns the training slice."""
     cfg = params.data
     train, test, _ = load_splits(cfg)
     train_slice = take_slice(train, cfg.train_offset, cfg.train_size, cfg.shuffle_seed, "train")
     eval_slice = take_slice(test, cfg.eval_offset, cfg.eval_size, cfg.shuffle_seed, "eval")
     eval_overlap(train_slice, eval_slice, cfg.max_eval_overlap)
+    return train_slice
 
 
 def check_svamp(params: Params) -> None:
@@ -76,20 +81,17 @@ def model_check_key(params: Params) -> dict:
     return key
 
 
-def check_model(params: Params, record: Path | None) -> None:
+def check_model(params: Params, record: dict) -> None:
     """The model is found, has lora.target_modules and a context that holds what the params ask of it; the look
-    at the model is skipped when `record` says it passed with the same key (its context length is kept there)."""
+    at the model is skipped when `record` (what the last pass saw) has the same key, and updated otherwise."""
     key = model_check_key(params)
-    recorded = _recorded(record) if record is not None else None
-    if recorded is not None and recorded.get("key") == key:
-        context = recorded.get("context")
-    else:
+    if record.get("key") != key:
         from qlora_gsm8k.sources import check_model_source  # torch + transformers: only when needed
 
         context = check_model_source(params.model, params.peft.adapted_modules(params.lora))
-        if record is not None:
-            write_json(record, {"key": key, "context": context})
-    check_context(params, context)
+        record.clear()
+        record.update(key=key, context=context)
+    check_context(params, record.get("context"))
 
 
 def check_context(params: Params, context: int | None) -> None:
@@ -108,11 +110,36 @@ def check_context(params: Params, context: int | None) -> None:
             )
 
 
-def _recorded(record: Path) -> dict | None:
+def check_train_lengths(params: Params, train_slice: list[Example], record: dict) -> None:
+    """Each training row's length in tokens, as train encodes it (tokenizer, chat template, prompt.system): rows
+    over train.max_length are counted, and too many refused, before DVC deletes the adapter. The lengths are
+    kept in `record` and measured again only when the rows, the system prompt or the model changed."""
+    rows = [[e.question, e.answer] for e in train_slice]
+    key = {
+        "model": record.get("key"),
+        "system": params.prompt.system,
+        "rows_sha256": hashlib.sha256(json.dumps(rows).encode()).hexdigest(),
+    }
+    measured = record.get("train_lengths") or {}
+    if measured.get("key") != key:
+        from qlora_gsm8k.prompts import ChatFormat, encode_examples
+        from qlora_gsm8k.sources import source_tokenizer
+
+        tokenizer = source_tokenizer(params.model)
+        encoded, _ = encode_examples(tokenizer, train_slice, None, ChatFormat.of(tokenizer, params.prompt.system))
+        measured = {"key": key, "lengths": [len(e.input_ids) for e in encoded]}
+        record["train_lengths"] = measured
+    params.train.report_dropped_rows(measured["lengths"])
+
+
+def _recorded(record: Path | None) -> dict:
+    if record is None:
+        return {}
     try:
-        return read_json(record)
+        recorded = read_json(record)
     except (OSError, ValueError):  # missing or unreadable: check again
-        return None
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
 
 
 def check_accelerators(params: Params) -> None:
@@ -133,14 +160,23 @@ OFFLINE_FIX = (
 
 def check_inputs(params: Params, model_record: Path | None) -> None:
     """The data sets and the model, all checked before any failure is reported: a first offline run names every
-    input it cannot reach at once, not one per attempt."""
+    input it cannot reach at once, not one per attempt. What passed is recorded in model_record."""
     problems = []
-    checks = (lambda: check_data(params), lambda: check_svamp(params), lambda: check_model(params, model_record))
-    for check in checks:
+
+    def attempt(check):
         try:
-            check()
+            return check()
         except UserError as err:
             problems.append(str(err))
+
+    record = _recorded(model_record)
+    train_slice = attempt(lambda: check_data(params))
+    attempt(lambda: check_svamp(params))
+    attempt(lambda: check_model(params, record))
+    if not problems:
+        check_train_lengths(params, train_slice, record)
+        if model_record is not None:
+            write_json(model_record, record)
     if len(problems) == 1:
         raise UserError(problems[0])
     if problems:

@@ -433,6 +433,13 @@ def test_model_check_runs_again_only_when_what_it_checked_changed(tmp_path, data
     too_long = check({"eval": {"max_new_tokens": 100000}})
     assert too_long.returncode == USER_ERROR_EXIT_CODE and not _imports_torch(too_long)
     assert "eval.max_new_tokens=100000" in too_long.stderr and "context of 2048 tokens" in too_long.stderr
+    # ... and so are the training rows' token counts: a train.max_length most rows exceed is refused without them
+    too_short = check({"train": {"max_length": 16}})
+    assert too_short.returncode == USER_ERROR_EXIT_CODE and not _imports_torch(too_short), too_short.stderr[-3000:]
+    assert "training rows are longer than train.max_length=16 tokens" in too_short.stderr
+    new_rows = check({"data": {"train_size": 40}})
+    assert new_rows.returncode == 0 and _imports_torch(new_rows), "other rows: measured again"
+    assert len(json.loads(record.read_text())["train_lengths"]["lengths"]) == 40
 
 
 @pytest.mark.parametrize(
@@ -445,6 +452,17 @@ def test_model_check_runs_again_only_when_what_it_checked_changed(tmp_path, data
 def test_lengths_beyond_the_models_context_are_refused_up_front(tmp_path, dataset_dir, overrides, expected):
     result, seconds = _check_params(_write_params(tmp_path, dataset_dir, overrides), tmp_path)
     assert_one_line_error(result, seconds, expected, "does not fit the model's context of 2048 tokens")
+
+
+def test_a_max_length_most_training_rows_exceed_is_refused_up_front(tmp_path, dataset_dir):
+    """Known from params + data + tokenizer, so check_params refuses it, not train after DVC deleted the adapter."""
+    result, seconds = _check_params(_write_params(tmp_path, dataset_dir, {"train": {"max_length": 16}}), tmp_path)
+    line = assert_one_line_error(result, seconds, "training rows are longer than train.max_length=16 tokens")
+    longest = int(re.search(r"the longest has (\d+)\)", line).group(1))
+    suggested = int(re.search(r"-S train.max_length=(\d+)$", line).group(1))
+    assert longest <= suggested < longest + 64
+    fits = _check_params(_write_params(tmp_path, dataset_dir, {"train": {"max_length": suggested}}), tmp_path)[0]
+    assert fits.returncode == 0 and "left out" not in fits.stdout, fits.stdout + fits.stderr
 
 
 def test_valid_params_pass_check_params(tmp_path, dataset_dir):
@@ -506,6 +524,7 @@ def _dvc_cases(dataset_dir: Path, root: Path) -> dict[str, tuple[dict, str]]:
         "no-answer": ({"data": {"source": str(sources["no-#### answer"][0])}}, "test.jsonl:5: 'answer' has no '####"),
         "target-modules": ({"lora": {"target_modules": ["q_proj", "qkv"]}}, "lora.target_modules ['qkv'] not found"),
         "model-offline": ({"model": {"name": "nobody/no-such-model"}}, "cannot load model 'nobody/no-such-model'"),
+        "rows-too-long": ({"train": {"max_length": 16}}, "training rows are longer than train.max_length=16 tokens"),
     }
 
 
