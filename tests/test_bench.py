@@ -142,3 +142,24 @@ def test_multi_gpu_bench_smoke_runs_one_process_against_two(tmp_path):
     assert len(one["losses"]) == len(same_batch["losses"]) == 4 == 2 * len(same_micro["losses"])
     assert same_batch["losses"] == pytest.approx(one["losses"], abs=1e-3)
     assert (tmp_path / "table.md").read_text().startswith("| run |")
+
+
+@pytest.mark.slow
+def test_cache_link_cost_measures_hardlinks_against_copies(tmp_path):
+    """bench/cache_link_cost.py on a 10 MiB file: a hardlinked output is the cache object (read-only, counted once
+    on disk); a copied one is a second, writable copy of it."""
+    result = run(
+        [sys.executable, "bench/cache_link_cost.py", "--size-gib", "0.01", "--out", str(tmp_path)], cwd=REPO_ROOT
+    )
+    assert "disk GiB" in result.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    size, runs = results["size_bytes"], results["runs"]
+    assert list(tmp_path.iterdir()) == [tmp_path / "results.json"], "the scratch repositories are removed"
+    hardlink, copy = runs["hardlink"], runs["copy"]
+    assert hardlink["workspace_is_the_cache_object"] and not hardlink["workspace_write_bits"]
+    assert not copy["workspace_is_the_cache_object"] and copy["workspace_write_bits"]
+    assert size <= hardlink["disk_bytes_one_version"] < 1.1 * size
+    assert 2 * size <= copy["disk_bytes_one_version"] < 2.2 * size
+    assert 2 * size <= hardlink["disk_bytes_two_versions"] < copy["disk_bytes_two_versions"]
+    for row in runs.values():
+        assert row["repro_seconds"] > 0 and row["checkout_seconds"] > 0

@@ -308,7 +308,9 @@ def test_peft_method_sweep_gives_one_row_per_method(workflow):
     exps = experiments_of(sweep["show"])
     rows = {}
     for name in sweep["names"]:
-        assert name in exps, (name, sweep["logs"].get(name, "")[-3000:])
+        log = sweep["logs"].get(name, "")[-3000:]
+        assert re.search(rf"{re.escape(name)}\s.*\bSuccess\b", sweep["status"]), (sweep["status"], log)
+        assert name in exps, (name, log)
         data = exps[name]
         method = data["params"]["params.yaml"]["data"]["peft"]["method"]
         rows[method] = data["metrics"]

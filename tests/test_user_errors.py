@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -761,6 +762,32 @@ def test_a_corrupt_model_file_is_refused_with_the_repair(tmp_path, tiny_base_dir
         "dvc repro -f -s merge",
     )  # fmt: skip
     assert not (tmp_path / "m.json").exists()
+
+
+def test_weights_are_hashed_once_per_process_until_they_change(tmp_path, tiny_base_dir, monkeypatch):
+    """The merge stage loads the base and the adapter twice each: their files are hashed once, not twice; a file
+    written meanwhile is hashed again, and refused."""
+    from qlora_gsm8k import io
+    from qlora_gsm8k.errors import UserError
+
+    model_dir = tmp_path / "models" / "base"
+    shutil.copytree(tiny_base_dir, model_dir)
+    io.record_weight_digests(model_dir)
+    hashed = []
+    real_sha256 = io.file_sha256
+    monkeypatch.setattr(io, "file_sha256", lambda path: hashed.append(path) or real_sha256(path))
+    io.verify_weight_digests(model_dir)
+    io.verify_weight_digests(model_dir)
+    assert hashed == [model_dir / "model.safetensors"]
+    weights = model_dir / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-64:] = bytes(64)
+    weights.write_bytes(bytes(data))
+    info = weights.stat()
+    os.utime(weights, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000))
+    with pytest.raises(UserError, match="is not what its stage wrote"):
+        io.verify_weight_digests(model_dir)
+    assert len(hashed) == 2
 
 
 def test_eval_rows_longer_than_the_context_are_refused_before_generating(tmp_path, tiny_base_dir):
