@@ -164,6 +164,9 @@ class TrainConfig:
     seed: int = 42
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
+    # Gradients clipped to this global norm (the HF Trainer's default); 0 turns clipping off, and with it the
+    # per-step norm over every trainable gradient (bench/bench.py measures what that costs).
+    max_grad_norm: float = 1.0
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     gradient_checkpointing: bool = False
     # Sort micro-batches by length so padding is small; the effective batch is unchanged.
@@ -193,6 +196,7 @@ class TrainConfig:
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise UserError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         _non_negative("train.weight_decay", self.weight_decay)
+        _non_negative("train.max_grad_norm", self.max_grad_norm)
         _positive("train.logging_steps", self.logging_steps)
         _positive("train.save_steps", self.save_steps)
         _positive("train.num_gpus", self.num_gpus)

@@ -260,6 +260,7 @@ def train_adapter(
         # transformers 5: a float below 1 is a ratio of the total steps.
         warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,

@@ -36,6 +36,8 @@ def test_bench_smoke_runs_all_configurations(tmp_path):
     assert runs["ours, unsorted batches"]["params_train"]["group_by_length"] is False
     assert runs["ours"]["params_train"]["group_by_length"] is True
     assert runs["lean"]["params_train"]["gradient_checkpointing"] is True
+    assert runs["ours, no gradient clipping"]["params_train"]["max_grad_norm"] == 0
+    assert runs["ours"]["params_train"]["max_grad_norm"] == 1.0
     assert runs["ours"]["liger_kernel"] is False  # auto: no GPU here
     assert runs["ours with double quantization"]["params_train"] == runs["ours"]["params_train"]
     assert (

@@ -112,6 +112,7 @@ def test_section_must_be_a_mapping():
         ("train", "max_length", 8, "train.max_length must be >= 16"),
         ("train", "warmup_ratio", 1.0, "train.warmup_ratio must be in [0, 1)"),
         ("train", "weight_decay", -0.1, "train.weight_decay must be >= 0"),
+        ("train", "max_grad_norm", -1.0, "train.max_grad_norm must be >= 0"),
         ("train", "save_steps", 0, "train.save_steps must be > 0"),
         ("data", "train_size", 0, "data.train_size must be > 0"),
         ("data", "eval_size", -1, "data.eval_size must be > 0"),
