@@ -81,6 +81,14 @@ RECIPES = {
         "lora": {"target_modules": ALL_LINEAR},
         "train": {"epochs": 2.0, "learning_rate": 2e-3, "micro_batch_size": 32},
     },
+    # Against the hit-cap goal (issue 15): the best one-epoch method (rsLoRA r16) trained longer, and the preset
+    # at twice its learning rate.
+    "rslora-r16-3ep-lr1e-3-mb32": {
+        "peft": {"method": "rslora"},
+        "lora": {"target_modules": ALL_LINEAR},
+        "train": {"epochs": 3.0, "learning_rate": 1e-3, "micro_batch_size": 32},
+    },
+    "all-linear-r64-rslora-3ep-lr1e-3-mb32": {**BEST, "train": {**BEST["train"], "learning_rate": 1e-3}},
 }
 # PEFT methods (peft.method), one epoch over the whole split each, at a learning rate in the method's usual range
 # (IA3 and the virtual-token methods train far fewer parameters and take larger steps).
