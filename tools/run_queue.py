@@ -30,8 +30,11 @@ def dvc(*args: str) -> str:
 
 
 def queue_status() -> tuple[dict[str, str], int]:
-    """({task name (or id): status}, workers active + idle) from `dvc queue status`."""
-    text = dvc("queue", "status")
+    return parse_queue_status(dvc("queue", "status"))
+
+
+def parse_queue_status(text: str) -> tuple[dict[str, str], int]:
+    """({task name (or id): status}, workers active + idle) from the text `dvc queue status` prints."""
     tasks = {}
     for line in text.splitlines():
         match = _TASK.match(line.strip())
