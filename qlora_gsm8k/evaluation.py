@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .context import check_fits_context, model_context
 from .errors import UserError
 from .gsm8k import Example, extract_flexible, extract_strict, is_correct
 from .prompts import (
@@ -48,7 +49,7 @@ def response_nll(
     Padding and prompt carry label -100; logits at position t predict token t+1. The total is
     summed, never averaged per batch, so any batch size gives the same perplexity."""
     encoded, kept = encode_examples(tokenizer, examples, max_length, chat)
-    check_fits_context(model, [len(e.input_ids) for e in encoded], "question + reference answer")
+    check_fits_context(model_context(model), [len(e.input_ids) for e in encoded], "question + reference answer")
     if not encoded:
         # exp(0 / 0 tokens) would report a perfect perplexity of 1.0 for nothing scored.
         raise UserError(f"no rows to score: {len(examples)} given, all longer than max_length={max_length}")
@@ -86,24 +87,6 @@ def response_nll(
         # Labelled as what it is: a mean of per-sample perplexities, NOT the corpus perplexity.
         "mean_per_sample_perplexity": sum(per_sample_ppl) / max(len(per_sample_ppl), 1),
     }
-
-
-def check_fits_context(
-    model, lengths: list[int], what: str, fix: str = "shorten or drop them from the eval data"
-) -> None:
-    """Rows the model cannot attend over would be scored on garbage (and a 6,552-token prompt took 8× the time):
-    refused, counted, before any of them runs."""
-    context = getattr(model.config, "max_position_embeddings", None)
-    if not isinstance(context, int):
-        return
-    too_long = [i for i, n in enumerate(lengths) if n > context]
-    if too_long:
-        longest = max(lengths)
-        raise UserError(
-            f"{len(too_long)} of {len(lengths)} eval rows do not fit the model's context of {context} tokens "
-            f"({what}; the longest needs {longest}; rows {', '.join(map(str, too_long[:5]))}"
-            f"{'…' if len(too_long) > 5 else ''} of the slice): {fix}"
-        )
 
 
 @dataclass(frozen=True)
@@ -163,7 +146,9 @@ def generate_answers(
     chat = chat or ChatFormat.of(tokenizer)
     prompts = [encode_prompt(tokenizer, q, chat) for q in questions]
     check_fits_context(
-        model, [len(p) + max_new_tokens for p in prompts], f"prompt + eval.max_new_tokens={max_new_tokens}"
+        model_context(model),
+        [len(p) + max_new_tokens for p in prompts],
+        f"prompt + eval.max_new_tokens={max_new_tokens}",
     )
     order = _by_length(prompts, len)
     results: list[Generation | None] = [None] * len(prompts)

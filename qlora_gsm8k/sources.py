@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .config import TINY_LLAMA, ModelConfig, model_kind
+from .context import model_context
 from .errors import UserError
 from .hub import local_cache_only
 from .modeling import check_target_modules, save_base, set_distinct_pad, skeleton_from_config
@@ -110,8 +111,7 @@ def check_model_source(cfg: ModelConfig, target_modules: list[str]) -> int | Non
     except ValueError as err:
         raise UserError(f"model {cfg.name!r} is not a causal language model: {err}".splitlines()[0]) from None
     check_target_modules(skeleton, target_modules)
-    context = getattr(config, "max_position_embeddings", None)
-    return context if isinstance(context, int) else None
+    return model_context(config)
 
 
 # What the base stage takes from a model directory or Hub snapshot: safetensors weights (never pickles), the

@@ -9,7 +9,8 @@ Checked here, in this order (cheapest first):
   slices within their splits (the same code the fetch stage runs); the same for svamp.source when svamp is on;
 - the model: found (local directory with safetensors weights, tiny-llama, or the Hub / its cache when
   offline) and lora.target_modules exist in it (from its config alone, no weights loaded);
-- the training rows against train.max_length, tokenized as train will (the model's tokenizer alone);
+- the rows' token counts, as the stages encode them (the model's tokenizer alone): training rows against
+  train.max_length, eval and SVAMP rows (with eval.max_new_tokens) against the model's context;
 - what train.liger_kernel=true needs (a CUDA GPU, liger-kernel installed), and train.compile=true (a CUDA GPU).
 
 The model check imports torch and transformers (8-9 s on the H200, most of this stage). It is skipped when what
@@ -20,10 +21,12 @@ experiment on other params (`-S lora.r=8`) re-runs this stage in well under a se
 import hashlib
 import json
 import re
+import sys
 from pathlib import Path
 
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.config import Params, model_kind
+from qlora_gsm8k.context import check_fits_context
 from qlora_gsm8k.errors import UserError, stage_main
 from qlora_gsm8k.gsm8k import Example, eval_overlap, is_local_source, load_splits, take_slice
 from qlora_gsm8k.io import atomic_write_text, file_sha256, read_json, write_json
@@ -49,20 +52,22 @@ def check_revisions(params: Params) -> None:
             )
 
 
-def check_data(params: Params) -> list[Example]:
-    """The GSM8K slices; returns the training slice."""
+def check_data(params: Params) -> tuple[list[Example], list[Example]]:
+    """The GSM8K slices; returns (train slice, eval slice)."""
     cfg = params.data
     train, test, _ = load_splits(cfg)
     train_slice = take_slice(train, cfg.train_offset, cfg.train_size, cfg.shuffle_seed, "train")
     eval_slice = take_slice(test, cfg.eval_offset, cfg.eval_size, cfg.shuffle_seed, "eval")
     eval_overlap(train_slice, eval_slice, cfg.max_eval_overlap)
-    return train_slice
+    return train_slice, eval_slice
 
 
-def check_svamp(params: Params) -> None:
-    if params.svamp.enabled:
-        rows, _ = load_svamp(params.svamp)
-        take_svamp_slice(rows, params.svamp)
+def check_svamp(params: Params) -> list[Example]:
+    """The SVAMP slice (empty when svamp is off), as GSM8K's evaluation reads it."""
+    if not params.svamp.enabled:
+        return []
+    rows, _ = load_svamp(params.svamp)
+    return [row.example() for row in take_svamp_slice(rows, params.svamp)]
 
 
 def model_check_key(params: Params) -> dict:
@@ -110,26 +115,51 @@ def check_context(params: Params, context: int | None) -> None:
             )
 
 
-def check_train_lengths(params: Params, train_slice: list[Example], record: dict) -> None:
-    """Each training row's length in tokens, as train encodes it (tokenizer, chat template, prompt.system): rows
-    over train.max_length are counted, and too many refused, before DVC deletes the adapter. The lengths are
-    kept in `record` and measured again only when the rows, the system prompt or the model changed."""
-    rows = [[e.question, e.answer] for e in train_slice]
+def _digest(examples: list[Example]) -> str:
+    return hashlib.sha256(json.dumps([[e.question, e.answer] for e in examples]).encode()).hexdigest()
+
+
+def measure_lengths(params: Params, slices: dict[str, list[Example]], record: dict) -> dict[str, list[int]]:
+    """Token counts as the stages encode the rows (the model's tokenizer, its chat template, prompt.system): each
+    training and eval row's conversation (prompt + answer) and each eval question's generation prompt. Kept in
+    `record`; measured again only when the rows, the system prompt or the model changed."""
     key = {
         "model": record.get("key"),
         "system": params.prompt.system,
-        "rows_sha256": hashlib.sha256(json.dumps(rows).encode()).hexdigest(),
+        "rows_sha256": {name: _digest(rows) for name, rows in slices.items()},
     }
-    measured = record.get("train_lengths") or {}
+    measured = record.get("lengths") or {}
     if measured.get("key") != key:
-        from qlora_gsm8k.prompts import ChatFormat, encode_examples
+        from qlora_gsm8k.prompts import ChatFormat, encode_examples, encode_prompt
         from qlora_gsm8k.sources import source_tokenizer
 
         tokenizer = source_tokenizer(params.model)
-        encoded, _ = encode_examples(tokenizer, train_slice, None, ChatFormat.of(tokenizer, params.prompt.system))
-        measured = {"key": key, "lengths": [len(e.input_ids) for e in encoded]}
-        record["train_lengths"] = measured
-    params.train.report_dropped_rows(measured["lengths"])
+        # Lengths are what is measured here, against the model's context: no warning per over-long row.
+        tokenizer.model_max_length = sys.maxsize
+        chat = ChatFormat.of(tokenizer, params.prompt.system)
+        measured = {"key": key}
+        for name, rows in slices.items():
+            encoded, _ = encode_examples(tokenizer, rows, None, chat)
+            measured[f"{name}_conversation"] = [len(e.input_ids) for e in encoded]
+            if name != "train":
+                measured[f"{name}_prompt"] = [len(encode_prompt(tokenizer, e.question, chat)) for e in rows]
+        record["lengths"] = measured
+    return measured
+
+
+def check_row_lengths(params: Params, slices: dict[str, list[Example]], record: dict) -> None:
+    """Rows over train.max_length counted (too many refused) before DVC deletes the adapter; eval rows the model
+    cannot attend over refused before training runs, not after it (the evaluate stages refuse them too)."""
+    lengths = measure_lengths(params, slices, record)
+    params.train.report_dropped_rows(lengths["train_conversation"])
+    context, new_tokens = record.get("context"), params.eval.max_new_tokens
+    for name, what in (("eval", "GSM8K eval"), ("svamp", "SVAMP")):
+        if name not in slices:
+            continue
+        if name == "eval":
+            check_fits_context(context, lengths["eval_conversation"], f"{what}: question + reference answer")
+        prompts = [n + new_tokens for n in lengths[f"{name}_prompt"]]
+        check_fits_context(context, prompts, f"{what}: prompt + eval.max_new_tokens={new_tokens}")
 
 
 def _recorded(record: Path | None) -> dict:
@@ -170,11 +200,13 @@ def check_inputs(params: Params, model_record: Path | None) -> None:
             problems.append(str(err))
 
     record = _recorded(model_record)
-    train_slice = attempt(lambda: check_data(params))
-    attempt(lambda: check_svamp(params))
+    gsm8k_slices = attempt(lambda: check_data(params))
+    svamp_slice = attempt(lambda: check_svamp(params))
     attempt(lambda: check_model(params, record))
     if not problems:
-        check_train_lengths(params, train_slice, record)
+        train_slice, eval_slice = gsm8k_slices
+        slices = {"train": train_slice, "eval": eval_slice, **({"svamp": svamp_slice} if svamp_slice else {})}
+        check_row_lengths(params, slices, record)
         if model_record is not None:
             write_json(model_record, record)
     if len(problems) == 1:

@@ -440,7 +440,7 @@ def test_model_check_runs_again_only_when_what_it_checked_changed(tmp_path, data
     assert "training rows are longer than train.max_length=16 tokens" in too_short.stderr
     new_rows = check({"data": {"train_size": 40}})
     assert new_rows.returncode == 0 and _imports_torch(new_rows), "other rows: measured again"
-    assert len(json.loads(record.read_text())["train_lengths"]["lengths"]) == 40
+    assert len(json.loads(record.read_text())["lengths"]["train_conversation"]) == 40
 
 
 @pytest.mark.parametrize(
@@ -464,6 +464,25 @@ def test_a_max_length_most_training_rows_exceed_is_refused_up_front(tmp_path, da
     assert longest <= suggested < longest + 64
     fits = _check_params(_write_params(tmp_path, dataset_dir, {"train": {"max_length": suggested}}), tmp_path)[0]
     assert fits.returncode == 0 and "left out" not in fits.stdout, fits.stdout + fits.stderr
+
+
+@pytest.mark.parametrize("dataset", ["gsm8k", "svamp"])
+def test_eval_rows_beyond_the_context_are_refused_before_training(dataset, tmp_path, dataset_dir):
+    """Eval questions the model cannot attend over were refused by the evaluate stages, i.e. after training:
+    check_params refuses them first (the same rule and message as the evaluate stages)."""
+    data = tmp_path / "data"
+    shutil.copytree(dataset_dir, data)
+    long = "How many? " + "apples and pears " * 900
+    if dataset == "gsm8k":
+        rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
+        (data / "test.jsonl").write_text("".join(json.dumps({**r, "question": long}) + "\n" for r in rows))
+        expected = "(GSM8K eval: question + reference answer; the longest needs"
+    else:
+        rows = json.loads((data / "SVAMP.json").read_text())
+        (data / "SVAMP.json").write_text(json.dumps([{**r, "Body": long} for r in rows]))
+        expected = "(SVAMP: prompt + eval.max_new_tokens="
+    result, seconds = _check_params(_write_params(tmp_path, data), tmp_path)
+    assert_one_line_error(result, seconds, "eval rows do not fit the model's context of 2048 tokens", expected)
 
 
 def test_valid_params_pass_check_params(tmp_path, dataset_dir):
