@@ -191,32 +191,45 @@ def _check_gguf_file(name: str) -> Path:
     return path
 
 
+def _gguf_error(path: Path, err: Exception) -> UserError:
+    return UserError(f"cannot read the GGUF model {str(path)!r}: {err}".splitlines()[0])
+
+
+# What transformers raises on a file it cannot read as GGUF.
+_GGUF_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
+
+
 def _read_gguf(path: Path, config_only: bool = False):
-    """(tokenizer, model) from a GGUF file, dequantized to bfloat16 (the dtype such models ship in); or only
-    its config."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """A GGUF file's model, dequantized to bfloat16 (the dtype such models ship in); or only its config."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     folder, name = str(path.parent), path.name
     try:
         if config_only:
             return AutoConfig.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
         # GGUF is a tensor format like safetensors: reading it runs no code.
-        model = AutoModelForCausalLM.from_pretrained(
+        return AutoModelForCausalLM.from_pretrained(
             folder, gguf_file=name, dtype=torch.bfloat16, trust_remote_code=False
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        raise UserError(f"cannot read the GGUF model {str(path)!r}: {err}".splitlines()[0]) from None
-    return tokenizer, model
+    except _GGUF_ERRORS as err:
+        raise _gguf_error(path, err) from None
 
 
-def _gguf_end_of_turn_as_eos(tokenizer, path: Path) -> int:
+def gguf_tokenizer(path: Path):
+    """A GGUF file's tokenizer with the EOS its chat template ends turns with: GGUF metadata can name the wrong
+    one (SmolLM2-135M-Instruct's says `<|im_start|>`, the model ends its turns with `<|im_end|>`)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
+    except _GGUF_ERRORS as err:
+        raise _gguf_error(path, err) from None
     end_of_turn = end_of_turn_id(tokenizer)
     if end_of_turn != tokenizer.eos_token_id:
         token = tokenizer.convert_ids_to_tokens(end_of_turn)
         print(f"{path.name}: its metadata names EOS {tokenizer.eos_token!r}; using {token!r}, which ends chat turns")
         tokenizer.eos_token = token
-    return end_of_turn
+    return tokenizer
 
 
 def source_tokenizer(cfg: ModelConfig):
@@ -228,13 +241,7 @@ def source_tokenizer(cfg: ModelConfig):
     if kind == "tiny":
         return build_tiny_tokenizer()
     if kind == "gguf":
-        path = _check_gguf_file(cfg.name)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
-            raise UserError(f"cannot read the GGUF model {str(path)!r}: {err}".splitlines()[0]) from None
-        _gguf_end_of_turn_as_eos(tokenizer, path)
-        return tokenizer
+        return gguf_tokenizer(_check_gguf_file(cfg.name))
     if kind == "local":
         try:
             return AutoTokenizer.from_pretrained(str(_check_local_model_dir(cfg.name)), trust_remote_code=False)
@@ -247,17 +254,15 @@ def source_tokenizer(cfg: ModelConfig):
 
 
 def materialise_gguf(path: Path, out_dir: Path) -> int:
-    """Dequantize a GGUF model once into a plain directory (bf16 safetensors, tokenizer, chat template).
-
-    GGUF tokenizer metadata can name the wrong EOS (SmolLM2-135M-Instruct's says `<|im_start|>`, the model
-    ends its turns with `<|im_end|>`); the EOS is taken from what the chat template closes a turn with.
-    transformers flags a GGUF-loaded model as quantized; the flag goes before saving, the weights are plain."""
-    tokenizer, model = _read_gguf(path)
+    """Dequantize a GGUF model once into a plain directory (bf16 safetensors, tokenizer, chat template), with
+    the EOS gguf_tokenizer takes from the chat template. transformers flags a GGUF-loaded model as quantized;
+    the flag goes before saving, the weights are plain."""
+    tokenizer = gguf_tokenizer(path)
+    model = _read_gguf(path)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    end_of_turn = _gguf_end_of_turn_as_eos(tokenizer, path)
-    model.config.eos_token_id = end_of_turn
-    model.generation_config.eos_token_id = end_of_turn
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
     save_base(model, tokenizer, out_dir)
     return sum(p.numel() for p in model.parameters())

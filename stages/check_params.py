@@ -121,7 +121,7 @@ def _digest(examples: list[Example]) -> str:
 
 def measure_lengths(params: Params, slices: dict[str, list[Example]], record: dict) -> dict[str, list[int]]:
     """Token counts as the stages encode the rows (the model's tokenizer, its chat template, prompt.system): each
-    training and eval row's conversation (prompt + answer) and each eval question's generation prompt. Kept in
+    training and GSM8K eval row's conversation (prompt + answer) and each eval question's generation prompt. Kept in
     `record`; measured again only when the rows, the system prompt or the model changed."""
     key = {
         "model": record.get("key"),
@@ -139,8 +139,10 @@ def measure_lengths(params: Params, slices: dict[str, list[Example]], record: di
         chat = ChatFormat.of(tokenizer, params.prompt.system)
         measured = {"key": key}
         for name, rows in slices.items():
-            encoded, _ = encode_examples(tokenizer, rows, None, chat)
-            measured[f"{name}_conversation"] = [len(e.input_ids) for e in encoded]
+            # Perplexity scores whole conversations of the train and GSM8K eval rows; SVAMP is only generated.
+            if name != "svamp":
+                encoded, _ = encode_examples(tokenizer, rows, None, chat)
+                measured[f"{name}_conversation"] = [len(e.input_ids) for e in encoded]
             if name != "train":
                 measured[f"{name}_prompt"] = [len(encode_prompt(tokenizer, e.question, chat)) for e in rows]
         record["lengths"] = measured
