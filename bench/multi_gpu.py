@@ -8,7 +8,9 @@ Runs `python -m stages.train` on the same rows of the TinyLlama-1.1B architectur
 - N GPUs, same effective batch: micro-batch M / N per GPU, so the loss curve should match the 1-GPU one;
 - N GPUs, same micro-batch: M per GPU (effective batch N × M), the usual data-parallel scaling figure.
 Writes results.json (tokens/s, seconds, losses from DVCLive), table.md and losses.png to OUT.
-`--model DIR` reuses a base built before; `--cpu-smoke` runs the same on CPU with tiny-llama and gloo (tests)."""
+`--gpus 1` runs the 1-GPU defaults against the same without gradient clipping (`train.max_grad_norm=0`).
+`--model DIR` reuses a base built before (or any saved model, e.g. SmolLM2 dequantized by bench/quality.py);
+`--cpu-smoke` runs the same on CPU with tiny-llama and gloo (tests)."""
 
 from __future__ import annotations
 
@@ -117,11 +119,13 @@ def main() -> None:
     micro = params["train"]["micro_batch_size"]
     if micro % args.gpus:
         parser.error(f"train.micro_batch_size={micro} does not split over {args.gpus} GPUs")
-    configs = {
-        "1 GPU": {"num_gpus": 1},
-        f"{args.gpus} GPUs, same effective batch": {"num_gpus": args.gpus, "micro_batch_size": micro // args.gpus},
-        f"{args.gpus} GPUs, same micro-batch": {"num_gpus": args.gpus},
-    }
+    configs = {"1 GPU": {"num_gpus": 1}}
+    if args.gpus > 1:
+        same_effective = {"num_gpus": args.gpus, "micro_batch_size": micro // args.gpus}
+        configs[f"{args.gpus} GPUs, same effective batch"] = same_effective
+        configs[f"{args.gpus} GPUs, same micro-batch"] = {"num_gpus": args.gpus}
+    else:  # one GPU: the train stage's speed with the per-step gradient-norm sync and without it
+        configs["1 GPU, no gradient clipping"] = {"num_gpus": 1, "max_grad_norm": 0.0}
     sys.path.insert(0, str(ROOT / "bench"))
     import torch
 
