@@ -53,6 +53,10 @@ COMPILED_ALL_LIGER = {"changes": COMPILE, "liger_kernel_config": LIGER_KERNELS}
 # CUDA graphs replay a step's kernels without their CPU cost, but record one graph per sequence length:
 # batches padded to a few lengths (multiples of 64) so the graphs are reused.
 COMPILED_CUDA_GRAPHS = {**COMPILED, "compile_mode": "reduce-overhead", "pad_to_multiple_of": 64}
+# One graph for the whole forward (embedding to loss) instead of one per decoder layer; with CUDA graphs, the
+# whole forward and backward replayed per padded shape.
+COMPILED_WHOLE = {**COMPILED, "compile_whole_model": True}
+COMPILED_WHOLE_CUDA_GRAPHS = {**COMPILED_CUDA_GRAPHS, "compile_whole_model": True}
 # Lean preset for small GPUs: the same batch, activations recomputed in the backward pass instead of kept.
 LEAN = {"gradient_checkpointing": True}
 # One lever of ours changed per run: what each lever is worth. Keys: params changes by section, peft's fp32
@@ -68,6 +72,11 @@ ABLATIONS = {
     "ours, logging every 10 steps": {"changes": {"train": {"logging_steps": 10}}},
     # No gradient clipping: no global norm over every LoRA gradient per step (changes training: curves shown).
     "ours, no gradient clipping": {"changes": {"train": {"max_grad_norm": 0.0}}},
+    # Token-budget batches (rows × longest row under a budget): as many rows per step as ours on average, and twice.
+    "ours, token-budget batches": {"token_budget": 1.0},
+    "ours, token-budget batches of twice the tokens (half the steps)": {"token_budget": 2.0},
+    # The ceiling of a fused 4-bit dequantize + LoRA kernel: no 4-bit layers at all (LoRA on the 16-bit base).
+    "ours on the 16-bit base, no 4-bit layers (a fused 4-bit kernel's ceiling)": {"quantize": False},
     # Ours once more, nothing changed: the run-to-run noise the levers above are measured against.
     "ours, again (run-to-run noise)": {},
     "ours with peft's fp32 upcast": {"upcast_fp32": True},
@@ -79,6 +88,12 @@ ABLATIONS = {
     "ours with torch.compile (compiled code cached)": COMPILED,
     "ours with torch.compile and CUDA graphs, lengths padded to ×64": COMPILED_CUDA_GRAPHS,
     "ours with torch.compile and CUDA graphs, lengths padded to ×64 (compiled code cached)": COMPILED_CUDA_GRAPHS,
+    "ours with torch.compile of the whole model": COMPILED_WHOLE,
+    "ours with torch.compile of the whole model (compiled code cached)": COMPILED_WHOLE,
+    "ours with torch.compile of the whole model and CUDA graphs, lengths padded to ×64": COMPILED_WHOLE_CUDA_GRAPHS,
+    "ours with torch.compile of the whole model and CUDA graphs, lengths padded to ×64 (compiled code cached)": (
+        COMPILED_WHOLE_CUDA_GRAPHS
+    ),
     "ours with torch.compile and all Liger kernels": COMPILED_ALL_LIGER,
     "ours with torch.compile and all Liger kernels (compiled code cached)": COMPILED_ALL_LIGER,
 }
@@ -212,6 +227,9 @@ def train_ours(
     compile_mode: str | None = None,
     pad_to_multiple_of: int = 1,
     count_parameters_once: bool = True,
+    compile_whole_model: bool = False,
+    quantize: bool = True,
+    token_budget: float | None = None,
 ) -> dict:
     import qlora_gsm8k.modeling as modeling
     import qlora_gsm8k.training as training
@@ -237,6 +255,9 @@ def train_ours(
             liger_kernel_config=liger_kernel_config,
             compile_mode=compile_mode,
             pad_to_multiple_of=pad_to_multiple_of,
+            compile_whole_model=compile_whole_model,
+            quantize=quantize,
+            token_budget=token_budget,
         )
     finally:
         modeling.CUDNN_ATTENTION = False
@@ -247,6 +268,7 @@ def train_ours(
         "peak_gib": _peak(),
         "losses": recorder.losses,
         "liger_kernel": metrics["liger_kernel"],
+        "steps": metrics["steps"],
         "params_train": dataclasses.asdict(params.train),
     }
 
@@ -370,13 +392,27 @@ def _with(params: Params, changes: dict[str, dict]) -> Params:
     return parse_params(raw)
 
 
+def select_ablations(ablations: dict, spec: str) -> dict:
+    """The ablations `spec` names: comma-separated words, each selecting the names that hold it, or only the
+    one it equals (so "ours with torch.compile" is that run, not every compiled variant)."""
+    words = [w.strip().lower() for w in spec.split(",") if w.strip()]
+    names = {name.lower() for name in ablations}
+    exact = {w for w in words if w in names}
+    contained = [w for w in words if w not in exact]
+    return {
+        name: lever
+        for name, lever in ablations.items()
+        if name.lower() in exact or any(w in name.lower() for w in contained)
+    }
+
+
 def table(results: dict) -> str:
     # The ratio is to the seed-style run, or to ours where the seed-style run was skipped.
     reference = "seed-style" if "seed-style" in results["train"] else "ours"
     ref_speed = results["train"].get(reference, {}).get("tokens_per_second")
     lines = [
-        f"| run | real tokens/s | seconds | peak GPU GiB | × {reference} | mean loss | final loss |",
-        "|---|---|---|---|---|---|---|",
+        f"| run | real tokens/s | seconds | steps | ms/step | peak GPU GiB | × {reference} | mean loss | final loss |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     if results.get("smoke"):
         # A CPU run of a few steps of a tiny model: the ratios are start-up noise, and the GPU levers do nothing.
@@ -388,15 +424,19 @@ def table(results: dict) -> str:
         ]
     for name, row in results["train"].items():
         if "error" in row:
-            lines.append(f"| {name} | failed: {row['error'][:80]} | | | | | |")
+            lines.append(f"| {name} | failed: {row['error'][:80]} | | | | | | | |")
             continue
         peak = f"{row['peak_gib']:.2f}" if row["peak_gib"] is not None else "n/a (CPU)"
         final = f"{row['losses'][-1]:.4f}" if row["losses"] else "n/a"
         # One step's loss is noisy; the mean over the run is what shows two runs learned the same.
         mean = f"{sum(row['losses']) / len(row['losses']):.4f}" if row["losses"] else "n/a"
         ratio = f"{row['tokens_per_second'] / ref_speed:.2f}" if ref_speed else "—"
+        # Runs recorded before the step count was kept show none.
+        steps = row.get("steps")
+        per_step = f"{1000 * row['seconds'] / steps:.0f}" if steps else "—"
         lines.append(
-            f"| {name} | {row['tokens_per_second']:,.0f} | {row['seconds']:.1f} | {peak} | {ratio} | {mean} | {final} |"
+            f"| {name} | {row['tokens_per_second']:,.0f} | {row['seconds']:.1f} | {steps or '—'} | {per_step} | {peak} "
+            f"| {ratio} | {mean} | {final} |"
         )
     ev = results.get("eval")
     if not ev:
@@ -455,7 +495,7 @@ def main() -> None:
     )
     parser.add_argument("--no-ablations", action="store_true", help="skip the one-lever-changed runs of ours")
     parser.add_argument(
-        "--ablations", default="", help="comma-separated words: run only the ablations whose names hold one"
+        "--ablations", default="", help="comma-separated words: the ablations whose names hold one or equal it"
     )
     parser.add_argument("--no-eval", action="store_true", help="skip the perplexity and generation timings")
     parser.add_argument("--no-train", action="store_true", help="only the perplexity and generation timings")
@@ -548,8 +588,7 @@ def main() -> None:
     if not on_gpu:
         ablations = {name: lever for name, lever in ablations.items() if not any(g in name for g in GPU_ONLY)}
     if args.ablations:
-        words = [w.strip().lower() for w in args.ablations.split(",") if w.strip()]
-        ablations = {name: lever for name, lever in ablations.items() if any(w in name.lower() for w in words)}
+        ablations = select_ablations(ablations, args.ablations)
 
     def liger_use(lever: dict) -> int:
         """0: no Liger, 1: some of its kernels left out, 2: all that ours uses."""

@@ -51,5 +51,12 @@ def compile_decoder_layers(model, mode: str | None = None) -> int:
     return len(layers[0])
 
 
+def compile_whole_forward(model, mode: str | None = None) -> None:
+    """torch.compile the whole causal LM under the adapter (embedding, every layer, lm_head, loss) in place: one
+    graph per input shape instead of one per layer call, so mode="reduce-overhead" can replay the whole forward
+    and backward as CUDA graphs."""
+    model.get_base_model().compile(mode=mode)
+
+
 def _is_decoder_layer(module) -> bool:
     return type(module).__name__.endswith("DecoderLayer")

@@ -15,8 +15,10 @@ from .accelerators import (
     LIGER_KERNELS_COMPILED,
     compile_decoder_layers,
     compile_enabled,
+    compile_whole_forward,
     liger_kernel_enabled,
 )
+from .batching import TokenBudgetBatchSampler
 from .cards import adapter_base_reference, name_adapter_base
 from .checkpoints import FINISHED_MARKER, last_checkpoint, run_fingerprint, training_callbacks
 from .config import Params, TrainConfig
@@ -181,14 +183,13 @@ def _mean_logged_loss(log_history: list[dict]) -> float | None:
 COUNT_PARAMETERS_ONCE = True
 
 
-def _trainer_class(trainer_cls):
-    if not COUNT_PARAMETERS_ONCE:
-        return trainer_cls
-
-    class CountingOnceTrainer(trainer_cls):
+def _trainer_class(trainer_cls, batch_sampler=None):
+    class Trainer(trainer_cls):
         _counted_parameters: int | None = None
 
         def floating_point_ops(self, inputs) -> int:
+            if not COUNT_PARAMETERS_ONCE:
+                return super().floating_point_ops(inputs)
             main_input = getattr(self.model, "main_input_name", "input_ids")
             if main_input not in inputs or not hasattr(self.model, "num_parameters"):
                 return 0
@@ -196,7 +197,15 @@ def _trainer_class(trainer_cls):
                 self._counted_parameters = self.model.num_parameters(exclude_embeddings=True)
             return 6 * inputs[main_input].numel() * self._counted_parameters
 
-    return CountingOnceTrainer
+        def get_train_dataloader(self):
+            if batch_sampler is None:
+                return super().get_train_dataloader()
+            loader = torch.utils.data.DataLoader(
+                self.train_dataset, batch_sampler=batch_sampler, collate_fn=self.data_collator
+            )
+            return self.accelerator.prepare(loader)
+
+    return Trainer
 
 
 def train_adapter(
@@ -213,13 +222,20 @@ def train_adapter(
     liger_kernel_config: dict | None = None,
     compile_mode: str | None = None,
     pad_to_multiple_of: int = 1,
+    compile_whole_model: bool = False,
+    quantize: bool = True,
+    token_budget: float | None = None,
 ) -> dict:
     """Train a LoRA adapter on the 4-bit base; save it (with tokenizer) to adapter_dir. Returns metrics.
 
     Resumes from the newest complete checkpoint of the same run under checkpoint_root. The run's
     checkpoints are deleted at the end, unless keep_checkpoints: then the run is only marked finished and
     the caller discards it (discard_finished_runs) once its outputs are safely in place.
-    `train_file` is accepted for callers' convenience; the run is identified by the tokenized rows."""
+    `train_file` is accepted for callers' convenience; the run is identified by the tokenized rows.
+    The keywords after `callbacks` are speed levers bench/bench.py measures: peft's float32 upcast, Liger's
+    kernels, the compile mode, padding, the whole model compiled instead of each decoder layer, a 16-bit base
+    instead of the 4-bit one, and token-budget batches of `token_budget` × micro_batch_size × the mean row length
+    padded tokens (1.0: as many rows per step as now, on average)."""
     from peft import get_peft_model
     from transformers import Trainer, TrainingArguments, set_seed
 
@@ -237,14 +253,14 @@ def train_adapter(
     use_liger = liger_kernel_enabled(cfg)
     use_compile = compile_enabled(cfg)
     compute_dtype = resolve_dtype(params.quant.compute_dtype)
-    model = load_model(base_dir, dtype=compute_dtype, quant=params.quant)
+    model = load_model(base_dir, dtype=compute_dtype, quant=params.quant if quantize else None)
     check_target_modules(model, params.peft.adapted_modules(params.lora))
     model = freeze_base(model, compute_dtype, cfg.gradient_checkpointing, upcast_fp32)
     # LoRA A starts random: seed it, or two runs with the same params start from different adapters.
     set_seed(cfg.seed)
     model = get_peft_model(model, adapter_config(params))
     if use_compile:
-        compile_decoder_layers(model, compile_mode)
+        (compile_whole_forward if compile_whole_model else compile_decoder_layers)(model, compile_mode)
 
     run_dir = checkpoint_root / run_fingerprint(params, encoded, base_dir)
     resume_from = last_checkpoint(run_dir)
@@ -283,7 +299,14 @@ def train_adapter(
         use_liger_kernel=use_liger,
         liger_kernel_config=liger_kernel_config or (LIGER_KERNELS_COMPILED if use_compile else LIGER_KERNELS),
     )
-    trainer = _trainer_class(Trainer)(
+    batches = None
+    if token_budget:
+        if cfg.num_gpus > 1:
+            raise UserError("token-budget batches are measured on one GPU only")
+        lengths = [len(e.input_ids) for e in encoded]
+        max_tokens = round(token_budget * cfg.micro_batch_size * sum(lengths) / len(lengths))
+        batches = TokenBudgetBatchSampler(lengths, max_tokens, cfg.seed, pad_to_multiple_of)
+    trainer = _trainer_class(Trainer, batches)(
         model=model,
         args=args,
         train_dataset=EncodedDataset(encoded),

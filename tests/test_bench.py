@@ -30,6 +30,8 @@ def test_bench_smoke_runs_all_configurations(tmp_path):
         # Same rows and effective batch: the same number of optimizer steps, each logged (one in ten at logging 10).
         if row.get("params_train", {}).get("logging_steps") == 10:
             assert len(row["losses"]) == len(runs["ours"]["losses"]) // 10, name
+        elif "token-budget" in name:  # as many steps as batches fit the budget, each logged
+            assert len(row["losses"]) == row["steps"] > 0, name
         else:
             assert len(row["losses"]) == len(runs["ours"]["losses"]) > 0, name
     # Each ablation ran with its one lever changed and nothing else.
@@ -39,6 +41,8 @@ def test_bench_smoke_runs_all_configurations(tmp_path):
     assert runs["ours, no gradient clipping"]["params_train"]["max_grad_norm"] == 0
     assert runs["ours"]["params_train"]["max_grad_norm"] == 1.0
     assert runs["ours"]["liger_kernel"] is False  # auto: no GPU here
+    assert runs["ours"]["steps"] == len(runs["ours"]["losses"])
+    assert runs["ours, token-budget batches of twice the tokens (half the steps)"]["steps"] < runs["ours"]["steps"]
     assert runs["ours with double quantization"]["params_train"] == runs["ours"]["params_train"]
     assert (
         runs["ours, parameters recounted every step (HF Trainer default)"]["params_train"]
@@ -52,7 +56,7 @@ def test_bench_smoke_runs_all_configurations(tmp_path):
     # Labelled as what it is, and no CPU ratio dressed up as a speed-up.
     assert table.startswith("Smoke test (CPU, tiny-llama") and "ratios left out" in table
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert rows and all(cells[4] == "—" for cells in rows), rows
+    assert rows and all(cells[6] == "—" for cells in rows), rows
 
 
 @pytest.mark.slow
@@ -165,3 +169,17 @@ def test_cache_link_cost_measures_hardlinks_against_copies(tmp_path):
     assert 2 * size <= hardlink["disk_bytes_two_versions"] < copy["disk_bytes_two_versions"]
     for row in runs.values():
         assert row["repro_seconds"] > 0 and row["checkout_seconds"] > 0
+
+
+def test_ablations_are_selected_by_word_or_by_their_exact_name():
+    from bench.bench import select_ablations
+
+    compiled = select_ablations(ABLATIONS, "ours with torch.compile")
+    assert list(compiled) == ["ours with torch.compile"]
+    both = select_ablations(ABLATIONS, "ours with torch.compile, token-budget")
+    assert set(both) == {
+        "ours with torch.compile",
+        "ours, token-budget batches",
+        "ours, token-budget batches of twice the tokens (half the steps)",
+    }
+    assert len(select_ablations(ABLATIONS, "whole model")) == 4
