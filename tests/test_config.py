@@ -211,3 +211,37 @@ def test_repo_params_survive_dvcs_rewrite_byte_for_byte(tmp_path):
     with modify_yaml(str(copy)) as data:
         data["lora"]["r"] = data["lora"]["r"]
     assert copy.read_text() == REPO_PARAMS.read_text()
+
+
+def _readme_experiments() -> list[list[str]]:
+    """The `-S key=value` settings of every `dvc exp run` command in the README's code blocks (lines joined at `\\`)."""
+    import shlex
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text().replace("\\\n", " ")
+    commands = [line.split("&&")[0] for line in text.splitlines() if line.strip().startswith("dvc exp run")]
+    settings = []
+    for command in commands:
+        words = shlex.split(command)
+        settings.append([words[i + 1] for i, word in enumerate(words) if word == "-S"])
+    return settings
+
+
+def test_every_readme_experiment_is_valid_params():
+    """A preset users copy from the README must pass the params check (a renamed key would fail here, not on a GPU
+    an hour into a run). Sweeps (`a,b,c`) are checked value by value."""
+    experiments = _readme_experiments()
+    assert any("peft.method=rslora" in e and "data.train_size=7473" in e for e in experiments)  # the preset
+    for settings in experiments:
+        raw = _raw()
+        sweeps = []
+        for setting in settings:
+            key, value = setting.split("=", 1)
+            section, name = key.split(".", 1)
+            if "," in value and not value.startswith("["):
+                sweeps.append((section, name, value.split(",")))
+                continue
+            raw[section][name] = yaml.safe_load(value)
+        parse_params(raw)
+        for section, name, values in sweeps:
+            for value in values:
+                parse_params({**raw, section: {**raw[section], name: yaml.safe_load(value)}})
