@@ -465,7 +465,7 @@ def plot_losses(runs: dict[str, dict], path: Path, names: tuple[str, ...] | None
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, row in runs.items():
         if "error" in row or not row.get("losses") or (names and name not in names):
             continue
@@ -473,9 +473,9 @@ def plot_losses(runs: dict[str, dict], path: Path, names: tuple[str, ...] | None
         ax.plot([(i + 1) / len(losses) for i in range(len(losses))], losses, label=name, linewidth=1)
     ax.set_xlabel("fraction of training")
     ax.set_ylabel("training loss")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    if ax.lines:  # long run names: the legend goes under the axes, not over the curves
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     return True
 
 
