@@ -15,8 +15,8 @@ from qlora_gsm8k.config import LoraConfig, QuantConfig
 from qlora_gsm8k.errors import UserError
 from qlora_gsm8k.modeling import load_model, load_tokenizer, lora_config
 from qlora_gsm8k.params_file import parse_params
+from qlora_gsm8k.preflight import PreflightError, preflight
 from qlora_gsm8k.prompts import IGNORE_INDEX, Collator, Encoded, encode_examples, stop_token_ids
-from qlora_gsm8k.training import PreflightError, preflight
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
