@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .checks import check_non_negative, check_positive
 from .errors import UserError
+from .peft_methods import LoraConfig, PeftMethodConfig, check_method_keys
 
 TINY_LLAMA = "tiny-llama"
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -40,11 +42,11 @@ class DataConfig:
     def validate(self) -> None:
         if not 0.0 <= self.max_eval_overlap <= 1.0:
             raise UserError(f"data.max_eval_overlap must be in [0, 1], got {self.max_eval_overlap}")
-        _positive("data.train_size", self.train_size)
-        _positive("data.eval_size", self.eval_size)
-        _non_negative("data.train_offset", self.train_offset)
-        _non_negative("data.eval_offset", self.eval_offset)
-        _non_negative("data.shuffle_seed", self.shuffle_seed)
+        check_positive("data.train_size", self.train_size)
+        check_positive("data.eval_size", self.eval_size)
+        check_non_negative("data.train_offset", self.train_offset)
+        check_non_negative("data.eval_offset", self.eval_offset)
+        check_non_negative("data.shuffle_seed", self.shuffle_seed)
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,8 @@ class SvampConfig:
     offset: int = 0
 
     def validate(self) -> None:
-        _positive("svamp.size", self.size)
-        _non_negative("svamp.offset", self.offset)
+        check_positive("svamp.size", self.size)
+        check_non_negative("svamp.offset", self.offset)
 
 
 @dataclass(frozen=True)
@@ -71,77 +73,6 @@ class PromptConfig:
     # A system message opening every conversation, in training and evaluation alike; null: none, so the chat
     # template renders its own default (SmolLM2's names the assistant; TinyLlama's renders nothing).
     system: str | None = None
-
-
-@dataclass(frozen=True)
-class LoraConfig:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    # rsLoRA: scale the update by alpha / sqrt(r) instead of alpha / r, so large ranks keep learning.
-    use_rslora: bool = False
-
-    def validate(self) -> None:
-        _positive("lora.r", self.r)
-        _positive("lora.alpha", self.alpha)
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"lora.dropout must be in [0, 1), got {self.dropout}")
-        if not self.target_modules:
-            raise UserError("lora.target_modules must name at least one module, e.g. [q_proj, v_proj]")
-
-
-LORA_METHODS = ("lora", "dora", "rslora")
-VIRTUAL_TOKEN_METHODS = ("prompt", "prefix")
-
-
-@dataclass(frozen=True)
-class PeftMethodConfig:
-    """Which parameter-efficient method trains on the frozen 4-bit base, each with its own keys.
-
-    lora: the `lora` section; dora: LoRA with weight decomposition (peft's use_dora); rslora: LoRA scaled by
-    alpha/sqrt(r) (lora.use_rslora implied); ia3: learned scaling of the activations of ia3_target_modules
-    (ia3_feedforward_modules scale their input); prompt / prefix: prompt tuning / prefix tuning, num_virtual_tokens
-    learned tokens (embeddings, or keys and values at every layer). prompt and prefix cannot be merged into the
-    weights: the merge stage saves them as an adapter on the base, and says so (merge.merged = 0)."""
-
-    method: Literal["lora", "dora", "rslora", "ia3", "prompt", "prefix"] = "lora"
-    ia3_target_modules: list[str] = field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"])
-    ia3_feedforward_modules: list[str] = field(default_factory=lambda: ["down_proj"])
-    num_virtual_tokens: int = 20
-
-    def validate(self) -> None:
-        _positive("peft.num_virtual_tokens", self.num_virtual_tokens)
-        if self.method != "ia3":
-            return  # the ia3 keys are not read (a changed one is refused by _check_method_keys)
-        if not self.ia3_target_modules:
-            raise UserError("peft.ia3_target_modules must name at least one module, e.g. [k_proj, v_proj, down_proj]")
-        stray = [m for m in self.ia3_feedforward_modules if m not in self.ia3_target_modules]
-        if stray:
-            raise UserError(f"peft.ia3_feedforward_modules {stray} must also be in peft.ia3_target_modules")
-
-    def adapted_modules(self, lora: LoraConfig) -> list[str]:
-        """The modules the method wraps (none for prompt and prefix tuning, which add tokens)."""
-        if self.method in LORA_METHODS:
-            return list(lora.target_modules)
-        return list(self.ia3_target_modules) if self.method == "ia3" else []
-
-
-def _check_method_keys(params: Params) -> None:
-    """A key changed from its default that the chosen method does not read is an error, naming both."""
-    peft, defaults = params.peft, PeftMethodConfig()
-    applies = {
-        "peft.ia3_target_modules": (peft.ia3_target_modules != defaults.ia3_target_modules, ("ia3",)),
-        "peft.ia3_feedforward_modules": (peft.ia3_feedforward_modules != defaults.ia3_feedforward_modules, ("ia3",)),
-        "peft.num_virtual_tokens": (peft.num_virtual_tokens != defaults.num_virtual_tokens, VIRTUAL_TOKEN_METHODS),
-        "lora.use_rslora": (params.lora.use_rslora, LORA_METHODS),
-    }
-    for key, (changed, methods) in applies.items():
-        if changed and peft.method not in methods:
-            raise UserError(
-                f"{key} does not apply to peft.method={peft.method} (only to {', '.join(methods)}); "
-                f"reset it, or pick one of those methods"
-            )
 
 
 @dataclass(frozen=True)
@@ -189,17 +120,17 @@ class TrainConfig:
             raise UserError(f"train.learning_rate must be > 0, got {self.learning_rate}")
         if not self.epochs > 0:
             raise UserError(f"train.epochs must be > 0, got {self.epochs}")
-        _positive("train.micro_batch_size", self.micro_batch_size)
-        _positive("train.grad_accum", self.grad_accum)
+        check_positive("train.micro_batch_size", self.micro_batch_size)
+        check_positive("train.grad_accum", self.grad_accum)
         if self.max_length < 16:
             raise UserError(f"train.max_length must be >= 16, got {self.max_length}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise UserError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        _non_negative("train.weight_decay", self.weight_decay)
-        _non_negative("train.max_grad_norm", self.max_grad_norm)
-        _positive("train.logging_steps", self.logging_steps)
-        _positive("train.save_steps", self.save_steps)
-        _positive("train.num_gpus", self.num_gpus)
+        check_non_negative("train.weight_decay", self.weight_decay)
+        check_non_negative("train.max_grad_norm", self.max_grad_norm)
+        check_positive("train.logging_steps", self.logging_steps)
+        check_positive("train.save_steps", self.save_steps)
+        check_positive("train.num_gpus", self.num_gpus)
 
     def report_dropped_rows(self, lengths: list[int]) -> int:
         """Rows longer than train.max_length are left out, never cut (a cut answer teaches the model not to stop):
@@ -242,15 +173,15 @@ class EvalConfig:
     report_samples: int = 10
 
     def validate(self) -> None:
-        _positive("eval.batch_size", self.batch_size)
-        _positive("eval.generation_batch_size", self.generation_batch_size)
-        _positive("eval.max_new_tokens", self.max_new_tokens)
+        check_positive("eval.batch_size", self.batch_size)
+        check_positive("eval.generation_batch_size", self.generation_batch_size)
+        check_positive("eval.max_new_tokens", self.max_new_tokens)
         if not self.merge_kl_threshold > 0:
             raise UserError(f"eval.merge_kl_threshold must be > 0, got {self.merge_kl_threshold}")
         if not 0.0 <= self.merge_min_top1_agreement <= 1.0:
             raise UserError(f"eval.merge_min_top1_agreement must be in [0, 1], got {self.merge_min_top1_agreement}")
-        _positive("eval.merge_check_size", self.merge_check_size)
-        _non_negative("eval.report_samples", self.report_samples)
+        check_positive("eval.merge_check_size", self.merge_check_size)
+        check_non_negative("eval.report_samples", self.report_samples)
 
 
 @dataclass(frozen=True)
@@ -270,7 +201,7 @@ class Params:
             validate = getattr(getattr(self, section.name), "validate", None)
             if validate:
                 validate()
-        _check_method_keys(self)
+        check_method_keys(self.peft, self.lora)
         steps, warmup = optimizer_steps(self.data.train_size, self.train)
         if steps <= warmup:
             # The HF Trainer's first step runs at learning rate 0 during warmup: LoRA's B would stay all zero and
@@ -302,13 +233,3 @@ def model_kind(name: str) -> str:
     if name.lower().endswith(".gguf"):
         return "gguf"
     return "local" if is_local_model(name) else "hub"
-
-
-def _positive(name: str, value: int | float) -> None:
-    if not value > 0:
-        raise UserError(f"{name} must be > 0, got {value}")
-
-
-def _non_negative(name: str, value: int | float) -> None:
-    if value < 0:
-        raise UserError(f"{name} must be >= 0, got {value}")

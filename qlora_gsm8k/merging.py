@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 
 from .cards import name_adapter_base
-from .config import VIRTUAL_TOKEN_METHODS, Params
+from .config import Params
 from .errors import UserError
 from .evaluation import kl_between, response_logits
 from .gsm8k import Example
 from .io import record_weight_digests, verify_weight_digests
 from .modeling import load_model, load_tokenizer, resolve_dtype
+from .peft_methods import VIRTUAL_TOKEN_METHODS
 from .prompts import ChatFormat
 
 MERGE_MODES = ("dequantized", "original")

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from .config import LoraConfig, Params, QuantConfig
+from .config import Params, QuantConfig
 from .errors import UserError
 from .io import verify_weight_digests
+from .peft_methods import LoraConfig
 
 
 def device() -> torch.device:
