@@ -44,7 +44,7 @@ from qlora_gsm8k.params_file import load_params, params_as_dict, parse_params  #
 from qlora_gsm8k.prompts import IGNORE_INDEX, encode_examples  # noqa: E402
 from qlora_gsm8k.synthetic import write_dataset_dir  # noqa: E402
 from qlora_gsm8k.tiny import TINY_CHAT_TEMPLATE, build_tiny_llama  # noqa: E402
-from qlora_gsm8k.training import EncodedDataset, train_adapter  # noqa: E402
+from qlora_gsm8k.training import EncodedDataset, SpeedLevers, train_adapter  # noqa: E402
 
 COMPILE = {"train": {"compile": True}}
 # Liger's kernels named as train_adapter picks them, so the runs are ordered by what they patch.
@@ -251,13 +251,15 @@ def train_ours(
             live_dir=None,
             train_file=train_file,
             callbacks=[recorder := LossRecorder(), *(extra_callbacks or [])],
-            upcast_fp32=upcast_fp32,
-            liger_kernel_config=liger_kernel_config,
-            compile_mode=compile_mode,
-            pad_to_multiple_of=pad_to_multiple_of,
-            compile_whole_model=compile_whole_model,
-            quantize=quantize,
-            token_budget=token_budget,
+            levers=SpeedLevers(
+                upcast_fp32=upcast_fp32,
+                liger_kernel_config=liger_kernel_config,
+                compile_mode=compile_mode,
+                compile_whole_model=compile_whole_model,
+                pad_to_multiple_of=pad_to_multiple_of,
+                quantize=quantize,
+                token_budget=token_budget,
+            ),
         )
     finally:
         modeling.CUDNN_ATTENTION = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -138,6 +139,21 @@ def _trainer_class(trainer_cls, batch_sampler=None):
     return Trainer
 
 
+@dataclass(frozen=True)
+class SpeedLevers:
+    """Settings bench/bench.py measures one at a time beyond params (bench/RESULTS.md); the defaults are what the
+    pipeline runs. token_budget: batches of token_budget × micro_batch_size × the mean row length padded tokens
+    (1.0: as many rows per step as now, on average) instead of micro_batch_size rows."""
+
+    upcast_fp32: bool | None = None  # peft's float32 upcast of the unquantized weights (None: freeze_base's rule)
+    liger_kernel_config: dict | None = None
+    compile_mode: str | None = None
+    compile_whole_model: bool = False  # instead of each decoder layer
+    pad_to_multiple_of: int = 1
+    quantize: bool = True  # False: LoRA on the 16-bit base, the ceiling of a fused 4-bit kernel
+    token_budget: float | None = None
+
+
 def train_adapter(
     params: Params,
     train_examples: list[Example],
@@ -148,13 +164,7 @@ def train_adapter(
     train_file: Path | None = None,
     callbacks: list | None = None,
     keep_checkpoints: bool = False,
-    upcast_fp32: bool | None = None,
-    liger_kernel_config: dict | None = None,
-    compile_mode: str | None = None,
-    pad_to_multiple_of: int = 1,
-    compile_whole_model: bool = False,
-    quantize: bool = True,
-    token_budget: float | None = None,
+    levers: SpeedLevers | None = None,
 ) -> dict:
     """Train a LoRA adapter on the 4-bit base; save it (with tokenizer) to adapter_dir. Returns metrics.
 
@@ -162,35 +172,33 @@ def train_adapter(
     checkpoints are deleted at the end, unless keep_checkpoints: then the run is only marked finished and
     the caller discards it (discard_finished_runs) once its outputs are safely in place.
     `train_file` is accepted for callers' convenience; the run is identified by the tokenized rows.
-    The keywords after `callbacks` are speed levers bench/bench.py measures: peft's float32 upcast, Liger's
-    kernels, the compile mode, padding, the whole model compiled instead of each decoder layer, a 16-bit base
-    instead of the 4-bit one, and token-budget batches of `token_budget` × micro_batch_size × the mean row length
-    padded tokens (1.0: as many rows per step as now, on average)."""
+    `levers`: what bench/bench.py varies beyond params; None is the pipeline's own settings."""
     from peft import get_peft_model
     from transformers import Trainer, TrainingArguments, set_seed
 
     cfg = params.train
+    levers = levers or SpeedLevers()
     tokenizer = load_tokenizer(base_dir)
     chat = ChatFormat.of(tokenizer, params.prompt.system)
     every_row, every_example = encode_examples(tokenizer, train_examples, None, chat)
     cfg.report_dropped_rows([len(e.input_ids) for e in every_row])
     kept = [(e, x) for e, x in zip(every_row, every_example, strict=True) if len(e.input_ids) <= cfg.max_length]
     encoded, kept_examples = [e for e, _ in kept], [x for _, x in kept]
-    collator = Collator(tokenizer.pad_token_id, pad_to_multiple_of)
+    collator = Collator(tokenizer.pad_token_id, levers.pad_to_multiple_of)
     stop_ids = stop_token_ids(tokenizer, saved_generation_config(base_dir))
     preflight(tokenizer, kept_examples, encoded, collator, stop_ids, chat)
 
     use_liger = liger_kernel_enabled(cfg)
     use_compile = compile_enabled(cfg)
     compute_dtype = resolve_dtype(params.quant.compute_dtype)
-    model = load_model(base_dir, dtype=compute_dtype, quant=params.quant if quantize else None)
+    model = load_model(base_dir, dtype=compute_dtype, quant=params.quant if levers.quantize else None)
     check_target_modules(model, params.peft.adapted_modules(params.lora))
-    model = freeze_base(model, compute_dtype, cfg.gradient_checkpointing, upcast_fp32)
+    model = freeze_base(model, compute_dtype, cfg.gradient_checkpointing, levers.upcast_fp32)
     # LoRA A starts random: seed it, or two runs with the same params start from different adapters.
     set_seed(cfg.seed)
     model = get_peft_model(model, adapter_config(params))
     if use_compile:
-        (compile_whole_forward if compile_whole_model else compile_decoder_layers)(model, compile_mode)
+        (compile_whole_forward if levers.compile_whole_model else compile_decoder_layers)(model, levers.compile_mode)
 
     run_dir = checkpoint_root / run_fingerprint(params, encoded, base_dir)
     resume_from = last_checkpoint(run_dir)
@@ -227,15 +235,15 @@ def train_adapter(
         dataloader_num_workers=0,
         disable_tqdm=False,
         use_liger_kernel=use_liger,
-        liger_kernel_config=liger_kernel_config or (LIGER_KERNELS_COMPILED if use_compile else LIGER_KERNELS),
+        liger_kernel_config=levers.liger_kernel_config or (LIGER_KERNELS_COMPILED if use_compile else LIGER_KERNELS),
     )
     batches = None
-    if token_budget:
+    if levers.token_budget:
         if cfg.num_gpus > 1:
             raise UserError("token-budget batches are measured on one GPU only")
         lengths = [len(e.input_ids) for e in encoded]
-        max_tokens = round(token_budget * cfg.micro_batch_size * sum(lengths) / len(lengths))
-        batches = TokenBudgetBatchSampler(lengths, max_tokens, cfg.seed, pad_to_multiple_of)
+        max_tokens = round(levers.token_budget * cfg.micro_batch_size * sum(lengths) / len(lengths))
+        batches = TokenBudgetBatchSampler(lengths, max_tokens, cfg.seed, levers.pad_to_multiple_of)
     trainer = _trainer_class(Trainer, batches)(
         model=model,
         args=args,
