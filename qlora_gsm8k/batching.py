@@ -5,13 +5,9 @@ rows in smaller ones, so every step carries about the same number of tokens."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-
-def padded(length: int, multiple: int) -> int:
-    return math.ceil(length / multiple) * multiple
+from .prompts import padded_length
 
 
 def token_budget_batches(lengths: list[int], max_tokens: int, pad_to_multiple_of: int = 1) -> list[list[int]]:
@@ -23,7 +19,7 @@ def token_budget_batches(lengths: list[int], max_tokens: int, pad_to_multiple_of
     current: list[int] = []
     for index in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
         # Sorted ascending: the row being added is the batch's longest.
-        if current and (len(current) + 1) * padded(lengths[index], pad_to_multiple_of) > max_tokens:
+        if current and (len(current) + 1) * padded_length(lengths[index], pad_to_multiple_of) > max_tokens:
             batches.append(current)
             current = []
         current.append(index)

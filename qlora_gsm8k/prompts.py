@@ -193,13 +193,18 @@ def cut_at_stop_strings(text: str) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+def padded_length(length: int, multiple: int) -> int:
+    """A row's length once padded up to a multiple of `multiple` (what pad_batch makes every row of a batch)."""
+    return -(-length // multiple) * multiple
+
+
 def pad_batch(
     rows: list[Encoded], pad_token_id: int, padding_side: str = "right", multiple: int = 1
 ) -> dict[str, torch.Tensor]:
     """Pad to the longest row, rounded up to a multiple of `multiple`; padding gets attention 0 and label -100."""
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    width = -(-max(len(r.input_ids) for r in rows) // multiple) * multiple
+    width = padded_length(max(len(r.input_ids) for r in rows), multiple)
     input_ids, labels, attention = [], [], []
     for row in rows:
         pad = width - len(row.input_ids)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from qlora_gsm8k.batching import TokenBudgetBatchSampler, padded, token_budget_batches
+from qlora_gsm8k.batching import TokenBudgetBatchSampler, token_budget_batches
+from qlora_gsm8k.prompts import padded_length as padded
 
 LENGTHS = [30, 5, 120, 64, 7, 64, 200, 9, 33, 64, 1, 90]
 
