@@ -8,7 +8,7 @@ import torch
 
 from qlora_gsm8k.config import ModelConfig
 from qlora_gsm8k.modeling import load_model, load_tokenizer
-from qlora_gsm8k.sources import materialise_base
+from qlora_gsm8k.sources import materialise_base, source_tokenizer
 from qlora_gsm8k.tiny import build_tiny_llama
 
 
@@ -44,3 +44,55 @@ def test_local_base_is_copied_byte_for_byte_with_a_distinct_pad(tmp_path):
     ids = torch.tensor([[1, 5, 9, 12, 2]])
     with torch.no_grad():
         assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def _sentencepiece_model(tmp_path) -> bytes:
+    """A small SentencePiece model trained in code: the tokenizer.model file Llama-2-era checkpoints ship."""
+    import sentencepiece as spm
+
+    from qlora_gsm8k.synthetic import make_rows
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(row["question"] + "\n" + row["answer"] for row in make_rows(300, seed=7)))
+    prefix = tmp_path / "spm"
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(prefix),
+        vocab_size=600,
+        model_type="bpe",
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        byte_fallback=True,
+        minloglevel=2,
+    )
+    return prefix.with_suffix(".model").read_bytes()
+
+
+def test_a_local_model_with_only_a_sentencepiece_tokenizer_model_loads(tmp_path):
+    """Llama-2-era checkpoints ship tokenizer.model and no tokenizer.json; transformers converts it, which
+    needs protobuf (requirements.txt): without it the load failed with a misleading 'tiktoken is required'."""
+    model, tokenizer = build_tiny_llama(seed=3)
+    src = tmp_path / "source"
+    model.save_pretrained(src, safe_serialization=True)
+    (src / "tokenizer.model").write_bytes(_sentencepiece_model(tmp_path))
+    (src / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "chat_template": tokenizer.chat_template,
+            }
+        )
+    )
+    assert not (src / "tokenizer.json").exists()
+
+    loaded = source_tokenizer(ModelConfig(name=str(src)))
+
+    text = "Natalia sold clips to 48 of her friends."
+    ids = loaded(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 5 and loaded.unk_token_id not in ids
+    assert loaded.decode(ids) == text
+    assert loaded.eos_token_id == 2
