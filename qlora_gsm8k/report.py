@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .evaluation import paired_comparison
 from .gsm8k import Example
+from .paired import paired_comparison
 from .svamp import SvampRow
 
 

@@ -11,11 +11,8 @@ import torch
 from qlora_gsm8k.errors import UserError
 from qlora_gsm8k.evaluation import (
     Generation,
-    bootstrap_diff_ci,
     generate_answers,
     kl_between,
-    mcnemar_exact_p,
-    paired_comparison,
     repetition_rate,
     response_logits,
     response_nll,
@@ -23,6 +20,7 @@ from qlora_gsm8k.evaluation import (
 )
 from qlora_gsm8k.gsm8k import Example
 from qlora_gsm8k.modeling import load_model, load_tokenizer
+from qlora_gsm8k.paired import bootstrap_diff_ci, mcnemar_exact_p, paired_comparison
 from qlora_gsm8k.prompts import IGNORE_INDEX, encode_example, encode_prompt
 from qlora_gsm8k.tiny import build_tiny_llama
 

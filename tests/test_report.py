@@ -12,8 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from qlora_gsm8k.evaluation import Generation, mcnemar_exact_p, score_generations
+from qlora_gsm8k.evaluation import Generation, score_generations
 from qlora_gsm8k.gsm8k import Example, write_jsonl
+from qlora_gsm8k.paired import mcnemar_exact_p
 from qlora_gsm8k.report import (
     accuracy_plot_rows,
     compare_metrics,
@@ -242,3 +243,17 @@ def test_compare_stage_end_to_end(tmp_path):
     # Same numbers, same bytes: a re-run leaves DVC nothing to see.
     rerun = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0 and all((out / "plots" / n).read_bytes() == d for n, d in first.items())
+
+
+@pytest.mark.parametrize("stage", ["compare", "fetch", "fetch_svamp"])
+def test_stages_without_a_model_do_not_import_torch(stage):
+    """Every stage is a process of its own: importing torch costs it seconds (2.3 s on this project's CPU box),
+    so stages that load no model must not, e.g. through the statistics compare shares with evaluation."""
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", f"stages.{stage}", "--help"], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert "qlora_gsm8k.cli" in imported, "the stage's imports were not seen"
+    assert "torch" not in imported
