@@ -91,7 +91,7 @@ def test_a_local_model_with_only_a_sentencepiece_tokenizer_model_loads(tmp_path)
 
     loaded = source_tokenizer(ModelConfig(name=str(src)))
 
-    text = "Natalia sold clips to 48 of her friends."
+    text = "A baker packs 12 boxes with 6 rolls in each box."
     ids = loaded(text, add_special_tokens=False)["input_ids"]
     assert len(ids) > 5 and loaded.unk_token_id not in ids
     assert loaded.decode(ids) == text
