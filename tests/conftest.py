@@ -122,6 +122,11 @@ def local_sources(dataset_dir: Path) -> dict:
     return {"data": {"source": str(dataset_dir)}, "svamp": {"source": str(dataset_dir / "SVAMP.json")}}
 
 
+def imported_modules(stderr: str) -> set[str]:
+    """The modules a process imported, from its stderr when run with PYTHONPROFILEIMPORTTIME=1."""
+    return {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
 def tool_env() -> dict[str, str]:
     """Environment in which `python` and `dvc` are this interpreter's, offline, without a real token."""
     env = dict(os.environ)

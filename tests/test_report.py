@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import imported_modules
 from qlora_gsm8k.evaluation import Generation, score_generations
 from qlora_gsm8k.gsm8k import Example, write_jsonl
 from qlora_gsm8k.paired import mcnemar_exact_p
@@ -254,6 +255,6 @@ def test_stages_without_a_model_do_not_import_torch(stage):
         [sys.executable, "-m", f"stages.{stage}", "--help"], cwd=REPO_ROOT, env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    imported = imported_modules(result.stderr)
     assert "qlora_gsm8k.cli" in imported, "the stage's imports were not seen"
     assert "torch" not in imported

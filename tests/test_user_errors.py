@@ -28,6 +28,7 @@ from conftest import (
     TINY_PARAMS,
     dvc,
     git,
+    imported_modules,
     local_sources,
     merge_params,
     run,
@@ -393,7 +394,7 @@ def test_lora_target_modules_missing_from_the_model_fail_in_one_line(tmp_path, d
 
 def _imports_torch(result) -> bool:
     """From a run with PYTHONPROFILEIMPORTTIME=1: whether the process imported torch."""
-    return any(re.search(r"\|\s+torch$", line.rstrip()) for line in result.stderr.splitlines())
+    return "torch" in imported_modules(result.stderr)
 
 
 @pytest.mark.slow
