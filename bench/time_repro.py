@@ -3,9 +3,11 @@
 Copies this project's tracked files into a fresh git repository, points `model.name` and `data.source` at
 local directories and `svamp.source` at a local file (or turns SVAMP off; nothing is downloaded), runs
 `dvc repro` from scratch and then a no-op `dvc repro`, and timestamps every line DVC prints, so the slow stages
-show. Every other param stays as in params.yaml.
+show. Every other param stays as in params.yaml, but for each `--set KEY=VALUE` (e.g. a random-weight model's
+merge check threshold); a KEY the tree's params.yaml lacks (an older baseline) is left out and named in the output.
 
     python bench/time_repro.py --model DIR --data DIR [--svamp SVAMP.json] --out OUT [--profile] [--tree DIR]
+                               [--set KEY=VALUE ...]
 (the model directory: e.g. the TinyLlama-arch base that `bench/bench.py --save-base DIR` builds).
 With --profile every stage process runs under cProfile (slower) and OUT/stage_profiles.txt shows, per stage,
 where its time went: imports, model loads, saves, the work itself."""
@@ -43,6 +45,25 @@ def copy_project(dest: Path, tree: Path | None = None) -> None:
         if source.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
+
+
+def apply_overrides(params: dict, overrides: list[str]) -> tuple[dict[str, object], list[str]]:
+    """Sets each dotted KEY=VALUE (VALUE read as YAML) that params already has; returns what was set and the
+    keys it lacks."""
+    applied, missing = {}, []
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {override!r}: expected KEY=VALUE, e.g. eval.merge_min_top1_agreement=0.9")
+        *parents, leaf = key.split(".")
+        section = params
+        for name in parents:
+            section = section.get(name) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or leaf not in section:
+            missing.append(key)
+            continue
+        section[leaf] = applied[key] = yaml.safe_load(text)
+    return applied, missing
 
 
 def timed_run(command: list[str], cwd: Path, env: dict, log) -> tuple[float, dict[str, float], int]:
@@ -97,6 +118,14 @@ def main() -> None:
         type=Path,
         help="time this project tree instead of the checkout, e.g. a baseline: git archive REV | tar -x -C DIR",
     )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a param for this run, e.g. eval.merge_min_top1_agreement=0.9 (repeatable)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -107,10 +136,15 @@ def main() -> None:
     params = yaml.safe_load(params_file.read_text())
     params["model"]["name"] = str(args.model.resolve())
     params["data"]["source"] = str(args.data.resolve())
-    if args.svamp:
+    if "svamp" not in params:  # a baseline from before the SVAMP stages
+        pass
+    elif args.svamp:
         params["svamp"]["source"] = str(args.svamp.resolve())
     else:
         params["svamp"]["enabled"] = False
+    overrides, missing = apply_overrides(params, args.overrides)
+    for key in missing:
+        print(f"--set {key}: not in this tree's params.yaml, left out")
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
     # Stage commands call `python`: make it this interpreter, with this interpreter's import path.
@@ -148,6 +182,8 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "git": bool(git),
+        "params_set": overrides,
+        "params_not_in_tree": missing,
         "dvc_repro_seconds": wall,
         "dvc_repro_returncode": returncode,
         "stage_seconds": stages,

@@ -91,9 +91,11 @@ def test_bench_records_a_failing_run_and_goes_on(tmp_path):
 @pytest.mark.slow
 def test_time_repro_runs_the_whole_pipeline_and_times_every_stage(tmp_path, tiny_base_dir, dataset_dir):
     """The script behind the recorded `dvc repro` timing: a real repro of the tracked project on a local model
-    directory and local data, every stage timed (and profiled), then a no-op repro."""
+    directory and local data, every stage timed (and profiled), then a no-op repro; `--set` params reach the
+    pipeline, and a key the tree lacks is named, not written."""
     command = [sys.executable, "bench/time_repro.py", "--model", str(tiny_base_dir), "--data", str(dataset_dir)]
     command += ["--svamp", str(dataset_dir / "SVAMP.json")]
+    command += ["--set", "data.train_size=64", "--set", "eval.no_such_threshold=0.5"]
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     env = {**tool_env(), "TMPDIR": str(scratch)}
@@ -109,7 +111,10 @@ def test_time_repro_runs_the_whole_pipeline_and_times_every_stage(tmp_path, tiny
     assert sum(timing["stage_seconds"].values()) <= timing["dvc_repro_seconds"]
     # nothing changed: the second repro runs no stage
     assert timing["noop_repro_seconds"] < timing["dvc_repro_seconds"] / 3
-    assert timing["train_metrics"]["steps"] > 0
+    assert timing["train_metrics"]["steps"] > 0 and timing["train_metrics"]["examples"] == 64
+    assert timing["params_set"] == {"data.train_size": 64}
+    assert timing["params_not_in_tree"] == ["eval.no_such_threshold"]
+    assert "--set eval.no_such_threshold: not in this tree's params.yaml" in result.stdout
     assert "dvc repro:" in result.stdout and "no-op dvc repro:" in result.stdout
     # One cProfile summary per stage process, in the order they ran (evaluate runs once per model).
     profiled = re.findall(r"^== stages\.(\w+)\.\d+: ", (tmp_path / "stage_profiles.txt").read_text(), re.M)

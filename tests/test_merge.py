@@ -221,3 +221,28 @@ def test_merge_check_runs_the_4bit_reference_in_eval_dtype(tiny_base_dir, adapte
     assert in_fp32["top1_agreement_merged_vs_4bit_adapter"] == 1.0
     # bf16 compute in the reference gave 2e-7 here (CPU, tiny model); float32 against float32 is exact to 1e-15.
     assert in_fp32["kl_merged_vs_4bit_adapter"] < 1e-10, in_fp32
+
+
+def _check_metrics(kl: float, top1: float) -> dict:
+    return {
+        "kl_merged_vs_4bit_adapter": kl,
+        "top1_agreement_merged_vs_4bit_adapter": top1,
+        "kl_tokens": 1744,
+        "check_examples": 16,
+    }
+
+
+def test_merge_check_failing_only_the_argmax_says_the_distributions_agree():
+    """The H200 case of run 17: a random-weight base merged in bf16, top-1 0.93 at KL 3.9e-4."""
+    from qlora_gsm8k.merging import MergeCheckError, check_merge
+
+    with pytest.raises(MergeCheckError) as flat:
+        check_merge(_check_metrics(kl=3.86e-4, top1=0.9312), _params())
+    message = str(flat.value)
+    assert "top-1 agreement with the 4-bit model = 0.9312 < eval.merge_min_top1_agreement = 0.97" in message
+    assert "The distributions agree (KL 0.00039)" in message and "-S eval.dtype=float32" in message
+    # a merge that moved the distributions gets no such reassurance
+    with pytest.raises(MergeCheckError) as moved:
+        check_merge(_check_metrics(kl=0.03, top1=0.9), _params())
+    assert "distributions agree" not in str(moved.value)
+    check_merge(_check_metrics(kl=1e-3, top1=0.99), _params())  # passes: no error
