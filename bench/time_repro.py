@@ -136,12 +136,11 @@ def main() -> None:
     params = yaml.safe_load(params_file.read_text())
     params["model"]["name"] = str(args.model.resolve())
     params["data"]["source"] = str(args.data.resolve())
-    if "svamp" not in params:  # a baseline from before the SVAMP stages
-        pass
-    elif args.svamp:
-        params["svamp"]["source"] = str(args.svamp.resolve())
-    else:
-        params["svamp"]["enabled"] = False
+    svamp = params.get("svamp")  # none in a baseline from before the SVAMP stages
+    if svamp is not None and args.svamp:
+        svamp["source"] = str(args.svamp.resolve())
+    elif svamp is not None:
+        svamp["enabled"] = False
     overrides, missing = apply_overrides(params, args.overrides)
     for key in missing:
         print(f"--set {key}: not in this tree's params.yaml, left out")
