@@ -87,11 +87,12 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=2)
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny-llama, synthetic rows, 2 CPU processes")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="the params every run starts from")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="qlora-multi-gpu-"))
     atexit.register(shutil.rmtree, work, True)  # a TinyLlama-arch base is 2.2 GB: never left behind
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(args.params.read_text())
     if args.cpu_smoke:
         sys.path.insert(0, str(ROOT))
         from qlora_gsm8k.modeling import save_base

@@ -118,6 +118,7 @@ def main() -> None:
         type=Path,
         help="time this project tree instead of the checkout, e.g. a baseline: git archive REV | tar -x -C DIR",
     )
+    parser.add_argument("--params", type=Path, help="start from this params file (default: the tree's params.yaml)")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -133,7 +134,7 @@ def main() -> None:
     atexit.register(shutil.rmtree, work, True)  # a TinyLlama-arch base is 2.2 GB: never left behind
     copy_project(work, args.tree)
     params_file = work / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
+    params = yaml.safe_load((args.params or params_file).read_text())
     params["model"]["name"] = str(args.model.resolve())
     params["data"]["source"] = str(args.data.resolve())
     svamp = params.get("svamp")  # none in a baseline from before the SVAMP stages

@@ -141,7 +141,21 @@ def load_model(path: str | Path, dtype: torch.dtype, quant: QuantConfig | None =
         trust_remote_code=False,
         **kwargs,
     )
+    if quant is not None:
+        keep_4bit_layers_in_compute_dtype(model)
     return model
+
+
+def keep_4bit_layers_in_compute_dtype(model) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes runs a 4-bit layer outside training through a bf16-only kernel,
+    whatever its compute dtype (inputs and scales cast to bf16). A float32 evaluation of the 4-bit model then
+    rounds like bf16 on those CPUs and like float32 on others: the merge check's reference would depend on the
+    CPU. Keep the float32 path unless bf16 was asked for; GPUs never take that kernel."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and module.compute_dtype != torch.bfloat16:
+            module.support_avx512bf16_for_cpu = False
 
 
 def skeleton_from_config(config):

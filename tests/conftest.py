@@ -9,7 +9,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import functools  # noqa: E402
 import re  # noqa: E402
+import shlex  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -110,6 +112,49 @@ def _project_files() -> list[str]:
     return [f for f in listed if not f.startswith(_PROJECT_EXCLUDE) and (REPO_ROOT / f).is_file()]
 
 
+@functools.cache
+def _shipped_params_text() -> str:
+    committed = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO_ROOT, capture_output=True, text=True)
+    if committed.returncode == 0:
+        return committed.stdout
+    return (REPO_ROOT / "params.yaml").read_text()  # not a git checkout: the file is as shipped
+
+
+def shipped_params() -> dict:
+    """params.yaml as committed at HEAD: the shipped defaults. Never the workspace file: every `dvc exp run -S`
+    writes its values into it (the README's experiments too), so a test reading it tests the user's last run."""
+    return yaml.safe_load(_shipped_params_text())
+
+
+def shipped_params_text() -> str:
+    return _shipped_params_text()
+
+
+def write_params(path: Path, overrides: dict | None = None) -> Path:
+    """The shipped params with `overrides` (section -> values) as a params file a stage or script can take."""
+    path.write_text(dump_params(merge_params(shipped_params(), overrides or {})))
+    return path
+
+
+def readme_experiment_settings() -> list[list[str]]:
+    """The `-S key=value` settings of every `dvc exp run` command in the README's code blocks (lines joined at
+    `\\`), one list per command."""
+    text = (REPO_ROOT / "README.md").read_text().replace("\\\n", " ")
+    commands = [line.split("&&")[0] for line in text.splitlines() if line.strip().startswith("dvc exp run")]
+    return [[words[i + 1] for i, word in enumerate(words) if word == "-S"] for words in map(shlex.split, commands)]
+
+
+def apply_settings(raw: dict, settings: list[str]) -> dict:
+    """`key=value` settings applied as `dvc exp run -S` applies them to params.yaml. A sweep (`a,b,c`) is only
+    queued (`--queue`), which leaves the workspace as it was: skipped."""
+    for setting in settings:
+        key, value = setting.split("=", 1)
+        section, name = key.split(".", 1)
+        if "," not in value or value.startswith("["):
+            raw.setdefault(section, {})[name] = yaml.safe_load(value)
+    return raw
+
+
 def merge_params(base: dict, overrides: dict) -> dict:
     merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
     for section, values in overrides.items():
@@ -179,8 +224,7 @@ def make_project(root: Path, dataset_dir: Path, overrides: dict | None = None) -
         dest = project / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / rel, dest)
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params = merge_params(params, TINY_PARAMS)
+    params = merge_params(shipped_params(), TINY_PARAMS)
     params = merge_params(params, local_sources(dataset_dir))
     params = merge_params(params, overrides or {})
     (project / "params.yaml").write_text(dump_params(params))

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from bench.bench import ABLATIONS, GPU_ONLY
-from conftest import REPO_ROOT, run, tool_env
+from conftest import REPO_ROOT, run, shipped_params, tool_env, write_params
 
 
 @pytest.mark.slow
@@ -16,7 +16,8 @@ def test_bench_smoke_runs_all_configurations(tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     env = {**tool_env(), "TMPDIR": str(scratch)}
-    result = run([sys.executable, "bench/bench.py", "--smoke", "--out", str(tmp_path)], cwd=REPO_ROOT, env=env)
+    command = [sys.executable, "bench/bench.py", "--smoke", "--params", str(write_params(tmp_path / "params.yaml"))]
+    result = run([*command, "--out", str(tmp_path)], cwd=REPO_ROOT, env=env)
     assert not list(scratch.glob("qlora-*")), "the bench's work directory is removed"
     results = json.loads((tmp_path / "results.json").read_text())
     runs = results["train"]
@@ -62,7 +63,8 @@ def test_bench_smoke_runs_all_configurations(tmp_path):
 @pytest.mark.slow
 def test_bench_no_train_times_only_the_evaluation(tmp_path):
     run(
-        [sys.executable, "bench/bench.py", "--smoke", "--no-train", "--out", str(tmp_path)],
+        [sys.executable, "bench/bench.py", "--smoke", "--no-train", "--params", str(write_params(tmp_path / "p.yaml"))]
+        + ["--out", str(tmp_path)],
         cwd=REPO_ROOT,
         env=tool_env(),
     )
@@ -75,7 +77,7 @@ def test_bench_no_train_times_only_the_evaluation(tmp_path):
 def test_bench_records_a_failing_run_and_goes_on(tmp_path):
     """A run that fails (here liger_kernel=true on a machine without a GPU) is a row with its error; the
     others are still measured and the table is still written."""
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params = shipped_params()
     params["train"]["liger_kernel"] = True
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
@@ -95,6 +97,7 @@ def test_time_repro_runs_the_whole_pipeline_and_times_every_stage(tmp_path, tiny
     pipeline, and a key the tree lacks is named, not written."""
     command = [sys.executable, "bench/time_repro.py", "--model", str(tiny_base_dir), "--data", str(dataset_dir)]
     command += ["--svamp", str(dataset_dir / "SVAMP.json")]
+    command += ["--params", str(write_params(tmp_path / "params.yaml"))]
     command += ["--set", "data.train_size=64", "--set", "eval.no_such_threshold=0.5"]
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -133,6 +136,8 @@ def test_multi_gpu_bench_smoke_runs_one_process_against_two(tmp_path):
         "64",
         "--gpus",
         "2",
+        "--params",
+        str(write_params(tmp_path / "params.yaml")),
         "--out",
         str(tmp_path),
     ]

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 
+from conftest import readme_experiment_settings, shipped_params, shipped_params_text
 from qlora_gsm8k.config import Params
 from qlora_gsm8k.errors import UserError
 from qlora_gsm8k.params_file import load_params, params_as_dict, parse_params
 
-REPO_PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
-
 
 def _raw() -> dict:
-    return yaml.safe_load(REPO_PARAMS.read_text())
+    return shipped_params()
 
 
 def _with(section: str, key: str, value) -> dict:
@@ -24,8 +21,9 @@ def _with(section: str, key: str, value) -> dict:
     return raw
 
 
-def test_repo_params_load_and_match_the_file():
-    params = load_params(REPO_PARAMS)
+def test_shipped_params_load_and_match_the_file(tmp_path):
+    (tmp_path / "params.yaml").write_text(shipped_params_text())
+    params = load_params(tmp_path / "params.yaml")
     parsed = params_as_dict(params)
     raw = _raw()
     assert set(raw) == set(parsed)
@@ -138,7 +136,7 @@ def test_float_accepts_yaml_strings_and_ints(value, expected):
 
 
 def test_yaml_reads_2e_minus_4_as_a_string_and_we_accept_it(tmp_path):
-    text = REPO_PARAMS.read_text().replace("learning_rate: 0.0002", "learning_rate: 2e-4")
+    text = shipped_params_text().replace("learning_rate: 0.0002", "learning_rate: 2e-4")
     assert "learning_rate: 2e-4" in text
     assert yaml.safe_load(text)["train"]["learning_rate"] == "2e-4"
     path = tmp_path / "params.yaml"
@@ -201,35 +199,22 @@ def test_prompt_system_is_text_or_null():
         parse_params({"prompt": {"system": ""}})
 
 
-def test_repo_params_survive_dvcs_rewrite_byte_for_byte(tmp_path):
+def test_shipped_params_survive_dvcs_rewrite_byte_for_byte(tmp_path):
     """`dvc exp run -S` rewrites params.yaml with ruamel; a value it re-spells (`null` becomes an empty value)
     would leave params.yaml modified after returning to the original params (the run-cache test saw it)."""
     from dvc.utils.serialize import modify_yaml
 
     copy = tmp_path / "params.yaml"
-    copy.write_text(REPO_PARAMS.read_text())
+    copy.write_text(shipped_params_text())
     with modify_yaml(str(copy)) as data:
         data["lora"]["r"] = data["lora"]["r"]
-    assert copy.read_text() == REPO_PARAMS.read_text()
-
-
-def _readme_experiments() -> list[list[str]]:
-    """The `-S key=value` settings of every `dvc exp run` command in the README's code blocks (lines joined at `\\`)."""
-    import shlex
-
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text().replace("\\\n", " ")
-    commands = [line.split("&&")[0] for line in text.splitlines() if line.strip().startswith("dvc exp run")]
-    settings = []
-    for command in commands:
-        words = shlex.split(command)
-        settings.append([words[i + 1] for i, word in enumerate(words) if word == "-S"])
-    return settings
+    assert copy.read_text() == shipped_params_text()
 
 
 def test_every_readme_experiment_is_valid_params():
     """A preset users copy from the README must pass the params check (a renamed key would fail here, not on a GPU
     an hour into a run). Sweeps (`a,b,c`) are checked value by value."""
-    experiments = _readme_experiments()
+    experiments = readme_experiment_settings()
     assert any("peft.method=rslora" in e and "data.train_size=7473" in e for e in experiments)  # the preset
     for settings in experiments:
         raw = _raw()

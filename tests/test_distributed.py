@@ -10,13 +10,13 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, run, tool_env, train_stage_outputs
+from conftest import REPO_ROOT, run, shipped_params, tool_env, train_stage_outputs
 from qlora_gsm8k.distributed import launch_command, pin_to_one_gpu
 from qlora_gsm8k.gsm8k import read_jsonl, write_jsonl
 
 
 def _train(tmp_path, base_dir, train_file, name: str, **train) -> tuple[object, dict | None]:
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params = shipped_params()
     params["model"]["name"] = "tiny-llama"
     params["train"].update({"micro_batch_size": 8, "learning_rate": 0.01, "save_steps": 100, **train})
     params_file = tmp_path / f"{name}.yaml"

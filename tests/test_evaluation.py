@@ -355,7 +355,8 @@ def test_mean_kl_zero_for_same_model_and_hand_checked(model, tiny_tokenizer, row
     assert got["tokens"] == count
     assert got["mean_kl"] == pytest.approx(total / count, rel=1e-6)
     assert got["mean_kl"] > 1e-3
-    assert got["top1_agreement"] == same_top1 / count < 1.0
+    # batched (padded) against one row at a time: float32 sums in another order can flip a near-tied arg-max
+    assert abs(got["top1_agreement"] - same_top1 / count) <= 1 / count and got["top1_agreement"] < 1.0
 
 
 def test_mean_kl_turns_dropout_off(model, tiny_tokenizer, rows):

@@ -13,8 +13,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import train_tiny_adapter
-from qlora_gsm8k.merging import load_with_adapter, merge_adapter
+from conftest import shipped_params, train_tiny_adapter
+from float_checks import FLOAT32_KL_BOUND, FLOAT32_MIN_TOP1, assert_same_next_tokens
+from qlora_gsm8k.merging import dequantized_weights, load_with_adapter, merge_adapter
 from qlora_gsm8k.modeling import load_model
 from qlora_gsm8k.params_file import parse_params
 from qlora_gsm8k.prompts import encode_examples, pad_batch
@@ -69,6 +70,21 @@ def _logits(model, batch):
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
+def test_a_4bit_layer_in_float32_computes_in_float32_on_any_cpu(tiny_base_dir):
+    """On CPUs with AVX512-BF16, bitsandbytes would run an eval-mode 4-bit layer through its bf16 kernel (relative
+    error ~3e-3 here, against 2e-7 in float32), so the 4-bit reference of the merge check rounded differently on
+    different CPUs. The loader keeps float32 (modeling.keep_4bit_layers_in_compute_dtype)."""
+    model = load_model(tiny_base_dir, dtype=torch.float32, quant=_params().quant)
+    weights = dequantized_weights(model)  # before the first forward pass (shared/TRAPS.md)
+    name, layer = next((n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit))
+    x = torch.randn(5, layer.in_features, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.no_grad():
+        got = layer(x).double()
+    expected = x.double() @ weights[name].double().T
+    assert float((got - expected).norm() / expected.norm()) < 1e-5
+
+
 @pytest.fixture(scope="module")
 def merge_result(tiny_base_dir, adapter_dir, eval_rows):
     return merge_adapter(tiny_base_dir, adapter_dir, eval_rows[:2], _params())
@@ -95,8 +111,28 @@ def test_merged_model_is_the_trained_4bit_model(merged, tiny_base_dir, adapter_d
     base = load_model(tiny_base_dir, dtype=torch.float32)
     merged_logits, trained_logits, base_logits = (_logits(m, batch) for m in (model, adapter_4bit, base))
     mask = batch["attention_mask"].bool()
-    assert torch.allclose(merged_logits[mask], trained_logits[mask], atol=1e-4)
+    assert_same_next_tokens(merged_logits[mask], trained_logits[mask])
     assert (merged_logits[mask] - base_logits[mask]).abs().max() > 1e-2  # the adapter did something
+
+
+@pytest.mark.slow
+def test_a_wrong_merge_fails_the_same_model_check(original_merge, tiny_base_dir, adapter_dir, batch):
+    """The tolerances above still tell a wrong merge from rounding: the adapter merged into the original weights
+    (never what was trained), and the right merge with its LoRA delta 0.5% too large, both fail."""
+    trained = load_with_adapter(tiny_base_dir, adapter_dir, "float32", quant=_params().quant)
+    mask = batch["attention_mask"].bool()
+    trained_logits = _logits(trained, batch)[mask]
+    with pytest.raises(AssertionError, match="max"):
+        assert_same_next_tokens(_logits(original_merge[0], batch)[mask], trained_logits)
+
+    dequantized = dequantized_weights(load_model(tiny_base_dir, dtype=torch.float32, quant=_params().quant))
+    too_large = load_with_adapter(tiny_base_dir, adapter_dir, "float32", base_weights=dequantized)
+    with torch.no_grad():
+        for name, parameter in too_large.named_parameters():
+            if "lora_B" in name:
+                parameter.mul_(1.005)
+    with pytest.raises(AssertionError, match="max"):
+        assert_same_next_tokens(_logits(too_large.merge_and_unload(), batch)[mask], trained_logits)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +147,7 @@ def test_merge_into_original_weights_equals_the_adapter_there_not_the_trained_mo
     model, _, metrics = original_merge
     unmerged = load_with_adapter(tiny_base_dir, adapter_dir, "float32")
     mask = batch["attention_mask"].bool()
-    assert torch.allclose(_logits(model, batch)[mask], _logits(unmerged, batch)[mask], atol=1e-4)
+    assert_same_next_tokens(_logits(model, batch)[mask], _logits(unmerged, batch)[mask])
     # ...which is not the model that was trained: the base it adds the adapter to was never seen in training
     diff = (_logits(model, batch) - _logits(merged[0], batch))[mask].abs().max()
     assert diff > 1e-3
@@ -143,16 +179,17 @@ def test_merge_check_metrics(merge_result, eval_rows):
         "merged",
     }
     assert metrics["merged"] == 1  # LoRA merges; prompt/prefix tuning (test_peft_methods.py) give 0
-    # dequantized merge: exact in float32, against the 4-bit model and the unmerged adapter on the same weights
-    assert 0 <= metrics["kl_merged_vs_16bit_adapter"] < 1e-8
-    assert 0 <= metrics["kl_merged_vs_4bit_adapter"] < 1e-8
-    assert metrics["top1_agreement_merged_vs_4bit_adapter"] == 1.0
+    # dequantized merge: the same model in float32, against the 4-bit model and the unmerged adapter on the same
+    # weights, up to float32 rounding (the bf16 kernel bitsandbytes takes on AVX512-BF16 CPUs gave 1.1e-7)
+    assert 0 <= metrics["kl_merged_vs_16bit_adapter"] <= FLOAT32_KL_BOUND
+    assert 0 <= metrics["kl_merged_vs_4bit_adapter"] <= FLOAT32_KL_BOUND
+    assert metrics["top1_agreement_merged_vs_4bit_adapter"] >= FLOAT32_MIN_TOP1
     assert metrics["kl_tokens"] == sum(e.response_tokens for e in encode_examples(tokenizer, eval_rows[:2], None)[0])
     assert metrics["check_examples"] == 2
 
 
 def _run_merge_stage(tmp_path, tiny_base_dir, adapter_dir, dataset_dir, **eval_params):
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params = shipped_params()
     for section, values in TINY.items():
         params.setdefault(section, {}).update(values)
     params["eval"].update(eval_params)
@@ -218,9 +255,9 @@ def test_merge_check_runs_the_4bit_reference_in_eval_dtype(tiny_base_dir, adapte
     raw = {k: dict(v) for k, v in TINY.items()}
     raw["quant"] = {"compute_dtype": "bfloat16"}
     _, _, in_fp32 = merge_adapter(tiny_base_dir, adapter_dir, eval_rows[:2], parse_params(raw))
-    assert in_fp32["top1_agreement_merged_vs_4bit_adapter"] == 1.0
-    # bf16 compute in the reference gave 2e-7 here (CPU, tiny model); float32 against float32 is exact to 1e-15.
-    assert in_fp32["kl_merged_vs_4bit_adapter"] < 1e-10, in_fp32
+    assert in_fp32["top1_agreement_merged_vs_4bit_adapter"] >= FLOAT32_MIN_TOP1
+    # bf16 compute in the reference gave 2e-7 here (CPU, tiny model); float32 against float32 is ~1e-15.
+    assert in_fp32["kl_merged_vs_4bit_adapter"] <= FLOAT32_KL_BOUND, in_fp32
 
 
 def _check_metrics(kl: float, top1: float) -> dict:

@@ -13,7 +13,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO_ROOT, TINY_PARAMS, merge_params, run, tool_env, train_tiny_adapter
+from conftest import REPO_ROOT, TINY_PARAMS, merge_params, run, shipped_params, tool_env, train_tiny_adapter
+from float_checks import FLOAT32_KL_BOUND, FLOAT32_MIN_TOP1
 from qlora_gsm8k.errors import UserError
 from qlora_gsm8k.evaluation import evaluate_model
 from qlora_gsm8k.merging import merge_adapter, save_merged
@@ -27,7 +28,7 @@ LEARNING_RATE = {"lora": 5e-3, "dora": 5e-3, "rslora": 5e-3, "ia3": 5e-2, "promp
 
 
 def _params(method: str):
-    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    raw = shipped_params()
     raw = merge_params(raw, TINY_PARAMS)
     overrides = {
         "peft": {"method": method, "num_virtual_tokens": 4} if method in ("prompt", "prefix") else {"method": method},
@@ -92,9 +93,10 @@ def test_each_method_trains_merges_and_evaluates(method, trained, tiny_base_dir,
     merged, tokenizer, check = merge_adapter(tiny_base_dir, adapter, eval_rows, params)
     virtual = method in ("prompt", "prefix")
     assert check["merged"] == (0 if virtual else 1)
-    # In float32 the saved model is the trained one, merged or not
-    assert check["top1_agreement_merged_vs_4bit_adapter"] == 1.0, check
-    assert check["kl_merged_vs_4bit_adapter"] < 1e-6, check
+    # In float32 the saved model is the trained one, merged or not (DoRA included: its 1000x worse KL came from
+    # bitsandbytes' bf16 kernel on AVX512-BF16 CPUs, which modeling.keep_4bit_layers_in_compute_dtype turns off)
+    assert check["top1_agreement_merged_vs_4bit_adapter"] >= FLOAT32_MIN_TOP1, check
+    assert check["kl_merged_vs_4bit_adapter"] <= FLOAT32_KL_BOUND, check
 
     # Saved as the merge stage saves it, loaded as the evaluate stage loads it
     out = tmp_path / "merged"
@@ -118,7 +120,7 @@ def test_prompt_tuning_adapter_dir_runs_through_the_merge_and_evaluate_stages(
 ):
     """The stage scripts themselves, for a method that cannot merge: merge.json says so, evaluate reads the adapter."""
     adapter, _ = trained["prompt"]
-    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    raw = shipped_params()
     raw = merge_params(raw, TINY_PARAMS)
     raw = merge_params(
         raw, {"peft": {"method": "prompt", "num_virtual_tokens": 4}, "eval": {"dtype": "float32", "max_new_tokens": 4}}
@@ -155,7 +157,7 @@ def test_ia3_merges_and_evaluates_in_bf16(trained, tiny_base_dir, examples):
     """peft's IA3 on bitsandbytes 4-bit layers returns float32 keys and values outside autocast (the H200 merge check
     failed: 'Expected query, key, and value to have the same dtype'); the merge check and the merged model in bf16."""
     adapter, _ = trained["ia3"]
-    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    raw = shipped_params()
     raw = merge_params(merge_params(raw, TINY_PARAMS), {"peft": {"method": "ia3"}, "eval": {"dtype": "bfloat16"}})
     params = parse_params(raw)
     merged, tokenizer, check = merge_adapter(tiny_base_dir, adapter, examples[100:102], params)

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO_ROOT, dvc, make_project, run, tool_env
+from conftest import REPO_ROOT, dvc, make_project, run, shipped_params, tool_env
 from qlora_gsm8k.config import ModelConfig
 from qlora_gsm8k.errors import UserError
 from qlora_gsm8k.params_file import parse_params
@@ -187,7 +187,7 @@ def test_custom_model_code_is_never_run(tmp_path):
 def test_params_pin_hub_revisions_to_commit_hashes():
     import re
 
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params = shipped_params()
     assert re.fullmatch(COMMIT, params["model"]["revision"])
     assert re.fullmatch(COMMIT, params["data"]["revision"])
     assert re.fullmatch(COMMIT, params["svamp"]["revision"])
@@ -235,7 +235,7 @@ def test_outputs_record_provenance_and_hold_only_safetensors(reproduced_project,
 
 
 def test_a_token_in_params_is_refused_without_echoing_it(tmp_path):
-    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    raw = shipped_params()
     token = "hf_" + "A1b2C3d4" * 4
     raw["model"]["revision"] = token
     params_file = tmp_path / "params.yaml"

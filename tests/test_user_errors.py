@@ -32,6 +32,7 @@ from conftest import (
     local_sources,
     merge_params,
     run,
+    shipped_params,
     stages_run,
     tool_env,
     train_stage_outputs,
@@ -47,7 +48,7 @@ FAST_SECONDS = 45
 
 
 def _params(dataset_dir: Path, overrides: dict | None = None) -> dict:
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params = shipped_params()
     params = merge_params(params, TINY_PARAMS)
     params = merge_params(params, local_sources(dataset_dir))
     return merge_params(params, overrides or {})
