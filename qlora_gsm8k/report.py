@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -14,6 +15,12 @@ from .svamp import SvampRow
 
 def read_generations(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def table_csv(table: pd.DataFrame) -> str:
+    """CSV that reads back one row per question: every text field quoted. pandas' default quotes only fields
+    holding a comma, a quote or `\\n`, so an answer with a bare `\\r` (a model can emit one) split its row."""
+    return table.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC)
 
 
 def generations_table(examples: list[Example], base: list[dict], tuned: list[dict]) -> pd.DataFrame:

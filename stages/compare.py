@@ -16,6 +16,7 @@ from qlora_gsm8k.report import (
     markdown_report,
     read_generations,
     svamp_metrics,
+    table_csv,
 )
 from qlora_gsm8k.svamp import read_svamp_slice
 
@@ -49,7 +50,7 @@ def main() -> None:
     )
     write_json(args.metrics_out, metrics)
     write_json(args.svamp_metrics_out, svamp)
-    atomic_write_text(args.table_out, table.to_csv(index=False))
+    atomic_write_text(args.table_out, table_csv(table))
     atomic_write_text(args.report_out, markdown_report(table, metrics, params.eval.report_samples, svamp))
     plots = Path(args.plots_dir)
     accuracy, flips = accuracy_plot_rows(table), flips_plot_rows(table)

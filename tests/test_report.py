@@ -23,6 +23,7 @@ from qlora_gsm8k.report import (
     generations_table,
     markdown_report,
     read_generations,
+    table_csv,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +72,26 @@ def test_generations_table_flips(table):
     numbers = table["base_number"].tolist()
     assert numbers[:3] + numbers[4:] == ["3", "11", "12", "14"] and pd.isna(numbers[3])
     assert table.loc[0, "tuned_output"] == "so\n#### 10"
+
+
+def test_generations_csv_reads_back_one_row_per_question(tmp_path):
+    """Outputs holding a bare carriage return, newlines, quotes, commas, NUL and U+2028 (a real model can emit
+    any of them): read back with pandas and with the csv module, one row per question, each text as written."""
+    import csv
+
+    texts = ["so\r#### 10", "line\nbreak", 'say "11"', "1,000 or 12", "nul\x00 13", "sep\u2028#### 14"]
+    examples = [Example(f"Question {i}?", f"#### {i}", i) for i in range(len(texts))]
+    gens = [Generation(text=t, new_tokens=5, hit_token_cap=False) for t in texts]
+    scored = score_generations(examples, gens)[0]
+    path = tmp_path / "generations.csv"
+    path.write_text(table_csv(generations_table(examples, scored, scored)))
+
+    frame = pd.read_csv(path, keep_default_na=False)
+    assert list(frame["base_output"]) == texts and list(frame["index"]) == list(range(len(texts)))
+    assert frame["tuned_correct"].dtype == bool
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["tuned_output"] for row in rows] == texts
 
 
 def test_generations_table_refuses_misaligned_rows():
