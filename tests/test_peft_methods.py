@@ -41,6 +41,22 @@ def _params(method: str):
 NOT_FOR = "does not apply to peft.method="
 
 
+@pytest.mark.parametrize("method", ["ia3", "prompt", "prefix"])
+def test_lora_section_is_ignored_by_methods_that_do_not_read_it(method):
+    """README: the lora section's r, alpha, dropout and target_modules are read by lora, dora and rslora only and
+    left as they are by the others, so a method sweep can follow a `-S lora.r=8` experiment (whose value stays
+    in the workspace params.yaml). Accepted, and the adapter built is the same."""
+    from qlora_gsm8k.modeling import adapter_config
+
+    changed_lora = {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["o_proj"]}
+    with_defaults = parse_params({"peft": {"method": method}})
+    with_changed = parse_params({"peft": {"method": method}, "lora": changed_lora})
+    assert adapter_config(with_changed).to_dict() == adapter_config(with_defaults).to_dict()
+    assert with_changed.peft.adapted_modules(with_changed.lora) == with_defaults.peft.adapted_modules(
+        with_defaults.lora
+    )
+
+
 @pytest.mark.parametrize(
     "raw, message",
     [
