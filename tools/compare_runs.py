@@ -1,0 +1,393 @@
+"""Is run B better than run A? A paired comparison of two finished runs on the same questions, or a leaderboard of
+many runs against one baseline.
+
+A run is any git revision, branch, tag or DVC experiment name (`dvc exp show` lists them). Each run's tuned model's
+per-question answers are read through DVC from that run's dvc.lock and the cache (nothing runs again), checked to
+be the same questions decoded the same way, and compared question by question: wrong→right / right→wrong counts,
+the exact McNemar p and a paired bootstrap 95% interval of the accuracy difference. Two accuracies alone cannot say
+whether a difference is real: at 1,319 questions, 8.49% vs 7.81% is p = 0.53.
+
+    python tools/compare_runs.py main my-exp                  # B = my-exp against A = main, GSM8K
+    python tools/compare_runs.py main my-exp --set svamp --json
+    python tools/compare_runs.py --leaderboard                # HEAD's experiments against HEAD
+    python tools/compare_runs.py --leaderboard exp-a exp-b exp-c --baseline main --out reports/leaderboard
+
+The leaderboard marks the runs that beat the baseline at p < 0.05 after a Holm correction over the number of runs
+ranked, and writes leaderboard.md and leaderboard.png (accuracy with its interval per run) to --out.
+Exits 2 with one line on stderr when a run cannot be read or compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as a script: the package lives beside tools/
+    sys.path.insert(0, str(REPO_ROOT))
+
+from qlora_gsm8k.errors import USER_ERROR_EXIT_CODE, UserError, one_line  # noqa: E402
+from qlora_gsm8k.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from qlora_gsm8k.runs import (  # noqa: E402
+    DECODING_PARAMS,
+    Question,
+    QuestionsDiffer,
+    align_generations,
+    compare_generations,
+    describe_diff,
+    flatten_params,
+    jsonl_rows,
+    match_questions,
+    params_diff,
+    rank_against_baseline,
+    under,
+)
+
+DEFAULT_OUT = "reports/leaderboard"
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Where a run keeps one eval set's tuned answers: the stage that wrote them (its command in dvc.lock names the
+    files, so a rev whose dvc.yaml put them elsewhere is read right) and the params that pick its questions."""
+
+    title: str
+    stage: str
+    slice_params: tuple[str, ...]
+
+    def question(self, row: dict) -> Question:
+        # GSM8K rows carry the worked answer, SVAMP rows the bare number: either pins the reference down.
+        return Question(index=row["index"], text=row["question"], reference=str(row.get("answer", row.get("number"))))
+
+
+EVAL_SETS = {
+    "gsm8k": EvalSet("GSM8K", "evaluate@tuned", ("data",)),
+    "svamp": EvalSet("SVAMP", "evaluate_svamp@tuned", ("svamp",)),
+}
+
+
+def _option(cmd: str, name: str) -> str:
+    words = shlex.split(cmd)
+    for flag, value in zip(words, words[1:], strict=False):
+        if flag == name:
+            return value
+    raise UserError(f"the recorded command {cmd!r} has no {name}: a dvc.lock this tool does not know")
+
+
+@dataclass
+class Run:
+    """One finished run: what the user called it, its commit, its params.yaml and dvc.lock, and DVC's view of its
+    files (git-tracked ones from the commit, DVC outputs from the cache by the hashes in its dvc.lock)."""
+
+    name: str
+    sha: str
+    params: dict[str, Any]
+    lock: dict[str, Any]
+    fs: Any
+
+    @property
+    def label(self) -> str:
+        return self.name if self.sha.startswith(self.name) else f"{self.name} ({self.sha[:7]})"
+
+    def stage(self, stage: str) -> dict[str, Any]:
+        stages = self.lock.get("stages") or {}
+        if stage not in stages:
+            raise UserError(
+                f"{self.label} has no finished {stage} stage in its dvc.lock: that run did not get so far "
+                "(dvc exp run, or dvc repro and commit dvc.lock)"
+            )
+        return stages[stage]
+
+    def output_text(self, path: str) -> str:
+        if not self.fs.exists(path):
+            raise UserError(f"{self.label} has no {path}")
+        try:
+            return self.fs.read_text(path)
+        except FileNotFoundError:
+            raise UserError(
+                f"{self.label}'s {path} is not in the DVC cache: fetch it (dvc pull, or dvc exp pull REMOTE "
+                f"{self.name}) or make it again (dvc exp apply {self.name} && dvc repro)"
+            ) from None
+
+    def answers(self, eval_set: EvalSet) -> tuple[list[Question], list[dict]]:
+        """The questions of `eval_set` this run answered and its tuned model's scored answers (as written)."""
+        cmd = self.stage(eval_set.stage)["cmd"]
+        questions = [eval_set.question(r) for r in jsonl_rows(self.output_text(_option(cmd, "--eval")))]
+        if not questions:
+            raise UserError(f"{self.label} answered no {eval_set.title} questions (svamp.enabled is false there?)")
+        return questions, jsonl_rows(self.output_text(_option(cmd, "--generations-out")))
+
+    def decoding(self, eval_set: EvalSet) -> dict[str, Any]:
+        """The decoding params the answers were generated with, as dvc.lock recorded them for the stage."""
+        recorded = self.stage(eval_set.stage).get("params", {}).get("params.yaml", {})
+        return under(DECODING_PARAMS, flatten_params(recorded))
+
+
+class Project:
+    """The DVC project around the current directory, opened once; runs read through it."""
+
+    def __init__(self) -> None:
+        from dvc.exceptions import NotDvcRepoError
+        from dvc.repo import Repo
+
+        try:
+            self.repo = Repo()
+        except NotDvcRepoError:
+            raise UserError("not inside a DVC project: run this from the project's directory") from None
+
+    def experiments(self) -> list[str]:
+        """The experiments of the workspace's commit, as `dvc exp show` lists them."""
+        listed = self.repo.experiments.ls()
+        return [name or sha for runs in listed.values() for name, sha in runs]
+
+    def run(self, name: str) -> Run:
+        from dvc.api import DVCFileSystem
+        from dvc.scm import SCMError, resolve_rev
+
+        try:
+            sha = resolve_rev(self.repo.scm, name)
+        except SCMError:
+            raise UserError(
+                f"unknown revision {name!r}: no git commit, branch or tag, nor a DVC experiment of that name "
+                "(dvc exp list --all-commits shows the experiments)"
+            ) from None
+        fs = DVCFileSystem(self.repo.root_dir, rev=sha)
+        run = Run(name=name, sha=sha, params={}, lock={}, fs=fs)
+        for file in ("params.yaml", "dvc.lock"):
+            if not fs.exists(file):
+                raise UserError(f"{run.label} has no {file}: it holds no finished run (dvc repro, then commit)")
+        run.params = yaml.safe_load(fs.read_text("params.yaml")) or {}
+        run.lock = yaml.safe_load(fs.read_text("dvc.lock")) or {}
+        return run
+
+
+def compare(a: Run, b: Run, eval_set: EvalSet) -> dict[str, Any]:
+    """B against A on `eval_set`, refused (UserError) unless both answered the same questions the same way."""
+    decoding = params_diff(a.decoding(eval_set), b.decoding(eval_set))
+    if decoding:
+        raise UserError(
+            f"{a.label} and {b.label} generated their answers with different decoding, so a difference would not be "
+            f"the model's: {describe_diff(decoding)}"
+        )
+    questions_a, generations_a = a.answers(eval_set)
+    questions_b, generations_b = b.answers(eval_set)
+    differ = params_diff(a.params, b.params)
+    try:
+        order = match_questions(questions_a, questions_b)
+    except QuestionsDiffer as err:
+        slice_diff = under(eval_set.slice_params, differ)
+        why = f"; their params differ in {describe_diff(slice_diff)}" if slice_diff else ""
+        raise UserError(
+            f"{a.label} and {b.label} answered different {eval_set.title} questions ({err}){why}: "
+            "compare runs of the same eval slice"
+        ) from None
+    try:
+        rows_a = align_generations(order, generations_a, a.label)
+        rows_b = align_generations(order, generations_b, b.label)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return {
+        "set": eval_set.title,
+        "a": a.name,
+        "b": b.name,
+        "a_commit": a.sha,
+        "b_commit": b.sha,
+        **compare_generations(rows_a, rows_b),
+        "params_diff": differ,
+    }
+
+
+# --- two runs ------------------------------------------------------------------------------------------------
+def _pct(value: float) -> str:
+    return f"{value:.1%}"
+
+
+def _signed_pct(value: float) -> str:
+    return f"{value * 100:+.1f} pts"
+
+
+def pair_text(result: dict[str, Any], a: Run, b: Run) -> str:
+    lo, hi = result["ci95"]
+    lines = [
+        f"{result['set']}, {result['n']} questions: A = {a.label}, B = {b.label}",
+        f"  exact match (flexible)  A {_pct(result['accuracy_a'])}  B {_pct(result['accuracy_b'])}  "
+        f"difference {_signed_pct(result['accuracy_diff'])} (95% paired bootstrap CI {_signed_pct(lo)} … "
+        f"{_signed_pct(hi)})",
+        f"  B vs A: {result['wrong_to_right']} wrong→right, {result['right_to_wrong']} right→wrong, "
+        f"exact McNemar p = {result['mcnemar_p']:.3g}",
+        f"  exact match (strict)    A {_pct(result['accuracy_strict_a'])}  B {_pct(result['accuracy_strict_b'])}  "
+        f"{result['strict_wrong_to_right']} wrong→right, {result['strict_right_to_wrong']} right→wrong, "
+        f"p = {result['strict_mcnemar_p']:.3g}",
+        f"  answers at the token cap  A {_pct(result['hit_cap_a'])}  B {_pct(result['hit_cap_b'])}",
+    ]
+    if result["params_diff"]:
+        lines.append("  params that differ (A → B):")
+        lines += [f"    {k}: {json.dumps(v['a'])} → {json.dumps(v['b'])}" for k, v in result["params_diff"].items()]
+    else:
+        lines.append("  params: the same")
+    return "\n".join(lines)
+
+
+# --- leaderboard ---------------------------------------------------------------------------------------------
+def _params_cell(diff: dict[str, dict]) -> str:
+    text = ", ".join(f"{k}={json.dumps(v['b'])}" for k, v in diff.items())
+    return f"`{text}`" if text else "(same params)"
+
+
+def leaderboard_markdown(baseline: Run, ranked: list[dict], skipped: dict[str, str]) -> str:
+    first = ranked[0]
+    title = first["set"]
+    lines = [
+        f"# {title} leaderboard against {baseline.label}",
+        "",
+        f"{first['n']} questions; baseline exact match {_pct(first['accuracy_a'])} flexible, "
+        f"{_pct(first['accuracy_strict_a'])} strict. Each run is paired with the baseline question by question: "
+        f"Δ with its 95% paired bootstrap CI, exact McNemar p, and that p Holm-corrected over the {len(ranked)} "
+        f"runs; ✓ marks a run better than the baseline at corrected p < {ALPHA}.",
+        "",
+        "| rank | run | flexible | strict | Δ vs baseline (95% CI) | wrong→right | right→wrong | McNemar p | Holm p "
+        "| better | at cap | params vs baseline |",
+        "|---:|---|---:|---:|---|---:|---:|---:|---:|:---:|---:|---|",
+    ]
+    for rank, row in enumerate(ranked, start=1):
+        lo, hi = row["ci95"]
+        lines.append(
+            f"| {rank} | {row['run']} | {_pct(row['accuracy_b'])} | {_pct(row['accuracy_strict_b'])} | "
+            f"{_signed_pct(row['accuracy_diff'])} ({_signed_pct(lo)} … {_signed_pct(hi)}) | {row['wrong_to_right']} | "
+            f"{row['right_to_wrong']} | {row['mcnemar_p']:.3g} | {row['holm_p']:.3g} | {'✓' if row['better'] else ''} "
+            f"| {_pct(row['hit_cap_b'])} | {_params_cell(row['params_diff'])} |"
+        )
+    if skipped:
+        lines += ["", "Left out (cannot be compared with the baseline):", ""]
+        lines += [f"- {name}: {why}" for name, why in skipped.items()]
+    return "\n".join(lines) + "\n"
+
+
+def leaderboard_png(baseline: Run, ranked: list[dict], path: Path) -> None:
+    """Accuracy per run, best at the top, with the baseline's accuracy plus the paired interval of the difference
+    as its bar: a bar that crosses the baseline line is a difference these questions cannot resolve."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display, no GUI toolkit
+    from matplotlib import pyplot as plt
+    from matplotlib.ticker import PercentFormatter
+
+    base = ranked[0]["accuracy_a"]
+    fig, ax = plt.subplots(figsize=(7.0, 1.2 + 0.45 * len(ranked)), dpi=110)
+    for y, row in enumerate(ranked):
+        lo, hi = row["ci95"]
+        colour = "#2ca02c" if row["better"] else "#1f77b4"
+        ax.errorbar(
+            row["accuracy_b"],
+            y,
+            xerr=[[row["accuracy_b"] - (base + lo)], [(base + hi) - row["accuracy_b"]]],
+            fmt="o",
+            color=colour,
+            capsize=3,
+        )
+        ax.annotate(
+            f"{_pct(row['accuracy_b'])}, p {row['mcnemar_p']:.2g}",
+            (row["accuracy_b"], y),
+            xytext=(0, 7),
+            textcoords="offset points",
+            ha="center",
+            fontsize=8,
+        )
+    ax.axvline(base, color="#8c8c8c", linestyle="--", label=f"baseline {baseline.label}: {_pct(base)}")
+    ax.set_yticks(range(len(ranked)), [row["run"] for row in ranked])
+    ax.set_ylim(len(ranked) - 0.4, -0.7)  # best at the top, with room for the labels above the points
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlabel("exact match, flexible (bar: baseline + 95% paired bootstrap CI of the difference)")
+    ax.set_title(f"{ranked[0]['set']}, {ranked[0]['n']} questions; green: better at Holm p < {ALPHA}")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    # No timestamp in the file: the same numbers give the same bytes.
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def leaderboard(project: Project, names: list[str], baseline_name: str, eval_set: EvalSet, out: Path, as_json: bool):
+    explicit = bool(names)
+    names = names or project.experiments()
+    if not names:
+        raise UserError(
+            "no experiments on the workspace's commit to rank: run some (dvc exp run --queue -S …, then "
+            "python tools/run_queue.py -j 1) or name the revisions"
+        )
+    baseline = project.run(baseline_name)
+    comparisons, skipped = {}, {}
+    for name in dict.fromkeys(names):
+        try:
+            run = project.run(name)
+            if run.sha == baseline.sha:
+                continue
+            comparisons[name] = compare(baseline, run, eval_set)
+        except UserError as err:
+            # Named runs must all be comparable; of the workspace's experiments, those that are not (another
+            # eval slice, outputs gone from the cache) are listed as left out rather than hiding the rest.
+            if explicit:
+                raise
+            skipped[name] = one_line(err)
+    if not comparisons:
+        raise UserError(
+            f"no run to rank against {baseline.label}" + (f": {'; '.join(skipped.values())}" if skipped else "")
+        )
+    ranked = rank_against_baseline(comparisons, ALPHA)
+    markdown = leaderboard_markdown(baseline, ranked, skipped)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "leaderboard.md", markdown)
+    leaderboard_png(baseline, ranked, out / "leaderboard.png")
+    if as_json:
+        print(
+            json.dumps(
+                {"baseline": baseline.name, "baseline_commit": baseline.sha, "runs": ranked, "skipped": skipped},
+                indent=2,
+            )
+        )
+    else:
+        print(markdown, end="")
+        print(f"\nwritten: {out / 'leaderboard.md'}, {out / 'leaderboard.png'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("revs", nargs="*", metavar="REV", help="A B; with --leaderboard, the runs to rank")
+    parser.add_argument("--set", choices=sorted(EVAL_SETS), default="gsm8k", help="eval set (default gsm8k)")
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    parser.add_argument("--leaderboard", action="store_true", help="rank runs against --baseline")
+    parser.add_argument("--baseline", default="HEAD", help="leaderboard baseline (default HEAD, the current commit)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"leaderboard.md and .png go here (default {DEFAULT_OUT})")
+    args = parser.parse_args(argv)
+    if not args.leaderboard and len(args.revs) != 2:
+        parser.error("name two runs, A and B (or use --leaderboard)")
+    from dvc.exceptions import DvcException
+
+    eval_set = EVAL_SETS[args.set]
+    try:
+        project = Project()
+        if args.leaderboard:
+            leaderboard(project, args.revs, args.baseline, eval_set, Path(args.out), args.json)
+        else:
+            a, b = (project.run(name) for name in args.revs)
+            result = compare(a, b, eval_set)
+            print(json.dumps(result, indent=2) if args.json else pair_text(result, a, b))
+    except (UserError, DvcException) as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
