@@ -204,19 +204,13 @@ def trainer_config(params, out: Path, **overrides):
     """TRL's SFTConfig with the recipe's numbers; everything not named here is TRL's default."""
     from trl import SFTConfig
 
+    from qlora_gsm8k.training import schedule_arguments  # after trl: Unsloth's process imports unsloth first
+
     cfg = params.train
     compute_dtype = resolve_dtype(params.quant.compute_dtype)
     kwargs = dict(
         output_dir=str(out / "trainer"),
-        per_device_train_batch_size=cfg.micro_batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.epochs,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the steps, as ours passes it
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        logging_steps=cfg.logging_steps,
+        **schedule_arguments(cfg),
         seed=cfg.seed,
         data_seed=cfg.seed,
         max_length=cfg.max_length,

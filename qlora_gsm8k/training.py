@@ -154,6 +154,23 @@ class SpeedLevers:
     token_budget: float | None = None
 
 
+def schedule_arguments(cfg: TrainConfig) -> dict:
+    """The Trainer arguments train.* sets (batches, schedule, optimizer numbers), in one place: bench/peers.py gives
+    TRL's and Unsloth's trainers these same values."""
+    return {
+        "per_device_train_batch_size": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "learning_rate": cfg.learning_rate,
+        "num_train_epochs": cfg.epochs,
+        "lr_scheduler_type": cfg.lr_scheduler,
+        # transformers 5: a float below 1 is a ratio of the total steps.
+        "warmup_steps": cfg.warmup_ratio,
+        "weight_decay": cfg.weight_decay,
+        "max_grad_norm": cfg.max_grad_norm,
+        "logging_steps": cfg.logging_steps,
+    }
+
+
 def train_adapter(
     params: Params,
     train_examples: list[Example],
@@ -206,16 +223,7 @@ def train_adapter(
         print(f"resuming training from {resume_from}")
     args = TrainingArguments(
         output_dir=str(run_dir),
-        per_device_train_batch_size=cfg.micro_batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.epochs,
-        lr_scheduler_type=cfg.lr_scheduler,
-        # transformers 5: a float below 1 is a ratio of the total steps.
-        warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        logging_steps=cfg.logging_steps,
+        **schedule_arguments(cfg),
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=2,

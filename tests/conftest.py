@@ -101,7 +101,8 @@ def train_tiny_adapter(params, rows, base_dir: Path, root: Path, **kwargs) -> di
     )
 
 
-def _project_files() -> list[str]:
+def checkout_files(exclude: tuple[str, ...] = ()) -> list[str]:
+    """The checkout's files as git sees them (tracked, and untracked but not ignored), less `exclude` prefixes."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=REPO_ROOT,
@@ -109,7 +110,7 @@ def _project_files() -> list[str]:
         text=True,
         check=True,
     ).stdout.splitlines()
-    return [f for f in listed if not f.startswith(_PROJECT_EXCLUDE) and (REPO_ROOT / f).is_file()]
+    return [f for f in listed if not f.startswith(exclude) and (REPO_ROOT / f).is_file()]
 
 
 @functools.cache
@@ -220,7 +221,7 @@ def dump_params(params: dict) -> str:
 def make_project(root: Path, dataset_dir: Path, overrides: dict | None = None) -> Path:
     """A fresh git + DVC repo holding this project's pipeline, with tiny params, committed."""
     project = root / "project"
-    for rel in _project_files():
+    for rel in checkout_files(_PROJECT_EXCLUDE):
         dest = project / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / rel, dest)

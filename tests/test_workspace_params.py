@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -13,6 +12,7 @@ import yaml
 from conftest import (
     REPO_ROOT,
     apply_settings,
+    checkout_files,
     dump_params,
     git,
     readme_experiment_settings,
@@ -43,17 +43,9 @@ def test_readme_experiments_change_the_params_the_tests_depend_on():
 
 
 def _copy_of_this_checkout(dest):
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    for rel in listed:
-        if (REPO_ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO_ROOT / rel, dest / rel)
+    for rel in checkout_files():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / rel, dest / rel)
     git(dest, "init", "-q", "-b", "main")
     git(dest, "add", "-A")
     git(dest, "-c", "user.email=tests@example.com", "-c", "user.name=tests", "commit", "-q", "-m", "clone")
