@@ -8,11 +8,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from .checks import check_non_negative, check_positive
 from .errors import UserError
+from .local_paths import looks_like_path
 from .peft_methods import LoraConfig, PeftMethodConfig, check_method_keys
 
 TINY_LLAMA = "tiny-llama"
@@ -222,14 +222,10 @@ def optimizer_steps(train_rows: int, cfg: TrainConfig) -> tuple[int, int]:
     return steps, math.ceil(steps * cfg.warmup_ratio)
 
 
-def is_local_model(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or Path(name).expanduser().is_dir()
-
-
 def model_kind(name: str) -> str:
     """'tiny' (built in code), 'gguf' (a local .gguf file), 'local' (a directory) or 'hub' (a Hub id)."""
     if name == TINY_LLAMA:
         return "tiny"
     if name.lower().endswith(".gguf"):
         return "gguf"
-    return "local" if is_local_model(name) else "hub"
+    return "local" if looks_like_path(name) else "hub"

@@ -11,6 +11,7 @@ from pathlib import Path
 from .config import DataConfig
 from .errors import UserError
 from .hub import local_cache_only
+from .local_paths import looks_like_path, missing_path_error
 
 # lm-evaluation-harness gsm8k: strict-match takes the first "#### number";
 # flexible-extract takes the last number-looking span of the output.
@@ -165,14 +166,12 @@ def eval_overlap(train: list[Example], evaluated: list[Example], max_share: floa
     return len(overlapping)
 
 
-def is_local_source(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or Path(source).expanduser().is_dir()
-
-
 def load_splits(cfg: DataConfig) -> tuple[list[Example], list[Example], dict]:
     """Return (train split, test split, provenance) from a local directory or the Hugging Face Hub."""
-    if is_local_source(cfg.source):
+    if looks_like_path(cfg.source):
         root = Path(cfg.source).expanduser()
+        if not root.exists():
+            raise missing_path_error("data.source", cfg.source)
         if not root.is_dir():
             raise UserError(f"data.source {cfg.source!r} is not a directory")
         train = read_jsonl(root / "train.jsonl")

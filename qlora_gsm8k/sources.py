@@ -17,6 +17,7 @@ from .config import TINY_LLAMA, ModelConfig, model_kind
 from .context import model_context
 from .errors import UserError
 from .hub import local_cache_only
+from .local_paths import missing_path_error
 from .modeling import check_target_modules, save_base, set_distinct_pad, skeleton_from_config
 from .prompts import end_of_turn_id
 from .tiny import build_tiny_llama, build_tiny_llama_config, build_tiny_tokenizer
@@ -44,6 +45,8 @@ def _hub_kwargs(cfg: ModelConfig) -> dict:
 
 def _check_local_model_dir(name: str) -> Path:
     path = Path(name).expanduser()
+    if not path.exists():
+        raise missing_path_error("model.name", name)
     if not path.is_dir():
         raise UserError(f"model.name {name!r} is not a directory; point it at a saved model or use '{TINY_LLAMA}'")
     if not (path / "config.json").is_file():
@@ -184,6 +187,8 @@ def safetensors_parameter_count(files: list[Path]) -> int:
 
 def _check_gguf_file(name: str) -> Path:
     path = Path(name).expanduser()
+    if not path.exists():
+        raise missing_path_error("model.name", name)
     if not path.is_file():
         raise UserError(f"model.name {name!r} is not a file; point it at a .gguf model file")
     if importlib.util.find_spec("gguf") is None:

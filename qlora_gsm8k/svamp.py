@@ -14,6 +14,7 @@ from .config import SvampConfig
 from .errors import UserError
 from .gsm8k import Example, normalize_number
 from .hub import local_cache_only
+from .local_paths import looks_like_path, missing_path_error
 
 # One row of the published SVAMP.json spells its type "Common-Divison"; counted with its 165 siblings.
 _TYPE_SPELLING = {"Common-Divison": "Common-Division"}
@@ -76,7 +77,7 @@ def _read_rows(path: Path) -> list:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"svamp.source: {path} does not exist") from None
+        raise missing_path_error("svamp.source", str(path)) from None
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"svamp.source: cannot read {path}: {err}") from None
     try:
@@ -94,12 +95,8 @@ def _read_rows(path: Path) -> list:
     return rows
 
 
-def is_local_svamp(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or Path(source).expanduser().exists()
-
-
 def _local_file(cfg: SvampConfig) -> Path | None:
-    if not is_local_svamp(cfg.source):
+    if not looks_like_path(cfg.source):
         return None
     source = Path(cfg.source).expanduser()
     return source / f"{cfg.split}.json" if source.is_dir() else source

@@ -28,9 +28,10 @@ from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.config import Params, model_kind
 from qlora_gsm8k.context import check_fits_context
 from qlora_gsm8k.errors import UserError, stage_main
-from qlora_gsm8k.gsm8k import Example, eval_overlap, is_local_source, load_splits, take_slice
+from qlora_gsm8k.gsm8k import Example, eval_overlap, load_splits, take_slice
 from qlora_gsm8k.io import atomic_write_text, file_sha256, read_json, write_json
-from qlora_gsm8k.svamp import is_local_svamp, load_svamp, take_svamp_slice
+from qlora_gsm8k.local_paths import looks_like_path
+from qlora_gsm8k.svamp import load_svamp, take_svamp_slice
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -40,9 +41,9 @@ def check_revisions(params: Params) -> None:
     pinned = []
     if model_kind(params.model.name) == "hub":
         pinned.append(("model.revision", params.model.revision, params.model.name))
-    if not is_local_source(params.data.source):
+    if not looks_like_path(params.data.source):
         pinned.append(("data.revision", params.data.revision, params.data.source))
-    if params.svamp.enabled and not is_local_svamp(params.svamp.source):
+    if params.svamp.enabled and not looks_like_path(params.svamp.source):
         pinned.append(("svamp.revision", params.svamp.revision, params.svamp.source))
     for key, revision, name in pinned:
         if not _COMMIT.fullmatch(revision):

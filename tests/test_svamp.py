@@ -69,7 +69,7 @@ def test_local_file_dir_and_jsonl_sources(tmp_path):
     assert len(from_file) == 10 and provenance["kind"] == "local"
     assert len(load_svamp(SvampConfig(source=str(tmp_path), split="test"))[0]) == 4
     assert len(load_svamp(SvampConfig(source=str(tmp_path / "rows.jsonl")))[0]) == 6
-    with pytest.raises(UserError, match="train.json does not exist"):
+    with pytest.raises(UserError, match="train.json': no such local file or directory; nearest existing: .*test.json"):
         load_svamp(SvampConfig(source=str(tmp_path), split="train"))
 
 

@@ -226,7 +226,7 @@ def _bad_sources(dataset_dir: Path, root: Path) -> dict[str, tuple[Path, list[st
     )
     not_object = _corrupt_copy(dataset_dir, root / "not-object", "train", 7, "[1, 2]")
     return {
-        "missing-dir": (missing, [f"data.source '{missing}' is not a directory"]),
+        "missing-dir": (missing, [f"data.source '{missing}': no such local file or directory", "no-test/"]),
         "missing-file": (no_test, [f"{no_test / 'test.jsonl'} does not exist"]),
         "unreadable-file": (not_a_file, [f"cannot read {not_a_file / 'train.jsonl'}"]),
         "not-utf8": (not_utf8, [f"{not_utf8 / 'train.jsonl'}:", "not UTF-8 text"]),
@@ -365,7 +365,7 @@ def test_local_model_that_is_not_a_model_fails_in_one_line(case, tmp_path, datas
         torch.save({"w": torch.zeros(2)}, model_dir / "model.safetensors")
         expected = f"{model_dir / 'model.safetensors'} is not a safetensors file"
     elif case == "missing-dir":
-        expected = f"model.name '{model_dir}' is not a directory"
+        expected = f"model.name '{model_dir}': no such local file or directory"
     elif case == "no-config":
         model_dir.mkdir()
         expected = f"model.name '{model_dir}' is not a model directory (no config.json)"
@@ -541,7 +541,7 @@ def _dvc_cases(dataset_dir: Path, root: Path) -> dict[str, tuple[dict, str]]:
         "out-of-range": ({"train": {"learning_rate": 0}}, "train.learning_rate must be > 0"),
         "wrong-type": ({"data": {"eval_size": "many"}}, "data.eval_size must be int"),
         "slice-too-large": ({"data": {"train_size": 301}}, "exceeds the 300 rows"),
-        "missing-source": ({"data": {"source": str(sources["missing-dir"][0])}}, "is not a directory"),
+        "missing-source": ({"data": {"source": str(sources["missing-dir"][0])}}, "no such local file or directory"),
         "malformed-jsonl": ({"data": {"source": str(sources["malformed-jsonl"][0])}}, "train.jsonl:3: malformed JSON"),
         "no-answer": ({"data": {"source": str(sources["no-#### answer"][0])}}, "test.jsonl:5: 'answer' has no '####"),
         "target-modules": ({"lora": {"target_modules": ["q_proj", "qkv"]}}, "lora.target_modules ['qkv'] not found"),
