@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -94,7 +95,18 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     unknown = sorted(set(raw) - set(names), key=str)  # YAML keys need not be strings (1:, null:)
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise UserError(f"unknown param {where}{unknown[0]}; allowed {prefix or 'sections'}: {', '.join(names)}")
+        key = f"{where}{unknown[0]}"
+        typed = str(unknown[0])
+        # a near spelling (lora.dropuot), else a longer name for a key (lora.rank for r)
+        close = (
+            difflib.get_close_matches(typed, names, n=1, cutoff=0.6)
+            or [n for n in names if typed.startswith(n) or n.startswith(typed)][:1]
+        )
+        guess = f" (did you mean {where}{close[0]}?)" if close else ""
+        raise UserError(
+            f"unknown param {key}{guess}; allowed {prefix or 'sections'}: {', '.join(names)}; remove it from "
+            f"params.yaml (dvc exp run -S +{key}=... writes it there and leaves it)"
+        )
     kwargs = {}
     for name in names:
         if name not in raw:

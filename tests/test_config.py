@@ -49,6 +49,10 @@ def test_empty_params_are_the_defaults():
         ({"eval": {"batchsize": 4}}, ["eval.batchsize", "batch_size"]),
         # YAML keys of mixed types (an int and a string) must still give the one-line error
         ({"lora": {1: 2, "rank": 8}}, ["unknown param lora.1", "allowed lora: r"]),
+        (
+            {"lora": {"rank": 8}},
+            ["unknown param lora.rank (did you mean lora.r?)", "remove it from params.yaml", "-S +lora.rank=..."],
+        ),
     ],
 )
 def test_unknown_key_names_it_and_the_allowed_ones(raw, needles):

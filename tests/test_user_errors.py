@@ -185,6 +185,20 @@ def test_every_stage_refuses_a_typo_before_doing_anything(project):
         assert files() == before, f"stage {name} wrote files before failing"
 
 
+@pytest.mark.slow
+def test_a_typo_on_the_command_line_is_refused_and_says_how_to_undo_it(project):
+    """README: DVC itself refuses `-S lora.rank=8`; with its suggested `+lora.rank=8` the typo lands in params.yaml,
+    and our check names the likely key and says to remove the line again."""
+    refused = dvc(project, "exp", "run", "-S", "lora.rank=8", check=False)
+    assert refused.returncode != 0 and "Could not override 'lora.rank'" in refused.stdout + refused.stderr
+    appended = dvc(project, "exp", "run", "-S", "+lora.rank=8", check=False)
+    output = appended.stdout + appended.stderr
+    assert appended.returncode != 0
+    assert "unknown param lora.rank (did you mean lora.r?)" in output
+    assert "remove it from params.yaml" in output
+    assert "rank: 8" in (project / "params.yaml").read_text()  # what the README says stays behind
+
+
 # --- data: missing, unreadable, malformed, no '####' ------------------------------------------------------------
 
 
