@@ -164,6 +164,7 @@ class Workflow:
     def queued_sweep(self, *set_params: str) -> dict:
         """Queue one experiment per value (`-S key=a,b`), run the queue, and read the results."""
         self.reset()
+        params_before = (self.project / "params.yaml").read_text()
         queued = self.exp_run("--queue", *(arg for value in set_params for arg in ("-S", value)))
         names = exp_names(queued, r"Queued experiment '([^']+)'")
         # As the README runs a queue: tools/run_queue.py starts a worker again when DVC's exits early (a second
@@ -180,6 +181,8 @@ class Workflow:
             dvc(self.project, "queue", "stop", check=False)
         show = json.loads(dvc(self.project, "exp", "show", "--json").stdout)
         csv = dvc(self.project, "exp", "show", "--csv").stdout
+        # README: queued runs leave the workspace's params.yaml as it was (a plain `exp run -S` writes into it)
+        assert (self.project / "params.yaml").read_text() == params_before
         return {"names": names, "status": status, "logs": logs, "show": show, "csv": csv}
 
     def sweep(self) -> dict:
