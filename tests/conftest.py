@@ -145,6 +145,12 @@ def readme_experiment_settings() -> list[list[str]]:
     return [[words[i + 1] for i, word in enumerate(words) if word == "-S"] for words in map(shlex.split, commands)]
 
 
+def readme_baseline_commit() -> str:
+    """The README's "commit your first run as the baseline" command, as printed (its comment cut off)."""
+    line = next(line for line in (REPO_ROOT / "README.md").read_text().splitlines() if line.startswith("git add params"))
+    return line.split("   #", 1)[0].strip()
+
+
 def apply_settings(raw: dict, settings: list[str]) -> dict:
     """`key=value` settings applied as `dvc exp run -S` applies them to params.yaml. A sweep (`a,b,c`) is only
     queued (`--queue`), which leaves the workspace as it was: skipped."""
@@ -247,6 +253,10 @@ def reproduced_project(tmp_path_factory, dataset_dir) -> Path:
     """One full `dvc repro` of the tiny pipeline, committed, shared by the tests that only read it."""
     project = make_project(tmp_path_factory.mktemp("reproduced"), dataset_dir)
     result = dvc(project, "repro")
+    # The README's baseline commit, as printed, then what git still sees (test_pipeline asserts it is nothing)
+    run(["bash", "-c", readme_baseline_commit()], cwd=project)
+    status = git(project, "status", "--porcelain", "--untracked-files=all").stdout
+    project.joinpath(".status-after-baseline.txt").write_text(status)
     project.joinpath(".repro-output.txt").write_text(result.stdout + result.stderr)
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "repro")

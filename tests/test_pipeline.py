@@ -116,3 +116,10 @@ def test_repro_outputs_load_as_users_load_them(reproduced_project):
     for image in ("reports/plots/accuracy.png", "reports/plots/flips.png", "reports/plots/svamp_by_type.png",
                   "dvclive/train/plots/images/loss.png"):  # fmt: skip
         assert (project / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
+
+
+@pytest.mark.slow
+def test_the_readmes_baseline_commit_leaves_git_status_clean(reproduced_project):
+    """After the first `dvc repro`, the README's `git add … && git commit` commits every file the run wrote that git
+    should hold, and DVC's .gitignore files hold every file it should not: `git status` shows nothing."""
+    assert (reproduced_project / ".status-after-baseline.txt").read_text() == ""
