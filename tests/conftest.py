@@ -147,7 +147,8 @@ def readme_experiment_settings() -> list[list[str]]:
 
 def readme_baseline_commit() -> str:
     """The README's "commit your first run as the baseline" command, as printed (its comment cut off)."""
-    line = next(line for line in (REPO_ROOT / "README.md").read_text().splitlines() if line.startswith("git add params"))
+    lines = (REPO_ROOT / "README.md").read_text().splitlines()
+    line = next(line for line in lines if line.startswith("git add params"))
     return line.split("   #", 1)[0].strip()
 
 
