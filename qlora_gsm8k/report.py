@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
 
+from .config import model_kind
 from .gsm8k import Example
 from .paired import paired_comparison
 from .svamp import SvampRow
@@ -96,21 +98,72 @@ def flips_plot_rows(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([{"outcome": k, "questions": int(counts.get(k, 0))} for k in FLIP_OUTCOMES])
 
 
+_NUMBER_CHARS = 24
+_OUTPUT_CHARS = 3000
+# Control characters other than newline and tab: a garbage answer (a random-weight model's) would put raw bytes
+# such as \x13 or a bare \r into a Markdown file.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def _number(value) -> str:
-    """An extracted number for the report; pandas stores a missing one as NaN, which must not read as 'nan'."""
-    return "no number" if value is None or pd.isna(value) else str(value)
+    """An extracted number for the report; pandas stores a missing one as NaN, which must not read as 'nan'.
+    A number a garbage answer strings together (300 digits) is clipped, saying how long it was."""
+    if value is None or pd.isna(value):
+        return "no number"
+    text = str(value)
+    return text if len(text) <= _NUMBER_CHARS else f"{text[:_NUMBER_CHARS]}… ({len(text)} characters)"
+
+
+def _printable(text: str) -> str:
+    return _CONTROL.sub(lambda m: "\\r" if m.group() == "\r" else f"\\x{ord(m.group()):02x}", text)
 
 
 def _block(text: str) -> str:
-    return "```\n" + str(text).replace("```", "ʼʼʼ").strip() + "\n```"
+    text = _printable(str(text).replace("```", "ʼʼʼ").strip())
+    if len(text) > _OUTPUT_CHARS:
+        text = f"{text[:_OUTPUT_CHARS]}\n… ({len(text) - _OUTPUT_CHARS} more characters)"
+    return "```\n" + text + "\n```"
 
 
-def markdown_report(table: pd.DataFrame, metrics: dict, samples: int, svamp: dict | None = None) -> str:
-    """GSM8K's flips and a sample side by side; `svamp` (svamp_metrics) adds its section after the summary."""
+def run_context(params) -> list[str]:
+    """What produced the numbers: model, data slices, method and its key settings, decoding (Markdown lines)."""
+    data, train, peft, lora, cfg = params.data, params.train, params.peft, params.lora, params.eval
+    method = peft.method
+    if method in ("lora", "dora", "rslora"):
+        method += f" r {lora.r}, alpha {lora.alpha}, on {', '.join(lora.target_modules)}"
+    revision = f" @ {params.model.revision[:12]}" if model_kind(params.model.name) == "hub" else ""
+    return [
+        f"Model `{params.model.name}`{revision}; data `{data.source}`: {data.train_size} train rows from "
+        f"{data.train_offset}, {data.eval_size} eval rows from {data.eval_offset}. {method}; lr {train.learning_rate}, "
+        f"{train.epochs:g} epoch(s), micro-batch {train.micro_batch_size}. Greedy answers up to "
+        f"{cfg.max_new_tokens} tokens in {cfg.dtype}; the tuned model merged into the {cfg.merge_into} weights.",
+        "",
+    ]
+
+
+def perplexity_line(perplexity: dict) -> list[str]:
+    """Response perplexity base → tuned: on a small slice often the one number that moves."""
+    if not perplexity:
+        return []
+    base, tuned = perplexity["base"]["perplexity"], perplexity["tuned"]["perplexity"]
+    return [f"Response perplexity (lower is better): base {base:.3f} → tuned {tuned:.3f} ({tuned - base:+.3f}).", ""]
+
+
+def markdown_report(
+    table: pd.DataFrame,
+    metrics: dict,
+    samples: int,
+    svamp: dict | None = None,
+    perplexity: dict | None = None,
+    context: list[str] | None = None,
+) -> str:
+    """GSM8K's flips and a sample side by side; `svamp` (svamp_metrics) adds its section after the summary;
+    `perplexity` (both models' metrics) and `context` (run_context) say what the numbers are and what made them."""
     paired = metrics["paired"]
     lines = [
         "# Base vs tuned on the eval slice",
         "",
+        *(context or []),
         f"{paired['examples']} questions. Exact match (flexible): base {table.base_correct.mean():.3f}, "
         f"tuned {table.tuned_correct.mean():.3f}; difference {paired['accuracy_diff']:+.3f} "
         f"(95% paired bootstrap CI {paired['accuracy_diff_ci95_low']:+.3f} … "
@@ -118,6 +171,7 @@ def markdown_report(table: pd.DataFrame, metrics: dict, samples: int, svamp: dic
         f"Flips: {paired['flips_wrong_to_right']} wrong→right, {paired['flips_right_to_wrong']} right→wrong; "
         f"exact McNemar p = {paired['mcnemar_p']:.3g}.",
         "",
+        *perplexity_line(perplexity or {}),
     ]
     if svamp is not None:
         lines += svamp_section(svamp)

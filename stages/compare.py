@@ -15,6 +15,7 @@ from qlora_gsm8k.report import (
     generations_table,
     markdown_report,
     read_generations,
+    run_context,
     svamp_metrics,
     table_csv,
 )
@@ -51,7 +52,10 @@ def main() -> None:
     write_json(args.metrics_out, metrics)
     write_json(args.svamp_metrics_out, svamp)
     atomic_write_text(args.table_out, table_csv(table))
-    atomic_write_text(args.report_out, markdown_report(table, metrics, params.eval.report_samples, svamp))
+    report = markdown_report(
+        table, metrics, params.eval.report_samples, svamp, perplexity=perplexity, context=run_context(params)
+    )
+    atomic_write_text(args.report_out, report)
     plots = Path(args.plots_dir)
     accuracy, flips = accuracy_plot_rows(table), flips_plot_rows(table)
     atomic_write_text(plots / "accuracy.csv", accuracy.to_csv(index=False))

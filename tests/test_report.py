@@ -197,6 +197,34 @@ def test_markdown_report_no_flips_and_fences(table):
     assert "```\n# injected" not in w2r
 
 
+def test_markdown_report_says_what_made_the_numbers_and_the_perplexity(table):
+    from qlora_gsm8k.params_file import parse_params
+    from qlora_gsm8k.report import run_context
+
+    params = parse_params(
+        {"peft": {"method": "rslora"}, "lora": {"r": 16, "alpha": 32}, "eval": {"max_new_tokens": 256}}
+    )
+    report = markdown_report(
+        table, compare_metrics(table, PERPLEXITY), samples=0, perplexity=PERPLEXITY, context=run_context(params)
+    )
+    assert f"Model `{params.model.name}` @ {params.model.revision[:12]}" in report
+    assert "rslora r 16, alpha 32, on q_proj, v_proj" in report and "up to 256 tokens" in report
+    assert "Response perplexity (lower is better): base 12.000 → tuned 4.000 (-8.000)." in report
+    local = run_context(parse_params({"model": {"name": "/models/smollm2"}}))[0]
+    assert "`/models/smollm2`;" in local  # a local model has no revision to show
+
+
+def test_markdown_report_clips_garbage_numbers_and_escapes_control_characters(table):
+    garbage = table.copy()
+    garbage.loc[0, "tuned_output"] = "noise\x13 and a bare\rreturn " + "7" * 5000
+    garbage.loc[0, "tuned_number"] = "8" * 300
+    report = markdown_report(garbage, compare_metrics(garbage, {}), samples=0)
+    assert "\x13" not in report and "\r" not in report
+    assert "noise\\x13 and a bare\\rreturn" in report
+    assert "(300 characters)" in report and "8" * 25 not in report
+    assert "more characters)" in report
+
+
 def test_read_generations_roundtrip(tmp_path):
     rows = _scored(1)
     (tmp_path / "g.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
