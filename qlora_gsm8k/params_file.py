@@ -99,8 +99,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         typed = str(unknown[0])
         # a near spelling (lora.dropuot), else a longer name for a key (lora.rank for r)
         close = (
-            difflib.get_close_matches(typed, names, n=1, cutoff=0.6)
-            or [n for n in names if typed.startswith(n) or n.startswith(typed)][:1]
+            difflib.get_close_matches(typed, names, n=1, cutoff=0.6) or [n for n in names if typed.startswith(n)][:1]
         )
         guess = f" (did you mean {where}{close[0]}?)" if close else ""
         raise UserError(

@@ -12,6 +12,7 @@ import pandas as pd
 from .config import model_kind
 from .gsm8k import Example
 from .paired import paired_comparison
+from .peft_methods import LORA_METHODS
 from .svamp import SvampRow
 
 
@@ -129,7 +130,7 @@ def run_context(params) -> list[str]:
     """What produced the numbers: model, data slices, method and its key settings, decoding (Markdown lines)."""
     data, train, peft, lora, cfg = params.data, params.train, params.peft, params.lora, params.eval
     method = peft.method
-    if method in ("lora", "dora", "rslora"):
+    if method in LORA_METHODS:
         method += f" r {lora.r}, alpha {lora.alpha}, on {', '.join(lora.target_modules)}"
     revision = f" @ {params.model.revision[:12]}" if model_kind(params.model.name) == "hub" else ""
     return [
