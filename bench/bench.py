@@ -230,6 +230,7 @@ def train_ours(
     compile_whole_model: bool = False,
     quantize: bool = True,
     token_budget: float | None = None,
+    record_graphs: bool = True,
 ) -> dict:
     import qlora_gsm8k.modeling as modeling
     import qlora_gsm8k.training as training
@@ -259,6 +260,7 @@ def train_ours(
                 pad_to_multiple_of=pad_to_multiple_of,
                 quantize=quantize,
                 token_budget=token_budget,
+                record_graphs=record_graphs,
             ),
         )
     finally:
@@ -270,6 +272,9 @@ def train_ours(
         "peak_gib": _peak(),
         "losses": recorder.losses,
         "liger_kernel": metrics["liger_kernel"],
+        "cuda_graphs": metrics["cuda_graphs"],
+        "graph_replay_ms": metrics.get("graph_replay_ms"),
+        "graph_shapes": metrics.get("graph_shapes"),
         "steps": metrics["steps"],
         "params_train": dataclasses.asdict(params.train),
     }

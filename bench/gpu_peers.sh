@@ -15,6 +15,7 @@
 # (30 s after a call): installs in /tmp/site (+ Unsloth's pins in /tmp/site-unsloth, first on PYTHONPATH for
 # the unsloth process only), GGUF parts in /tmp/smol, results in /tmp/peers/<model>, reused by the next call
 # (peers.py --reuse). Each call copies peers.json, peers.md, peers_loss.png and logs.tar.gz to $OUT/<model>.
+# PEERS_SYSTEMS (default: peers.py's list): the systems to run, comma-separated, in that order.
 # PEERS_BUDGET_S (default 570): this call's seconds; no new system starts when its expected length would
 # overrun it, and the script ends with what ran.
 set -euo pipefail
@@ -118,7 +119,7 @@ peers() {
   local stop=$((left - longest))
   if [ "$stop" -le 0 ]; then echo "no time left in this call for $model ($left s)"; return 0; fi
   timeout --signal=TERM $((left - 15)) python3 bench/peers.py --out "/tmp/peers/$model" --reuse --stop-after "$stop" \
-    --unsloth-pythonpath /tmp/site-unsloth --data /tmp/peers-data/gsm8k "$@" || echo "peers.py exited $?"
+    ${PEERS_SYSTEMS:+--systems "$PEERS_SYSTEMS"} --unsloth-pythonpath /tmp/site-unsloth --data /tmp/peers-data/gsm8k "$@" || echo "peers.py exited $?"
   copy_out "$model"
 }
 

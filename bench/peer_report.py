@@ -31,6 +31,15 @@ def _percent(value) -> str:
     return "—" if value is None else f"{100 * value:.2f}%"
 
 
+def _graphs(settings: dict) -> str:
+    """CUDA graphs: on with the recorded shapes and a replay's median GPU time, or off."""
+    if not settings.get("cuda_graphs"):
+        return _flag(settings.get("cuda_graphs"))
+    replay = settings.get("graph_replay_ms")
+    shapes = settings.get("graph_shapes")
+    return "on" + (f" ({shapes} shapes, replay {replay:.1f} ms)" if replay is not None else " (not recorded)")
+
+
 def _flag(value) -> str:
     return {True: "on", False: "off", None: "—"}.get(value, str(value))
 
@@ -83,9 +92,9 @@ def table(results: dict) -> str:
         "",
         "What each system used (read from the model and the trainer when its training ended):",
         "",
-        "| system | gradient checkpointing | padding-free | Liger | double quant | compute / adapter dtype | attention "
-        "| rows tokenized as ours | trl |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| system | gradient checkpointing | padding-free | CUDA graphs | Liger | double quant "
+        "| compute / adapter dtype | attention | rows tokenized as ours | trl |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in systems.items():
         train = row.get("train", {})
@@ -96,7 +105,7 @@ def table(results: dict) -> str:
         checkpointing = settings.get("use_gradient_checkpointing") or used.get("model_is_gradient_checkpointing")
         lines.append(
             f"| {name} | {_flag(checkpointing)} | {_flag(settings.get('padding_free_used'))} | "
-            f"{_flag(settings.get('liger_kernel'))} | {_flag(used.get('double_quant'))} | "
+            f"{_graphs(settings)} | {_flag(settings.get('liger_kernel'))} | {_flag(used.get('double_quant'))} | "
             f"{used.get('compute_dtype')} / {used.get('adapter_dtype')} | {used.get('attn_implementation')} | "
             f"{check['rows_with_our_ids_and_labels']} of {check['rows']} | {trl} |"
         )

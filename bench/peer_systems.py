@@ -263,17 +263,25 @@ def finish(recorder, rows: dict, params, adapter: Path, settings: dict) -> dict:
     }
 
 
-def train_ours(params, base_dir: Path, encoded, examples, out: Path) -> dict:
-    """This project's train stage code with its defaults (bench/bench.py's train_ours)."""
+def train_ours(params, base_dir: Path, encoded, examples, out: Path, changes=None, **levers) -> dict:
+    """This project's train stage code with its defaults (bench/bench.py's train_ours); `changes` to params.yaml's
+    train section and bench levers for the variants of issue 27 (ours-graphs and its parts)."""
     from bench.bench import train_ours as bench_train_ours
 
     recorder = loop_recorder()
-    metrics = bench_train_ours(params, base_dir, examples, out, "ours", extra_callbacks=[recorder])
+    metrics = bench_train_ours(
+        params, base_dir, examples, out, "ours", changes=changes, extra_callbacks=[recorder], **levers
+    )
     rows = compare_rows([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded], encoded)
     tokenizer = load_tokenizer(base_dir)
     settings = {
         "trainer": "qlora_gsm8k.training.train_adapter (the train stage's code)",
         "liger_kernel": metrics["liger_kernel"],
+        "cuda_graphs": metrics["cuda_graphs"],
+        "graph_replay_ms": metrics.get("graph_replay_ms"),
+        "graph_shapes": metrics.get("graph_shapes"),
+        "changes": changes or {},
+        "levers": levers,
         "padding_free_used": False,
         "group_by_length": params.train.group_by_length,
         "eos_token": tokenizer.eos_token,
@@ -354,6 +362,15 @@ def train_unsloth(params, base_dir: Path, encoded, examples, chat, out: Path, lo
 
 SYSTEMS = {
     "ours": lambda p, b, enc, ex, chat, out: train_ours(p, b, enc, ex, out),
+    # Issue 27's levers: each step recorded as a CUDA graph (fixed shapes, chunked LM head and loss), with and
+    # without Liger's RMSNorm/SwiGLU kernels; and the same fixed shapes and loss run eagerly (what the graph adds).
+    "ours-graphs": lambda p, b, enc, ex, chat, out: train_ours(p, b, enc, ex, out, {"train": {"cuda_graphs": True}}),
+    "ours-graphs-noliger": lambda p, b, enc, ex, chat, out: train_ours(
+        p, b, enc, ex, out, {"train": {"cuda_graphs": True, "liger_kernel": False}}
+    ),
+    "ours-static-eager": lambda p, b, enc, ex, chat, out: train_ours(
+        p, b, enc, ex, out, {"train": {"cuda_graphs": True}}, record_graphs=False
+    ),
     "trl-defaults": lambda p, b, enc, ex, chat, out: train_trl(p, b, enc, ex, chat, out, tuned=False),
     "trl-tuned": lambda p, b, enc, ex, chat, out: train_trl(p, b, enc, ex, chat, out, tuned=True),
     "unsloth": lambda p, b, enc, ex, chat, out: train_unsloth(p, b, enc, ex, chat, out, lora_dropout=None),

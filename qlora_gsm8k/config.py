@@ -114,6 +114,11 @@ class TrainConfig:
     # torch.compile each decoder layer (CUDA only): fuses the many small kernels whose CPU launch cost bounds
     # a QLoRA step on a large GPU; costs compile time once per run (see bench/RESULTS.md).
     compile: bool = False
+    # Each training step's forward, loss and backward recorded once per batch shape as a CUDA graph and replayed
+    # (qlora_gsm8k/step_graphs.py): batches padded to multiples of 128 tokens, the LM head and loss chunked.
+    # auto: where it can run (one CUDA GPU, bf16/fp32, LoRA-family methods), else one line says why not; true:
+    # required.
+    cuda_graphs: bool | Literal["auto"] = False
 
     def validate(self) -> None:
         if not self.learning_rate > 0:

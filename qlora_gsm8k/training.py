@@ -37,6 +37,7 @@ from .modeling import (
 )
 from .preflight import preflight
 from .prompts import ChatFormat, Collator, Encoded, encode_examples, stop_token_ids
+from .step_graphs import StaticShapeCollator, graphed_steps_for
 
 
 class EncodedDataset(torch.utils.data.Dataset):
@@ -114,9 +115,21 @@ def _mean_logged_loss(log_history: list[dict]) -> float | None:
 COUNT_PARAMETERS_ONCE = True
 
 
-def _trainer_class(trainer_cls, batch_sampler=None):
+def _trainer_class(trainer_cls, batch_sampler=None, graphed_steps=None):
     class Trainer(trainer_cls):
         _counted_parameters: int | None = None
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            if graphed_steps is None:
+                return super().training_step(model, inputs, num_items_in_batch)
+            model.train()
+            inputs = self._prepare_inputs(inputs)
+            labels = inputs["labels"]
+            # The HF Trainer's normalisation: by the label tokens of the whole accumulated batch when it counted
+            # them, else this micro-batch's mean over its accumulation steps.
+            if num_items_in_batch is None:
+                num_items_in_batch = (labels[:, 1:] != -100).sum() * self.current_gradient_accumulation_steps
+            return graphed_steps(inputs["input_ids"], labels, 1.0 / num_items_in_batch)
 
         def floating_point_ops(self, inputs) -> int:
             if not COUNT_PARAMETERS_ONCE:
@@ -152,6 +165,7 @@ class SpeedLevers:
     pad_to_multiple_of: int = 1
     quantize: bool = True  # False: LoRA on the 16-bit base, the ceiling of a fused 4-bit kernel
     token_budget: float | None = None
+    record_graphs: bool = True  # False: train.cuda_graphs' step arithmetic without recording graphs (CPU tests)
 
 
 def schedule_arguments(cfg: TrainConfig) -> dict:
@@ -216,6 +230,9 @@ def train_adapter(
     model = get_peft_model(model, adapter_config(params))
     if use_compile:
         (compile_whole_forward if levers.compile_whole_model else compile_decoder_layers)(model, levers.compile_mode)
+    graphed_steps = graphed_steps_for(model, cfg, compute_dtype, use_compile, levers.record_graphs)
+    if graphed_steps is not None:
+        collator = StaticShapeCollator(tokenizer.pad_token_id, cfg.micro_batch_size)
 
     run_dir = checkpoint_root / run_fingerprint(params, encoded, base_dir)
     resume_from = last_checkpoint(run_dir)
@@ -247,12 +264,14 @@ def train_adapter(
     )
     batches = None
     if levers.token_budget:
+        if graphed_steps is not None:
+            raise UserError("token-budget batches vary their rows; train.cuda_graphs records fixed shapes")
         if cfg.num_gpus > 1:
             raise UserError("token-budget batches are measured on one GPU only")
         lengths = [len(e.input_ids) for e in encoded]
         max_tokens = round(levers.token_budget * cfg.micro_batch_size * sum(lengths) / len(lengths))
         batches = TokenBudgetBatchSampler(lengths, max_tokens, cfg.seed, levers.pad_to_multiple_of)
-    trainer = _trainer_class(Trainer, batches)(
+    trainer = _trainer_class(Trainer, batches, graphed_steps)(
         model=model,
         args=args,
         train_dataset=EncodedDataset(encoded),
@@ -299,7 +318,11 @@ def train_adapter(
         "compute_dtype": str(compute_dtype).removeprefix("torch."),
         "liger_kernel": use_liger,
         "compile": use_compile,
+        "cuda_graphs": graphed_steps is not None,
     }
+    if graphed_steps is not None and graphed_steps.record:
+        metrics["graph_replay_ms"] = graphed_steps.replay_ms()
+        metrics["graph_shapes"] = len(graphed_steps.shapes)
     if torch.cuda.is_available():
         metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     if keep_checkpoints:

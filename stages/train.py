@@ -19,7 +19,7 @@ from qlora_gsm8k.io import atomic_directory, write_json
 from qlora_gsm8k.plots import curve_png
 from qlora_gsm8k.training import train_adapter
 
-RUN_SETTINGS = ("device", "compute_dtype", "liger_kernel", "compile")
+RUN_SETTINGS = ("device", "compute_dtype", "liger_kernel", "compile", "cuda_graphs")
 
 
 @stage_main(resumes=True)
