@@ -362,6 +362,8 @@ def train_unsloth(params, base_dir: Path, encoded, examples, chat, out: Path, lo
 
 SYSTEMS = {
     "ours": lambda p, b, enc, ex, chat, out: train_ours(p, b, enc, ex, out),
+    # The eager step (train.cuda_graphs=false): the default before run 2 (bench/PEERS.md), `ours` in runs 1-2.
+    "ours-eager": lambda p, b, enc, ex, chat, out: train_ours(p, b, enc, ex, out, {"train": {"cuda_graphs": False}}),
     # Issue 27's levers: each step recorded as a CUDA graph (fixed shapes, chunked LM head and loss), with and
     # without Liger's RMSNorm/SwiGLU kernels; and the same fixed shapes and loss run eagerly (what the graph adds).
     "ours-graphs": lambda p, b, enc, ex, chat, out: train_ours(p, b, enc, ex, out, {"train": {"cuda_graphs": True}}),

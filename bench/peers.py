@@ -3,6 +3,7 @@ own process, and (SmolLM2) each adapter scored by our evaluator. Method and GPU 
 
 Systems (--systems, comma-separated):
 - ours: the train stage's code with its defaults (qlora_gsm8k.training.train_adapter via bench.bench.train_ours);
+  ours-eager / ours-graphs: with train.cuda_graphs false / true; ours-graphs-noliger, ours-static-eager: its parts;
 - trl-defaults: TRL's SFTTrainer + PEFT LoraConfig on the bitsandbytes NF4 base, TRL's defaults (gradient
   checkpointing on, padded batches);
 - trl-tuned: the same, as TRL's docs advise for speed: no gradient checkpointing, padding_free, Liger kernels

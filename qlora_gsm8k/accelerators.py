@@ -1,4 +1,5 @@
-"""Optional GPU speed-ups of training: Liger's Triton kernels and torch.compile of the decoder layers."""
+"""Optional GPU speed-ups of training: Liger's Triton kernels, torch.compile of the decoder layers, and what
+train.cuda_graphs needs of the machine (the graphs themselves: step_graphs.py)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,15 @@ def compile_enabled(cfg: TrainConfig) -> bool:
     if cfg.compile and device().type != "cuda":
         raise UserError("train.compile is true but needs a CUDA GPU; set -S train.compile=false")
     return cfg.compile
+
+
+def cuda_graphs_possible(cfg: TrainConfig) -> bool:
+    """Whether train.cuda_graphs may record graphs on this machine (a CUDA GPU); true without one is refused. The
+    run's other conditions (its length, method, precision) are step_graphs.graphed_steps_for's."""
+    on_gpu = device().type == "cuda"
+    if cfg.cuda_graphs is True and not on_gpu:
+        raise UserError("train.cuda_graphs is true but it needs a CUDA GPU; set -S train.cuda_graphs=auto")
+    return cfg.cuda_graphs is not False and on_gpu
 
 
 def compile_decoder_layers(model, mode: str | None = None) -> int:

@@ -116,9 +116,9 @@ class TrainConfig:
     compile: bool = False
     # Each training step's forward, loss and backward recorded once per batch shape as a CUDA graph and replayed
     # (qlora_gsm8k/step_graphs.py): batches padded to multiples of 128 tokens, the LM head and loss chunked.
-    # auto: where it can run (one CUDA GPU, bf16/fp32, LoRA-family methods), else one line says why not; true:
-    # required.
-    cuda_graphs: bool | Literal["auto"] = False
+    # auto: on runs of >= 200 micro-batches where it can run (one CUDA GPU, bf16/fp32, LoRA-family methods), else
+    # one line says why not; true: required, whatever the run's length.
+    cuda_graphs: bool | Literal["auto"] = "auto"
 
     def validate(self) -> None:
         if not self.learning_rate > 0:

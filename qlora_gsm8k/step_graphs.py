@@ -20,11 +20,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .accelerators import cuda_graphs_possible
 from .prompts import IGNORE_INDEX, Encoded, pad_batch
 
 SHAPE_BUCKET = 128  # tokens; 512-token rows give at most 4 recorded graphs
 LOSS_CHUNK_TOKENS = 4096  # logits of 4,096 tokens x 49k vocab in float32: 0.8 GB at a time
 WARMUP_STEPS = 2  # eager runs on a side stream before recording (cuBLAS handles, Triton autotuning)
+# train.cuda_graphs=auto records graphs only for runs of at least this many micro-batches: recording a shape costs
+# about three eager steps, repaid over the steps that replay it (H200, bench/PEERS.md run 2: 0.94x ours at 63
+# steps and 1.03x at 234 on the TinyLlama architecture; 2.40x at 234 and 2.37x at 702 on SmolLM2-135M).
+MIN_MICRO_BATCHES = 200
 
 
 class StaticShapeCollator:
@@ -199,15 +204,24 @@ class GraphedSteps:
         return times[len(times) // 2]
 
 
-def graphed_steps_for(model, cfg, compute_dtype: torch.dtype, compiled: bool, record: bool = True):
+def graphed_steps_for(
+    model, cfg, compute_dtype: torch.dtype, compiled: bool, micro_batches: int, record: bool = True
+) -> GraphedSteps | None:
     """The run's GraphedSteps, or None with one line saying why its steps run eagerly (train.cuda_graphs=auto);
-    train.cuda_graphs=true refuses instead. `cfg`: the TrainConfig. record=False: the graph path's arithmetic
-    without recording, on any device (how CPU tests run it through the Trainer)."""
+    train.cuda_graphs=true refuses instead (but records for runs of any length). `cfg`: the TrainConfig;
+    `micro_batches`: how many this process runs. record=False: the graph path's arithmetic without recording, on
+    any device (how CPU tests run it through the Trainer)."""
     from .errors import UserError
 
     if cfg.cuda_graphs is False:
         return None
-    blocker = "it needs a CUDA GPU" if record and not torch.cuda.is_available() else None
+    blocker = "it needs a CUDA GPU" if record and not cuda_graphs_possible(cfg) else None
+    if blocker is None and cfg.cuda_graphs == "auto" and micro_batches < MIN_MICRO_BATCHES:
+        print(
+            f"train.cuda_graphs=auto: training steps run eagerly: {micro_batches} micro-batches are too few to repay "
+            f"recording CUDA graphs (auto records from {MIN_MICRO_BATCHES}; true records anyway)"
+        )
+        return None
     blocker = blocker or ("train.compile compiles the layers instead" if compiled else None)
     blocker = blocker or graph_blocker(model, compute_dtype, cfg.num_gpus, cfg.gradient_checkpointing)
     if blocker is None:

@@ -230,7 +230,8 @@ def train_adapter(
     model = get_peft_model(model, adapter_config(params))
     if use_compile:
         (compile_whole_forward if levers.compile_whole_model else compile_decoder_layers)(model, levers.compile_mode)
-    graphed_steps = graphed_steps_for(model, cfg, compute_dtype, use_compile, levers.record_graphs)
+    micro_batches = math.ceil(math.ceil(len(encoded) / cfg.num_gpus) / cfg.micro_batch_size * cfg.epochs)
+    graphed_steps = graphed_steps_for(model, cfg, compute_dtype, use_compile, micro_batches, levers.record_graphs)
     if graphed_steps is not None:
         collator = StaticShapeCollator(tokenizer.pad_token_id, cfg.micro_batch_size)
 

@@ -11,7 +11,8 @@ Checked here, in this order (cheapest first):
   offline) and lora.target_modules exist in it (from its config alone, no weights loaded);
 - the rows' token counts, as the stages encode them (the model's tokenizer alone): training rows against
   train.max_length, eval and SVAMP rows (with eval.max_new_tokens) against the model's context;
-- what train.liger_kernel=true needs (a CUDA GPU, liger-kernel installed), and train.compile=true (a CUDA GPU).
+- what train.liger_kernel=true needs (a CUDA GPU, liger-kernel installed), and train.compile=true and
+  train.cuda_graphs=true (a CUDA GPU).
 
 The model check imports torch and transformers (8-9 s on the H200, most of this stage). It is skipped when what
 it checked is unchanged since its last pass (--model-checked records that, with the rows' token counts), so an
@@ -176,12 +177,15 @@ def _recorded(record: Path | None) -> dict:
 
 
 def check_accelerators(params: Params) -> None:
-    """What train.liger_kernel=true and train.compile=true need; auto and false need nothing (no torch import)."""
-    if params.train.liger_kernel is True or params.train.compile:
-        from qlora_gsm8k.accelerators import compile_enabled, liger_kernel_enabled
+    """What train.liger_kernel=true, train.compile=true and train.cuda_graphs=true need; auto and false need
+    nothing (no torch import)."""
+    cfg = params.train
+    if cfg.liger_kernel is True or cfg.compile or cfg.cuda_graphs is True:
+        from qlora_gsm8k.accelerators import compile_enabled, cuda_graphs_possible, liger_kernel_enabled
 
-        liger_kernel_enabled(params.train)
-        compile_enabled(params.train)
+        liger_kernel_enabled(cfg)
+        compile_enabled(cfg)
+        cuda_graphs_possible(cfg)
 
 
 OFFLINE_FIX = (

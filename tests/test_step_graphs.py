@@ -12,7 +12,13 @@ from qlora_gsm8k.errors import UserError
 from qlora_gsm8k.modeling import adapter_config, load_model
 from qlora_gsm8k.params_file import parse_params
 from qlora_gsm8k.prompts import IGNORE_INDEX, Collator, encode_examples
-from qlora_gsm8k.step_graphs import GraphedSteps, StaticShapeCollator, graphed_steps_for, lm_head_cross_entropy
+from qlora_gsm8k.step_graphs import (
+    MIN_MICRO_BATCHES,
+    GraphedSteps,
+    StaticShapeCollator,
+    graphed_steps_for,
+    lm_head_cross_entropy,
+)
 from qlora_gsm8k.training import SpeedLevers, freeze_base
 
 
@@ -139,11 +145,27 @@ def test_training_through_the_graph_path_follows_the_eager_loss_curve(tmp_path, 
 def test_cuda_graphs_off_cuda_auto_says_why_and_true_refuses(tiny_base_dir, capsys):
     model = _peft_model(tiny_base_dir)
     cfg = _params(cuda_graphs="auto").train
-    assert graphed_steps_for(model, cfg, torch.float32, compiled=False) is None
+    assert graphed_steps_for(model, cfg, torch.float32, compiled=False, micro_batches=500) is None
     assert "training steps run eagerly, not as CUDA graphs: it needs a CUDA GPU" in capsys.readouterr().out
     with pytest.raises(UserError, match="train.cuda_graphs is true but it needs a CUDA GPU"):
-        graphed_steps_for(model, _params(cuda_graphs=True).train, torch.float32, compiled=False)
-    assert graphed_steps_for(model, _params(cuda_graphs=False).train, torch.float32, compiled=False) is None
+        graphed_steps_for(model, _params(cuda_graphs=True).train, torch.float32, compiled=False, micro_batches=500)
+    assert graphed_steps_for(model, _params(cuda_graphs=False).train, torch.float32, False, 500) is None
     cfg = _params(cuda_graphs=True, gradient_checkpointing=True).train
     with pytest.raises(UserError, match="gradient_checkpointing"):
-        graphed_steps_for(model, cfg, torch.float32, compiled=False, record=False)
+        graphed_steps_for(model, cfg, torch.float32, compiled=False, micro_batches=500, record=False)
+
+
+def test_cuda_graphs_auto_records_only_runs_long_enough_to_repay_it(tiny_base_dir, capsys):
+    """Where graphs can run (here their arithmetic, record=False), auto takes them from MIN_MICRO_BATCHES on, and
+    says so below it; true takes them for a run of any length."""
+    model = _peft_model(tiny_base_dir)
+    auto = _params(cuda_graphs="auto").train
+    short = MIN_MICRO_BATCHES - 1
+    assert graphed_steps_for(model, auto, torch.float32, False, short, record=False) is None
+    assert f"{short} micro-batches are too few to repay recording CUDA graphs" in capsys.readouterr().out
+    assert isinstance(
+        graphed_steps_for(model, auto, torch.float32, False, MIN_MICRO_BATCHES, record=False), GraphedSteps
+    )
+    always = _params(cuda_graphs=True).train
+    assert isinstance(graphed_steps_for(model, always, torch.float32, False, 1, record=False), GraphedSteps)
+    assert "too few" not in capsys.readouterr().out

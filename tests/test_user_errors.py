@@ -118,6 +118,14 @@ PARAM_CASES = {
         ["train.liger_kernel is true but needs a CUDA GPU"],
     ),
     "compile-without-gpu": ({"train": {"compile": True}}, ["train.compile is true but needs a CUDA GPU"]),
+    "cuda-graphs-without-gpu": (
+        {"train": {"cuda_graphs": True}},
+        ["train.cuda_graphs is true but it needs a CUDA GPU; set -S train.cuda_graphs=auto"],
+    ),
+    "cuda-graphs-not-a-choice": (
+        {"train": {"cuda_graphs": "on"}},
+        ["train.cuda_graphs must be bool or one of 'auto', got 'on'"],
+    ),
     "unknown-key": (
         {"lora": {"rank": 8}},
         ["unknown param lora.rank", "allowed lora: r, alpha, dropout, target_modules"],
