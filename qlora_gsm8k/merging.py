@@ -12,7 +12,6 @@ into NF4; neither mode does that."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ from .errors import UserError
 from .evaluation import kl_between, response_logits
 from .gsm8k import Example
 from .io import record_weight_digests, verify_weight_digests
-from .modeling import load_model, load_tokenizer, resolve_dtype
+from .modeling import dequantized_weights, load_model, load_tokenizer, quant_in_dtype, replace_weights, resolve_dtype
 from .peft_methods import VIRTUAL_TOKEN_METHODS
 from .prompts import ChatFormat
 
@@ -57,26 +56,9 @@ def load_with_adapter(base_dir: Path, adapter_dir: Path, dtype_name: str, quant=
 
     model = load_model(base_dir, dtype=resolve_dtype(dtype_name), quant=quant)
     if base_weights:
-        with torch.no_grad():
-            for name, weight in base_weights.items():
-                target = model.get_submodule(name).weight
-                target.copy_(weight.to(device=target.device, dtype=target.dtype))
+        replace_weights(model, base_weights)
     verify_weight_digests(adapter_dir)
     return adapter_in_dtype(PeftModel.from_pretrained(model, str(adapter_dir)), resolve_dtype(dtype_name))
-
-
-def dequantized_weights(model) -> dict[str, torch.Tensor]:
-    """Every bitsandbytes 4-bit linear layer's weight as the 4-bit forward pass computes with it.
-    Taken before the model's first forward pass: on CPU bitsandbytes may repack 4-bit weights then, and a
-    later dequantize gave garbage (shared/TRAPS.md)."""
-    import bitsandbytes as bnb
-    from bitsandbytes.functional import dequantize_4bit
-
-    return {
-        name: dequantize_4bit(module.weight.data, module.weight.quant_state)
-        for name, module in model.named_modules()
-        if isinstance(module, bnb.nn.Linear4bit)
-    }
 
 
 def merge_adapter(base_dir: Path, adapter_dir: Path, examples: list[Example], params: Params):
@@ -94,8 +76,7 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, examples: list[Example], pa
     # The trained model as reference, computed in the precision the merged model runs in (eval.dtype): in bf16
     # both round differently, which is the bf16 runtime's noise, not the merge's (SmolLM2: top-1 0.989 in bf16).
     dtype = resolve_dtype(cfg.dtype)
-    check_quant = dataclasses.replace(params.quant, compute_dtype=str(dtype).removeprefix("torch."))
-    base_4bit = load_model(base_dir, dtype=dtype, quant=check_quant)
+    base_4bit = load_model(base_dir, dtype=dtype, quant=quant_in_dtype(params.quant, dtype))
     # Prompt and prefix tuning learn tokens, not weight deltas: nothing to merge. The adapter is kept on the same
     # 16-bit weights a merge would use (save_merged writes both).
     mergeable = params.peft.method not in VIRTUAL_TOKEN_METHODS

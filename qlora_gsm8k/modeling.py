@@ -3,6 +3,7 @@ turns params into bitsandbytes and LoRA configs (QLoRA = LoRA + quant). Where th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -156,6 +157,42 @@ def keep_4bit_layers_in_compute_dtype(model) -> None:
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit) and module.compute_dtype != torch.bfloat16:
             module.support_avx512bf16_for_cpu = False
+
+
+def quant_in_dtype(quant: QuantConfig, dtype: torch.dtype) -> QuantConfig:
+    """params' quant settings computing in `dtype`: the 4-bit base as the merge and the evaluation of the 4-bit base
+    take it, quantized from and dequantized to the precision the evaluated models run in (eval.dtype)."""
+    return dataclasses.replace(quant, compute_dtype=str(dtype).removeprefix("torch."))
+
+
+def dequantized_weights(model) -> dict[str, torch.Tensor]:
+    """Every bitsandbytes 4-bit linear layer's weight as the 4-bit forward pass computes with it.
+    Taken before the model's first forward pass: on CPU bitsandbytes may repack 4-bit weights then, and a
+    later dequantize gave garbage (shared/TRAPS.md)."""
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import dequantize_4bit
+
+    return {
+        name: dequantize_4bit(module.weight.data, module.weight.quant_state)
+        for name, module in model.named_modules()
+        if isinstance(module, bnb.nn.Linear4bit)
+    }
+
+
+@torch.no_grad()
+def replace_weights(model, weights: dict[str, torch.Tensor]) -> None:
+    """Copy `weights` (module name -> weight) into the model's modules of those names, in the model's dtype."""
+    for name, weight in weights.items():
+        target = model.get_submodule(name).weight
+        target.copy_(weight.to(device=target.device, dtype=target.dtype))
+
+
+def dequantize_base_into(model, path: str | Path, quant: QuantConfig) -> None:
+    """Replace the 16-bit `model`'s linear weights with the base at `path` quantized to 4-bit as `quant` says and
+    dequantized back to the model's dtype: the weights the merge adds the adapter to (eval.merge_into=dequantized)."""
+    dtype = next(model.parameters()).dtype
+    quantized = load_model(path, dtype=dtype, quant=quant_in_dtype(quant, dtype))
+    replace_weights(model, dequantized_weights(quantized))
 
 
 def skeleton_from_config(config):

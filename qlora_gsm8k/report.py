@@ -68,10 +68,18 @@ def compare_metrics(table: pd.DataFrame, perplexity: dict) -> dict:
     paired["examples"] = len(table)
     result = {"paired": paired}
     if perplexity:
+        base, tuned = perplexity["base"], perplexity["tuned"]
         result["delta"] = {
-            "perplexity": perplexity["tuned"]["perplexity"] - perplexity["base"]["perplexity"],
-            "mean_nll": perplexity["tuned"]["mean_nll"] - perplexity["base"]["mean_nll"],
+            "perplexity": tuned["perplexity"] - base["perplexity"],
+            "mean_nll": tuned["mean_nll"] - base["mean_nll"],
         }
+        # The total split at the base in 4-bit (what training starts from): quantization + training = total.
+        # Absent from runs made before the 4-bit base was measured.
+        if "base_4bit" in perplexity:
+            base_4bit = perplexity["base_4bit"]
+            for key in ("perplexity", "mean_nll"):
+                result["delta"][f"quantization_{key}"] = base_4bit[key] - base[key]
+                result["delta"][f"training_{key}"] = tuned[key] - base_4bit[key]
     return result
 
 
@@ -142,12 +150,40 @@ def run_context(params) -> list[str]:
     ]
 
 
-def perplexity_line(perplexity: dict) -> list[str]:
-    """Response perplexity base → tuned: on a small slice often the one number that moves."""
+def perplexity_line(perplexity: dict, merge_into: str = "dequantized") -> list[str]:
+    """Response perplexity base → tuned: on a small slice often the one number that moves. With the base in 4-bit
+    beside them, the change split into what quantization cost and what training changed from there."""
     if not perplexity:
         return []
     base, tuned = perplexity["base"]["perplexity"], perplexity["tuned"]["perplexity"]
-    return [f"Response perplexity (lower is better): base {base:.3f} → tuned {tuned:.3f} ({tuned - base:+.3f}).", ""]
+    lines = [f"Response perplexity (lower is better): base {base:.3f} → tuned {tuned:.3f} ({tuned - base:+.3f}).", ""]
+    if "base_4bit" not in perplexity:
+        return lines
+    base_4bit = perplexity["base_4bit"]["perplexity"]
+    if merge_into == "dequantized":
+        reading = (
+            "Quantization is what rounding the base's weights to 4-bit costs before any training, training what the "
+            "adapter changed from there; the tuned model is those 4-bit weights plus the adapter, so it carries both: "
+            "a tuned model worse than the 16-bit base has still learned if its training change is negative."
+        )
+    else:
+        reading = (
+            "The tuned model was merged into the original 16-bit weights, not the 4-bit ones it was trained on: its "
+            "change from the 4-bit base also holds the quantization's cost taken back, so read it against the 16-bit "
+            "base."
+        )
+    return [
+        *lines,
+        "| response perplexity | value | change |",
+        "|---|---|---|",
+        f"| base, 16-bit | {base:.3f} | |",
+        f"| base in 4-bit (training starts here) | {base_4bit:.3f} | {base_4bit - base:+.3f} quantization "
+        "(4-bit − 16-bit base) |",
+        f"| tuned | {tuned:.3f} | {tuned - base_4bit:+.3f} training (tuned − 4-bit base) |",
+        "",
+        reading,
+        "",
+    ]
 
 
 def markdown_report(
@@ -157,9 +193,11 @@ def markdown_report(
     svamp: dict | None = None,
     perplexity: dict | None = None,
     context: list[str] | None = None,
+    merge_into: str = "dequantized",
 ) -> str:
     """GSM8K's flips and a sample side by side; `svamp` (svamp_metrics) adds its section after the summary;
-    `perplexity` (both models' metrics) and `context` (run_context) say what the numbers are and what made them."""
+    `perplexity` (both models' metrics, and the base in 4-bit's) and `context` (run_context) say what the numbers are
+    and what made them; `merge_into` (eval.merge_into) how the perplexity deltas read."""
     paired = metrics["paired"]
     lines = [
         "# Base vs tuned on the eval slice",
@@ -172,7 +210,7 @@ def markdown_report(
         f"Flips: {paired['flips_wrong_to_right']} wrong→right, {paired['flips_right_to_wrong']} right→wrong; "
         f"exact McNemar p = {paired['mcnemar_p']:.3g}.",
         "",
-        *perplexity_line(perplexity or {}),
+        *perplexity_line(perplexity or {}, merge_into),
     ]
     if svamp is not None:
         lines += svamp_section(svamp)

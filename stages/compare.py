@@ -53,7 +53,13 @@ def main() -> None:
     write_json(args.svamp_metrics_out, svamp)
     atomic_write_text(args.table_out, table_csv(table))
     report = markdown_report(
-        table, metrics, params.eval.report_samples, svamp, perplexity=perplexity, context=run_context(params)
+        table,
+        metrics,
+        params.eval.report_samples,
+        svamp,
+        perplexity=perplexity,
+        context=run_context(params),
+        merge_into=params.eval.merge_into,
     )
     atomic_write_text(args.report_out, report)
     plots = Path(args.plots_dir)

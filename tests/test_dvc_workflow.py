@@ -148,6 +148,23 @@ class Workflow:
 
         return self.once("svamp_off", step)
 
+    def stale_after(self, key: str, value) -> set[str]:
+        """The stages `dvc status` calls changed once params.yaml sets `key` to `value` (nothing runs)."""
+
+        def step():
+            self.reset()
+            params_file = self.project / "params.yaml"
+            params = yaml.safe_load(params_file.read_text())
+            section, name = key.split(".")
+            params[section][name] = value
+            params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+            try:
+                return set(json.loads(dvc(self.project, "status", "--json").stdout))
+            finally:
+                self.reset()
+
+        return self.once(f"stale_after {key}={value}", step)
+
     def merge_param(self) -> dict:
         def step():
             self.reset()
@@ -251,6 +268,17 @@ def test_exp_run_lora_r_reruns_train_and_downstream_only(workflow):
     assert not ran & BASE_ONLY, ran
 
 
+def test_the_4bit_base_reruns_on_its_quant_settings_only(workflow):
+    """evaluate@base also scores the base in 4-bit: a quant setting that changes those weights makes it stale; a
+    LoRA setting (the tuned side only) and quant.compute_dtype (the 4-bit base computes in eval.dtype) do not."""
+    for key, value in (("quant.double_quant", True), ("quant.quant_type", "fp4")):
+        stale = workflow.stale_after(key, value)
+        assert {"evaluate@base", "train", "merge"} <= stale, (key, stale)
+    for key, value in (("lora.r", ORIGINAL_R // 2), ("quant.compute_dtype", "bfloat16")):
+        stale = workflow.stale_after(key, value)
+        assert "train" in stale and "evaluate@base" not in stale, (key, stale)
+
+
 def test_exp_run_svamp_size_reruns_only_the_svamp_side(workflow):
     ran = stages_run(workflow.svamp_size())
     assert {"fetch_svamp", "evaluate_svamp@base", "evaluate_svamp@tuned", "compare"} <= ran, ran
@@ -337,6 +365,9 @@ def test_metrics_params_and_plots_diff_across_branches(workflow):
     changed = flat_keys(diffs["metrics"])
     assert "metrics/perplexity_tuned.json:tuned.perplexity" in changed, changed
     assert "metrics/perplexity_base.json:base.perplexity" not in changed, "the base did not change"
+    assert "metrics/perplexity_base.json:base_4bit.perplexity" not in changed, "nor did its 4-bit weights"
+    assert "metrics/compare.json:delta.training_perplexity" in changed, changed
+    assert "metrics/compare.json:delta.quantization_perplexity" not in changed, changed
     every = flat_keys(diffs["metrics_all"])
     for key in ("tuned.exact_match_strict", "tuned.exact_match_flexible"):
         # The tiny random model scores 0 either way, so these show up (--all) without a change.

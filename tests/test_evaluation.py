@@ -390,13 +390,16 @@ def _stage(module: str, *args: str):
 def test_evaluate_stage_writes_perplexity_and_generations_from_one_load(
     tmp_path, tiny_base_dir, model, tiny_tokenizer, rows
 ):
+    import dataclasses
     import json
 
     from qlora_gsm8k.gsm8k import write_jsonl
+    from qlora_gsm8k.params_file import parse_params
 
     write_jsonl(rows[:4], tmp_path / "eval.jsonl")
     (tmp_path / "params.yaml").write_text(
         "eval:\n  batch_size: 3\n  generation_batch_size: 3\n  max_new_tokens: 5\n  dtype: float32\n"
+        "quant:\n  double_quant: true\n"
     )
     result = _stage(
         "stages.evaluate", "--params", str(tmp_path / "params.yaml"), "--model", str(tiny_base_dir),
@@ -413,7 +416,22 @@ def test_evaluate_stage_writes_perplexity_and_generations_from_one_load(
     for metrics_file in ("ppl.json", "gen.json"):
         values = next(iter(json.loads((tmp_path / metrics_file).read_text()).values())).values()
         assert all(isinstance(v, (int, float)) for v in values), metrics_file
-    assert json.loads((tmp_path / "info.json").read_text())["precision"] == "float32"
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert info["precision"] == "float32"
+    assert info["base_4bit"] == {"quant_type": "nf4", "double_quant": True, "dtype": "float32"}
+
+    # The base in 4-bit, with params' quant settings: what bitsandbytes' 4-bit model (training's) scores, and not
+    # what the 16-bit base or the other double_quant setting scores. Measured apart on this model: 16-bit 1e-3
+    # relative away, double_quant false 3.5e-5; two float32 computations of one model ~1e-7.
+    quantized = json.loads((tmp_path / "ppl.json").read_text())["base_4bit"]
+    assert math.isfinite(quantized["perplexity"]) and quantized["tokens"] == ppl["tokens"]
+    quant = parse_params({"quant": {"double_quant": True}}).quant
+    as_trained = response_nll(load_model(tiny_base_dir, torch.float32, quant=quant), tiny_tokenizer, rows[:4], 1)
+    assert quantized["perplexity"] == pytest.approx(as_trained["perplexity"], rel=1e-6)
+    assert quantized["perplexity"] != pytest.approx(ppl["perplexity"], rel=1e-4)
+    single = dataclasses.replace(quant, double_quant=False)
+    other = response_nll(load_model(tiny_base_dir, torch.float32, quant=single), tiny_tokenizer, rows[:4], 1)
+    assert quantized["perplexity"] != pytest.approx(other["perplexity"], rel=1e-5)
 
     lines = (tmp_path / "gen.jsonl").read_text().splitlines()
     assert [json.loads(line)["index"] for line in lines] == [e.index for e in rows[:4]]

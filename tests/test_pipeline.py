@@ -4,6 +4,7 @@ weights, and one tiny end-to-end `dvc repro` leaves artifacts that load the way 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -116,6 +117,24 @@ def test_repro_outputs_load_as_users_load_them(reproduced_project):
     for image in ("reports/plots/accuracy.png", "reports/plots/flips.png", "reports/plots/svamp_by_type.png",
                   "dvclive/train/plots/images/loss.png"):  # fmt: skip
         assert (project / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
+
+
+@pytest.mark.slow
+def test_base_in_4bit_sits_beside_base_and_tuned(reproduced_project):
+    """The base quantized as training sees it, scored on the same response tokens: its own perplexity, the two
+    deltas it splits the change into, and the report's table. NF4 rounding moves the tiny model's perplexity by
+    ~1e-3 relative; two float32 computations of one model agree to ~1e-7."""
+    project = reproduced_project
+    scores = json.loads((project / "metrics/perplexity_base.json").read_text())
+    base, quantized = scores["base"], scores["base_4bit"]
+    assert math.isfinite(quantized["perplexity"]) and quantized["tokens"] == base["tokens"] > 0
+    assert quantized["perplexity"] != pytest.approx(base["perplexity"], rel=1e-4)
+    tuned = json.loads((project / "metrics/perplexity_tuned.json").read_text())["tuned"]
+    delta = json.loads((project / "metrics/compare.json").read_text())["delta"]
+    assert delta["quantization_perplexity"] == pytest.approx(quantized["perplexity"] - base["perplexity"])
+    assert delta["training_perplexity"] == pytest.approx(tuned["perplexity"] - quantized["perplexity"])
+    report = (project / "reports/comparison.md").read_text()
+    assert f"| base in 4-bit (training starts here) | {quantized['perplexity']:.3f} |" in report
 
 
 @pytest.mark.slow

@@ -214,6 +214,35 @@ def test_markdown_report_says_what_made_the_numbers_and_the_perplexity(table):
     assert "`/models/smollm2`;" in local  # a local model has no revision to show
 
 
+# The base quantized to 4-bit (what training starts from) between them: quantization 12 -> 13, training 13 -> 4.
+PERPLEXITY_4BIT = {**PERPLEXITY, "base_4bit": {"perplexity": 13.0, "mean_nll": 2.5649}}
+
+
+def test_perplexity_change_splits_at_the_4bit_base(table):
+    delta = compare_metrics(table, PERPLEXITY_4BIT)["delta"]
+    assert delta["quantization_perplexity"] == pytest.approx(1.0)
+    assert delta["training_perplexity"] == pytest.approx(-9.0)
+    assert delta["quantization_mean_nll"] == pytest.approx(2.5649 - 2.4849)
+    assert delta["training_mean_nll"] == pytest.approx(1.3863 - 2.5649)
+    # The two parts add up to the total, kept under its old keys for `dvc metrics diff` against older commits.
+    assert delta["perplexity"] == pytest.approx(-8.0) and delta["mean_nll"] == pytest.approx(1.3863 - 2.4849)
+    # An older run's perplexity files (no 4-bit base): the old keys only, no made-up split.
+    assert set(compare_metrics(table, PERPLEXITY)["delta"]) == {"perplexity", "mean_nll"}
+
+    report = markdown_report(table, compare_metrics(table, PERPLEXITY_4BIT), samples=0, perplexity=PERPLEXITY_4BIT)
+    assert "Response perplexity (lower is better): base 12.000 → tuned 4.000 (-8.000)." in report
+    assert "| base, 16-bit | 12.000 | |" in report
+    assert "| base in 4-bit (training starts here) | 13.000 | +1.000 quantization (4-bit − 16-bit base) |" in report
+    assert "| tuned | 4.000 | -9.000 training (tuned − 4-bit base) |" in report
+    assert "a tuned model worse than the 16-bit base has still learned if its training change is negative" in report
+    original = markdown_report(
+        table, compare_metrics(table, PERPLEXITY_4BIT), samples=0, perplexity=PERPLEXITY_4BIT, merge_into="original"
+    )
+    assert "merged into the original 16-bit weights" in original and "still learned" not in original
+    older = markdown_report(table, compare_metrics(table, PERPLEXITY), samples=0, perplexity=PERPLEXITY)
+    assert "4-bit" not in older
+
+
 def test_markdown_report_clips_garbage_numbers_and_escapes_control_characters(table):
     garbage = table.copy()
     garbage.loc[0, "tuned_output"] = "noise\x13 and a bare\rreturn " + "7" * 5000
@@ -236,7 +265,11 @@ def test_compare_stage_end_to_end(tmp_path):
     write_jsonl(EXAMPLES, tmp_path / "eval.jsonl")
     for label, which in (("base", 0), ("tuned", 1)):
         (tmp_path / f"gen_{label}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _scored(which)))
-        (tmp_path / f"ppl_{label}.json").write_text(json.dumps({label: PERPLEXITY[label]}))
+    # The base's file holds the base in 4-bit too, as the evaluate stage writes it.
+    (tmp_path / "ppl_base.json").write_text(
+        json.dumps({"base": PERPLEXITY["base"], "base_4bit": PERPLEXITY_4BIT["base_4bit"]})
+    )
+    (tmp_path / "ppl_tuned.json").write_text(json.dumps({"tuned": PERPLEXITY["tuned"]}))
     (tmp_path / "params.yaml").write_text("eval:\n  report_samples: 1\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_HUB_OFFLINE"] = "1"
@@ -281,10 +314,13 @@ def test_compare_stage_end_to_end(tmp_path):
     metrics = json.loads((out / "compare.json").read_text())
     assert metrics["paired"]["flips_wrong_to_right"] == 1
     assert metrics["delta"]["perplexity"] == pytest.approx(-8.0)
+    assert metrics["delta"]["training_perplexity"] == pytest.approx(-9.0)
     csv = pd.read_csv(out / "generations.csv")
     assert csv["index"].tolist() == [10, 11, 12, 13, 14]
     assert csv["flip"].tolist()[:2] == ["wrong_to_right", "right_to_wrong"]
-    assert "## Sample (1)" in (out / "comparison.md").read_text()
+    report = (out / "comparison.md").read_text()
+    assert "## Sample (1)" in report and "| base in 4-bit (training starts here) | 13.000 |" in report
+    assert "still learned" in report  # the shipped eval.merge_into (dequantized) reached the report
     assert pd.read_csv(out / "plots" / "flips.csv")["questions"].tolist() == [1, 1, 2, 1]
     assert set(pd.read_csv(out / "plots" / "accuracy.csv")["model"]) == {"base", "tuned"}
     assert json.loads((out / "svamp_compare.json").read_text()) == {"svamp": {"paired": {"examples": 0}}}
