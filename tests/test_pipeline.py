@@ -79,9 +79,17 @@ def test_repro_outputs_load_as_users_load_them(reproduced_project):
     assert "Base model: `tiny-llama`" in adapter_card and "LoRA: r 8, alpha 16" in adapter_card
     assert 'AutoPeftModelForCausalLM.from_pretrained("models/adapter")' in adapter_card
     assert "| train_loss |" in adapter_card
+    trained_in = json.loads((project / "models/adapter/training_run.json").read_text())["compute_dtype"]
+    assert f"compute dtype {trained_in} (quant.compute_dtype: auto)" in adapter_card
     merged_card = (project / "models/merged/README.md").read_text()
     assert "merged into the base's dequantized weights" in merged_card
     assert "| top1_agreement_merged_vs_4bit_adapter |" in merged_card
+    # The evaluation, run after both cards were written, in the card the compare stage writes: the adapter's card
+    # with the numbers of metrics/ added.
+    evaluated = (project / "reports/model_card.md").read_text()
+    assert evaluated.startswith(adapter_card.split("## Load")[0])
+    tuned = json.loads((project / "metrics/generate_tuned.json").read_text())["tuned"]
+    assert f"| {tuned['exact_match_strict']:.3f} |\n" in evaluated.split("GSM8K exact match, strict-match |")[1]
     # Load exactly as the README tells users to, from the repo root, offline, in a fresh interpreter.
     code = (
         "from peft import AutoPeftModelForCausalLM; from transformers import AutoModelForCausalLM;"
