@@ -118,6 +118,11 @@ def test_repro_outputs_load_as_users_load_them(reproduced_project):
     # Numbers only in metrics files (settings sit in data/evaluated_*.json, models/adapter/training_run.json).
     for metrics_file in (project / "metrics").glob("*.json"):
         assert _only_numbers(json.loads(metrics_file.read_text())), metrics_file.name
+    # DVC's captured log: progress lines from training and evaluation, no bar frames ('  0%|…|'; read in text
+    # mode, their carriage returns are newlines by now).
+    log = (project / ".repro-output.txt").read_text()
+    assert "%|" not in log
+    assert all(f"{what}: 100% (" in log for what in ("train", "perplexity", "generate")), log[-3000:]
     svamp = json.loads((project / "metrics/svamp_compare.json").read_text())["svamp"]
     assert svamp["paired"]["examples"] == 8 and sum(t["examples"] for t in svamp["by_type"].values()) == 8
     assert "## SVAMP" in (project / "reports/comparison.md").read_text()
