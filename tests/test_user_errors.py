@@ -239,14 +239,19 @@ def _bad_sources(dataset_dir: Path, root: Path) -> dict[str, tuple[Path, list[st
         dataset_dir, root / "no-answer", "test", 5, json.dumps({"question": "How many?", "answer": "Seven."})
     )
     not_object = _corrupt_copy(dataset_dir, root / "not-object", "train", 7, "[1, 2]")
+    # Notepad's "Unicode": UTF-16 with a byte-order mark, which the JSON reader (ours, and datasets') cannot take.
+    utf16 = root / "utf16"
+    shutil.copytree(dataset_dir, utf16)
+    (utf16 / "test.jsonl").write_bytes((dataset_dir / "test.jsonl").read_text().encode("utf-16"))
     return {
         "missing-dir": (missing, [f"data.source '{missing}': no such local file or directory", "no-test/"]),
         "missing-file": (no_test, [f"{no_test / 'test.jsonl'} does not exist"]),
         "unreadable-file": (not_a_file, [f"cannot read {not_a_file / 'train.jsonl'}"]),
         "not-utf8": (not_utf8, [f"{not_utf8 / 'train.jsonl'}:", "not UTF-8 text"]),
-        "malformed-jsonl": (malformed, [f"{malformed / 'train.jsonl'}:3: malformed JSON"]),
+        "malformed-jsonl": (malformed, [f"{malformed / 'train.jsonl'}:3: malformed JSON", "an unfinished row"]),
         "no-#### answer": (no_answer, [f"{no_answer / 'test.jsonl'}:5: 'answer' has no '#### <number>' final line"]),
         "not-an-object": (not_object, [f"{not_object / 'train.jsonl'}:7: expected a JSON object"]),
+        "utf-16": (utf16, [f"{utf16 / 'test.jsonl'}:1: UTF-16 text", "save it as UTF-8"]),
     }
 
 
@@ -263,6 +268,7 @@ BAD_SOURCES = [
     "malformed-jsonl",
     "no-#### answer",
     "not-an-object",
+    "utf-16",
 ]
 
 
