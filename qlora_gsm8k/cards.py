@@ -71,11 +71,20 @@ def _method_line(params: Params) -> str:
     )
 
 
-def _recipe(params: Params) -> list[str]:
+def _compute_dtype(params: Params, used: str | None) -> str:
+    """The dtype training computed in; quant.compute_dtype may be 'auto', which says nothing to a reader."""
+    asked = params.quant.compute_dtype
+    if used is None or used == asked:
+        return asked
+    return f"{used} (quant.compute_dtype: {asked})"
+
+
+def _recipe(params: Params, compute_dtype: str | None = None) -> list[str]:
+    """`compute_dtype`: the dtype training resolved quant.compute_dtype to (training_run.json)."""
     quant, train, data = params.quant, params.train, params.data
     return [
         f"- Base, frozen in 4-bit: bitsandbytes {quant.quant_type.upper()}, double quantization "
-        f"{'on' if quant.double_quant else 'off'}, compute dtype {quant.compute_dtype}",
+        f"{'on' if quant.double_quant else 'off'}, compute dtype {_compute_dtype(params, compute_dtype)}",
         _method_line(params),
         f"- Data: GSM8K `{data.source}` (config `{data.config}`, revision `{data.revision}`), train rows "
         f"{data.train_offset}–{data.train_offset + data.train_size - 1}"
@@ -118,28 +127,46 @@ def _load_lines(shown_as: str, base_dir: Path) -> list[str]:
     ]
 
 
+# Cards are written before evaluation runs, and a stage never rewrites another's output: the compare stage writes
+# the adapter's card with the evaluation added as its own output instead.
+EVALUATED_CARD = "reports/model_card.md"
+EVALUATION_POINTER = (
+    f"Evaluation against the base (perplexity, GSM8K and SVAMP exact match, paired flips) runs after this card is "
+    f"written: the compare stage writes this card with the results added to `{EVALUATED_CARD}`; the numbers alone are "
+    "in `metrics/*.json`."
+)
+
+
 def write_adapter_card(adapter_dir: Path, shown_as: str, base_dir: Path, params: Params, train_metrics: dict) -> None:
-    """Write adapter_dir/README.md; `shown_as` is the path users load the adapter from (the stage's output path)."""
+    """Write adapter_dir/README.md; `shown_as` is the path users load the adapter from (the stage's output path).
+    `train_metrics` holds train_adapter's metrics, including the compute dtype it resolved."""
     lines = [
         "# QLoRA adapter: GSM8K",
         "",
         f"A LoRA adapter trained on a 4-bit base by the qlora-gsm8k DVC pipeline. Base model: {_base_line(base_dir)}.",
         "",
-        *_recipe(params),
+        *_recipe(params, train_metrics.get("compute_dtype")),
         "",
         *_numbers("Training", train_metrics, ["train_loss", "final_loss", "steps", "examples", "real_tokens"]),
         "## Load",
         "",
         *_load_lines(shown_as, base_dir),
-        "Evaluation against the base (perplexity, GSM8K exact match, paired flips): `metrics/*.json` of the run.",
+        EVALUATION_POINTER,
         "",
     ]
     atomic_write_text(adapter_dir / "README.md", "\n".join(lines))
 
 
 def write_merged_card(
-    merged_dir: Path, shown_as: str, base_dir: Path, params: Params, merge_metrics: dict, dtype: str
+    merged_dir: Path,
+    shown_as: str,
+    base_dir: Path,
+    params: Params,
+    merge_metrics: dict,
+    dtype: str,
+    compute_dtype: str | None = None,
 ) -> None:
+    """`dtype`: the merged weights'; `compute_dtype`: what training computed in (the adapter's training_run.json)."""
     what = (
         f"A standalone {dtype} model: the qlora-gsm8k adapter merged into its base, {_base_line(base_dir)}, "
         f"merged into the base's {params.eval.merge_into} weights."
@@ -162,7 +189,7 @@ def write_merged_card(
         "",
         what,
         "",
-        *_recipe(params),
+        *_recipe(params, compute_dtype),
         "",
         *_numbers(
             "Merge check: the merged model against the 4-bit model as trained",
@@ -181,5 +208,61 @@ def write_merged_card(
         "Prompt it through its chat template (`tokenizer.apply_chat_template(..., add_generation_prompt=True)`), as "
         "it was trained and evaluated.",
         "",
+        EVALUATION_POINTER.replace("this card with", "the adapter's card with"),
+        "",
     ]
     atomic_write_text(merged_dir / "README.md", "\n".join(lines))
+
+
+def _rate(values) -> str:
+    return f"{float(values.mean()):.3f}" if len(values) else "–"
+
+
+def evaluation_lines(table, perplexity: dict, paired: dict, svamp: dict, params: Params) -> list[str]:
+    """The compare stage's numbers as a model card section: `table` is report.generations_table's, `paired` and
+    `svamp` compare_metrics' and svamp_metrics'; base and tuned side by side, then the paired test."""
+    data, cfg = params.data, params.eval
+    rows = [
+        ("GSM8K exact match, flexible-extract", _rate(table.base_correct), _rate(table.tuned_correct)),
+        ("GSM8K exact match, strict-match", _rate(table.base_correct_strict), _rate(table.tuned_correct_strict)),
+    ]
+    if perplexity:
+        rows.append(
+            (
+                "response perplexity (lower is better)",
+                f"{perplexity['base']['perplexity']:.4g}",
+                f"{perplexity['tuned']['perplexity']:.4g}",
+            )
+        )
+    on_svamp = svamp["svamp"]["paired"]
+    if on_svamp["examples"]:
+        by_type = svamp["svamp"]["by_type"].values()
+        base, tuned = (sum(t[k] * t["examples"] for t in by_type) / on_svamp["examples"] for k in ("base", "tuned"))
+        rows.append(("SVAMP exact match, flexible-extract", f"{base:.3f}", f"{tuned:.3f}"))
+    lines = [
+        "## Evaluation",
+        "",
+        f"The tuned model (this adapter merged into its base's {cfg.merge_into} weights) against the base on the "
+        f"same {paired['examples']} GSM8K test questions (`{data.source}`, from row {data.eval_offset})"
+        + (f" and {on_svamp['examples']} SVAMP questions" if on_svamp["examples"] else "")
+        + f": greedy answers of up to {cfg.max_new_tokens} new tokens, scored as lm-evaluation-harness scores gsm8k.",
+        "",
+        "| metric | base | tuned |",
+        "|---|---|---|",
+        *(f"| {name} | {base} | {tuned} |" for name, base, tuned in rows),
+        "",
+        f"Paired on the same GSM8K questions: {paired['flips_wrong_to_right']} wrong→right, "
+        f"{paired['flips_right_to_wrong']} right→wrong, exact McNemar p = {paired['mcnemar_p']:.3g}; difference "
+        f"{paired['accuracy_diff']:+.3f} (95% paired bootstrap CI {paired['accuracy_diff_ci95_low']:+.3f} … "
+        f"{paired['accuracy_diff_ci95_high']:+.3f}). Per question: `reports/comparison.md`.",
+        "",
+    ]
+    return lines
+
+
+def evaluated_card(adapter_card: str, evaluation: list[str]) -> str:
+    """The adapter's card with `evaluation` before its Load section, and without its pointer to this file."""
+    head, found, load = adapter_card.partition("\n## Load\n")
+    section = "\n".join(evaluation).strip("\n")
+    text = f"{head.rstrip()}\n\n{section}\n" + (f"\n## Load\n{load}" if found else "")
+    return text.replace(EVALUATION_POINTER + "\n", "").replace("\n\n\n", "\n\n")

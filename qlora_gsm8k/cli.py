@@ -11,6 +11,7 @@ from pathlib import Path
 from .config import Params
 from .errors import UserError, at_stage_end
 from .params_file import load_params, params_as_dict
+from .progress import quiet_library_bars
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
@@ -21,12 +22,13 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
 
 def parse_stage_args(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Params]:
     args = parser.parse_args()
-    # Quiet the libraries' advisory chatter; progress bars and our own lines stay.
+    # Quiet the libraries' advisory chatter; progress stays (bars in a terminal, lines in a log: progress.py).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     # bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional kernels package is missing; its
     # plain CPU path is what runs, and works (README: troubleshooting).
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    quiet_library_bars()
     params = load_params(args.params)
     at_stage_end(functools.partial(check_params_unchanged, Path(args.params), params))
     return args, params

@@ -1,7 +1,8 @@
 """User-facing errors: one clear line, no traceback, non-zero exit.
 
 `stage_main` is the one place a stage's failures are turned into what the user reads:
-- UserError (bad params, bad data, a model that cannot be found): `error: <one line>`, exit 2;
+- UserError (bad params, bad data, a model that cannot be found): `error: <one line>`, exit 2; several at once
+  (UserErrors: a first offline run missing every input) get a heading line and then one line each;
 - GPU out of memory that no stage turned into a UserError: one line naming the batch settings, exit 2;
 - Ctrl-C / SIGTERM: one line saying that the next `dvc repro` runs the stage again (training: resumes from its
   last checkpoint), exit 130 / 143;
@@ -19,6 +20,25 @@ from collections.abc import Callable
 
 class UserError(Exception):
     """A mistake the user can fix (params, data, model location). Printed as one line."""
+
+
+class UserErrors(UserError):
+    """Independent problems found together: printed one line each under a heading, then the fix for all of them
+    on its own lines (a single line of 1,400 characters was unreadable)."""
+
+    def __init__(self, problems: list[str], fix: list[str] | None = None):
+        self.problems, self.fix = list(problems), list(fix or [])
+        super().__init__(self.text())
+
+    def text(self) -> str:
+        lines = [f"{len(self.problems)} problems:"]
+        lines += [f"  ({i}) {one_line(p)}" for i, p in enumerate(self.problems, start=1)]
+        return "\n".join(lines + self.fix)
+
+
+def error_text(err: UserError) -> str:
+    """What the user reads: one line, or for UserErrors one line per problem."""
+    return f"error: {err.text() if isinstance(err, UserErrors) else one_line(err)}"
 
 
 USER_ERROR_EXIT_CODE = 2
@@ -97,7 +117,7 @@ def stage_main(func: Callable[[], None] | None = None, *, resumes: bool = False)
             for check in _STAGE_END_CHECKS:
                 check()
         except UserError as err:
-            print(f"error: {one_line(err)}", file=sys.stderr)
+            print(error_text(err), file=sys.stderr)
             sys.exit(USER_ERROR_EXIT_CODE)
         except KeyboardInterrupt as err:
             how = "terminated" if isinstance(err, Terminated) else "interrupted"

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .context import check_fits_context, model_context
 from .errors import UserError
 from .gsm8k import Example, extract_flexible, extract_strict, is_correct
+from .progress import progress
 from .prompts import (
     IGNORE_INDEX,
     STOP_STRINGS,
@@ -59,7 +59,7 @@ def response_nll(
     per_sample_ppl = []
     model.eval()
     dev = next(model.parameters()).device
-    for batch_idx in tqdm(_batches(order, batch_size), desc="perplexity", unit="batch"):
+    for batch_idx in progress(_batches(order, batch_size), desc="perplexity", unit="batch"):
         batch = pad_batch([encoded[i] for i in batch_idx], tokenizer.pad_token_id)
         batch = {k: v.to(dev) for k, v in batch.items()}
         logits = _row_logits(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]), batch)
@@ -159,7 +159,7 @@ def generate_answers(
     config = greedy_config(tokenizer, stop_ids, max_new_tokens)
     pad_id = tokenizer.pad_token_id
     with (
-        tqdm(total=len(prompts), desc="generate", unit="question") as progress,
+        progress(total=len(prompts), desc="generate", unit="question") as shown,
         _without_model_generation_defaults(model),
     ):
         for batch_idx in _batches(order, batch_size):
@@ -176,7 +176,7 @@ def generate_answers(
             for row, i in enumerate(batch_idx):
                 # A row that stopped is padded after its stop; one that never stopped holds no padding.
                 results[i] = _decode_answer(tokenizer, new[row].tolist(), stop_set)
-            progress.update(len(batch_idx))
+            shown.update(len(batch_idx))
     return results
 
 

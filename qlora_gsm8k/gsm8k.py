@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import DataConfig
+from .datafiles import read_records
 from .errors import UserError
 from .hub import local_cache_only
 from .local_paths import looks_like_path, missing_path_error
@@ -75,6 +76,9 @@ class Example:
         return {"index": self.index, "question": self.question, "answer": self.answer}
 
 
+_ROW_LAYOUT = 'each row is a JSON object with text "question" and "answer" (ending "#### <number>"), as in GSM8K'
+
+
 def parse_rows(rows: list[dict], where: str, line_numbers: list[int] | None = None) -> list[Example]:
     """Validate rows; errors name `where` and the row's line (`line_numbers[i]`, default i + 1).
     A row without an 'index' gets its position among the rows."""
@@ -83,46 +87,35 @@ def parse_rows(rows: list[dict], where: str, line_numbers: list[int] | None = No
     examples = []
     for position, (line_no, row) in enumerate(zip(line_numbers, rows, strict=True)):
         if not isinstance(row, dict):
-            raise UserError(f"{where}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            raise UserError(f"{where}:{line_no}: expected a JSON object, got {type(row).__name__}; {_ROW_LAYOUT}")
         question, answer = row.get("question"), row.get("answer")
         if not isinstance(question, str) or not question.strip():
-            raise UserError(f"{where}:{line_no}: missing 'question' text")
+            got = f"; its keys: {', '.join(map(repr, row))}" if "question" not in row else ""
+            raise UserError(f"{where}:{line_no}: missing 'question' text{got}; {_ROW_LAYOUT}")
         if not isinstance(answer, str) or extract_strict(answer) is None:
-            raise UserError(f"{where}:{line_no}: 'answer' has no '#### <number>' final line")
+            raise UserError(
+                f"{where}:{line_no}: 'answer' has no '#### <number>' final line; end the answer text with one, "
+                'as GSM8K does: "… so she has 42 apples.\\n#### 42"'
+            )
         index = row.get("index", position)
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            raise UserError(f"{where}:{line_no}: 'index' must be a non-negative integer, got {index!r}")
+            raise UserError(
+                f"{where}:{line_no}: 'index' must be a non-negative integer, got {index!r}; write it as a number "
+                '(7, not "7"), or leave it out and rows are numbered in file order'
+            )
         examples.append(Example(question=question, answer=answer, index=index))
     return examples
 
 
 def read_jsonl(path: str | Path) -> list[Example]:
+    """GSM8K rows from a local file, read as the `datasets` JSON loader reads it (datafiles.py)."""
     path = Path(path)
     try:
-        # Split on "\n" only: str.splitlines() also breaks on U+2028, U+0085 etc., which JSON strings
-        # may hold unescaped, and would then shift every later line number.
-        lines = path.read_text(encoding="utf-8").split("\n")
+        records = read_records(path)
     except FileNotFoundError:
         raise UserError(f"{path} does not exist") from None
-    except UnicodeDecodeError as err:
-        # The decoder names a byte offset; people look for lines.
-        line_no = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise UserError(
-            f"{path}:{line_no}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
-        ) from None
-    except OSError as err:
-        raise UserError(f"cannot read {path}: {err}") from None
-    rows, line_numbers = [], []
-    for line_no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{line_no}: malformed JSON ({err.msg})") from None
-        line_numbers.append(line_no)
     # Blank lines are skipped, but errors still name the line in the file.
-    examples = parse_rows(rows, str(path), line_numbers)
+    examples = parse_rows([row for _, row in records], str(path), [line_no for line_no, _ in records])
     if not examples:
         raise UserError(f"{path} holds no rows")
     return examples

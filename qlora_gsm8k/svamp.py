@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import SvampConfig
+from .datafiles import read_records
 from .errors import UserError
 from .gsm8k import Example, normalize_number
 from .hub import local_cache_only
@@ -36,30 +38,51 @@ class SvampRow:
         return {"index": self.index, "id": self.id, "question": self.question, "number": self.number, "type": self.type}
 
 
+# A spreadsheet export writes numbers as text: "51", " 1,000 ", "$5". Thousands commas only: "2,5" may be a
+# decimal comma, and would silently read as 25.
+_THOUSANDS = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d*)?")
+
+
 def answer_number(value, where: str) -> str:
     """SVAMP's answer as scoring compares it: the JSON file holds 51.0, the Hub "51"; both become '51'."""
+    text = value.strip().replace("$", "") if isinstance(value, str) else value
+    if isinstance(text, str) and "," in text and _THOUSANDS.fullmatch(text):
+        text = text.replace(",", "")
     try:
-        number = float(value)
+        number = float(text)
     except (TypeError, ValueError):
-        raise UserError(f"{where}: 'Answer' must be a number, got {value!r}") from None
+        raise UserError(
+            f"{where}: 'Answer' must be a number, got {value!r}; write it as a number (51, 2.5 or \"1,000\"; a decimal "
+            "point, not a comma)"
+        ) from None
     if not math.isfinite(number):
-        raise UserError(f"{where}: 'Answer' must be finite, got {value!r}")
+        raise UserError(f"{where}: 'Answer' must be finite, got {value!r}; write the number itself")
     return str(int(number)) if number.is_integer() else normalize_number(repr(number))
 
 
-def parse_svamp(rows: list, where: str) -> list[SvampRow]:
-    """Validate published-layout rows; errors name `where` and the row (1-based)."""
+_LAYOUT = 'SVAMP layout: {"Body": "…", "Question": "…", "Answer": 5, "Type": "Addition"} per row'
+
+
+def parse_svamp(rows: list, where: str, line_numbers: list[int] | None = None) -> list[SvampRow]:
+    """Validate published-layout rows; errors name `where` and the row's line in its file (`line_numbers[i]`), or
+    its position (1-based) when it has no file (the Hub)."""
     parsed = []
     for position, row in enumerate(rows):
-        at = f"{where} row {position + 1}"
+        at = f"{where}:{line_numbers[position]}" if line_numbers else f"{where} row {position + 1}"
         if not isinstance(row, dict):
-            raise UserError(f"{at}: expected a JSON object, got {type(row).__name__}")
+            raise UserError(f"{at}: expected a JSON object, got {type(row).__name__}; {_LAYOUT}")
         missing = [key for key in ("Body", "Question", "Answer", "Type") if key not in row]
         if missing:
-            raise UserError(f"{at}: missing {', '.join(missing)} (SVAMP layout: Body, Question, Answer, Type)")
+            raise UserError(
+                f"{at}: missing {', '.join(missing)}; its keys: {', '.join(map(repr, row))}; {_LAYOUT} (names as "
+                "written, capitalised)"
+            )
         body, question, kind = row["Body"], row["Question"], row["Type"]
         if not all(isinstance(text, str) for text in (body, question, kind)) or not question.strip():
-            raise UserError(f"{at}: Body, Question and Type must be text, with a non-empty Question")
+            raise UserError(
+                f"{at}: Body, Question and Type must be text, with a non-empty Question (an empty spreadsheet cell "
+                f'is null: write "" for an empty Body); {_LAYOUT}'
+            )
         parsed.append(
             SvampRow(
                 index=position,
@@ -72,27 +95,16 @@ def parse_svamp(rows: list, where: str) -> list[SvampRow]:
     return parsed
 
 
-def _read_rows(path: Path) -> list:
-    """A JSON list (the published SVAMP.json, the Hub repo's <split>.json) or JSON lines."""
+def _read_rows(path: Path) -> tuple[list, list[int]]:
+    """A JSON list (the published SVAMP.json, the Hub repo's <split>.json) or JSON lines, read as the `datasets`
+    JSON loader reads them (datafiles.py); with each row's line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        records = read_records(path)
     except FileNotFoundError:
         raise missing_path_error("svamp.source", str(path)) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"svamp.source: cannot read {path}: {err}") from None
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError:
-        rows = []
-        for line_no, line in enumerate(text.split("\n"), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise UserError(f"{path}:{line_no}: malformed JSON ({err.msg})") from None
-    if not isinstance(rows, list) or not rows:
-        raise UserError(f"svamp.source: {path} holds no list of rows")
-    return rows
+    if not records:
+        raise UserError(f"svamp.source: {path} holds no rows; {_LAYOUT}")
+    return [row for _, row in records], [line_no for line_no, _ in records]
 
 
 def _local_file(cfg: SvampConfig) -> Path | None:
@@ -106,7 +118,8 @@ def load_svamp(cfg: SvampConfig) -> tuple[list[SvampRow], dict]:
     """All rows of the configured source and split, and where they came from."""
     local = _local_file(cfg)
     if local is not None:
-        return parse_svamp(_read_rows(local), str(local)), {"source": str(local), "kind": "local"}
+        rows, line_numbers = _read_rows(local)
+        return parse_svamp(rows, str(local), line_numbers), {"source": str(local), "kind": "local"}
     local_cache_only()  # before importing datasets
     try:
         import datasets

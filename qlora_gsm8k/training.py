@@ -36,6 +36,7 @@ from .modeling import (
     saved_generation_config,
 )
 from .preflight import preflight
+from .progress import interactive, use_progress_lines
 from .prompts import ChatFormat, Collator, Encoded, encode_examples, stop_token_ids
 from .step_graphs import StaticShapeCollator, graphed_steps_for
 
@@ -259,7 +260,8 @@ def train_adapter(
         use_cpu=device().type == "cpu",
         report_to="none",
         dataloader_num_workers=0,
-        disable_tqdm=False,
+        # A bar in a terminal; in a log, lines (progress.use_progress_lines), not carriage-return frames.
+        disable_tqdm=not interactive(),
         use_liger_kernel=use_liger,
         liger_kernel_config=levers.liger_kernel_config or (LIGER_KERNELS_COMPILED if use_compile else LIGER_KERNELS),
     )
@@ -279,6 +281,7 @@ def train_adapter(
         data_collator=collator,
         callbacks=training_callbacks(live_dir, resume_from) + list(callbacks or []),
     )
+    use_progress_lines(trainer)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()

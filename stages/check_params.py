@@ -28,7 +28,7 @@ from pathlib import Path
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.config import Params, model_kind
 from qlora_gsm8k.context import check_fits_context
-from qlora_gsm8k.errors import UserError, stage_main
+from qlora_gsm8k.errors import UserError, UserErrors, stage_main
 from qlora_gsm8k.gsm8k import Example, eval_overlap, load_splits, take_slice
 from qlora_gsm8k.io import atomic_write_text, file_sha256, read_json, write_json
 from qlora_gsm8k.local_paths import looks_like_path
@@ -188,11 +188,13 @@ def check_accelerators(params: Params) -> None:
         cuda_graphs_possible(cfg)
 
 
-OFFLINE_FIX = (
-    "Offline? Point them at local files in one run: dvc exp run -S data.source=/path/to/gsm8k "
-    "-S model.name=.models/SmolLM2-135M-Instruct.Q4_1.gguf -S svamp.source=/path/to/SVAMP.json "
-    "(tools/fetch-smollm2.sh fetches the model file; or -S model.name=tiny-llama; -S svamp.enabled=false skips SVAMP)"
-)
+# Its own lines under the problems: the command alone on one, so it can be copied as printed.
+OFFLINE_FIX = [
+    "Offline? Point them at local files in one run (tools/fetch-smollm2.sh fetches the model file; or "
+    "-S model.name=tiny-llama; -S svamp.enabled=false skips SVAMP):",
+    "  dvc exp run -S data.source=/path/to/gsm8k -S model.name=.models/SmolLM2-135M-Instruct.Q4_1.gguf "
+    "-S svamp.source=/path/to/SVAMP.json",
+]
 
 
 def check_inputs(params: Params, model_record: Path | None) -> None:
@@ -219,9 +221,8 @@ def check_inputs(params: Params, model_record: Path | None) -> None:
     if len(problems) == 1:
         raise UserError(problems[0])
     if problems:
-        both = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, start=1))
-        fix = f" {OFFLINE_FIX}" if all("Hugging Face Hub" in p for p in problems) else ""
-        raise UserError(f"{len(problems)} problems: {both}.{fix}")
+        offline = all("Hugging Face Hub" in p for p in problems)
+        raise UserErrors(problems, OFFLINE_FIX if offline else None)
 
 
 @stage_main

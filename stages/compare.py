@@ -1,8 +1,10 @@
 """Compare base and tuned on the same questions (GSM8K, and SVAMP when on): table, paired statistics, plots,
-Markdown report."""
+Markdown report, and the adapter's model card with these results added (the train stage writes its card before
+any evaluation has run)."""
 
 from pathlib import Path
 
+from qlora_gsm8k.cards import evaluated_card, evaluation_lines
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.gsm8k import read_jsonl
@@ -38,6 +40,8 @@ def main() -> None:
     parser.add_argument("--svamp-base-generations", required=True)
     parser.add_argument("--svamp-tuned-generations", required=True)
     parser.add_argument("--svamp-metrics-out", required=True)
+    parser.add_argument("--adapter-card", required=True, help="the train stage's model card (README.md)")
+    parser.add_argument("--card-out", required=True, help="that card with the evaluation added (Markdown)")
     args, params = parse_stage_args(parser)
     table = generations_table(
         read_jsonl(args.eval), read_generations(args.base_generations), read_generations(args.tuned_generations)
@@ -62,6 +66,8 @@ def main() -> None:
         merge_into=params.eval.merge_into,
     )
     atomic_write_text(args.report_out, report)
+    evaluation = evaluation_lines(table, perplexity, metrics["paired"], svamp, params)
+    atomic_write_text(args.card_out, evaluated_card(Path(args.adapter_card).read_text(encoding="utf-8"), evaluation))
     plots = Path(args.plots_dir)
     accuracy, flips = accuracy_plot_rows(table), flips_plot_rows(table)
     atomic_write_text(plots / "accuracy.csv", accuracy.to_csv(index=False))

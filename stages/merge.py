@@ -8,7 +8,7 @@ from qlora_gsm8k.cards import write_merged_card
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.gsm8k import read_jsonl
-from qlora_gsm8k.io import atomic_directory, write_json
+from qlora_gsm8k.io import atomic_directory, read_json, write_json
 from qlora_gsm8k.merging import check_merge, merge_adapter, save_merged
 
 
@@ -26,7 +26,9 @@ def main() -> None:
     check_merge(metrics, params)
     with atomic_directory(args.out) as tmp:
         save_merged(merged, tokenizer, tmp, args.out)
-        write_merged_card(tmp, args.out, Path(args.base), params, metrics, str(merged.dtype).removeprefix("torch."))
+        dtype = str(merged.dtype).removeprefix("torch.")
+        trained_in = read_json(Path(args.adapter) / "training_run.json").get("compute_dtype")
+        write_merged_card(tmp, args.out, Path(args.base), params, metrics, dtype, trained_in)
     # Written once the model is in place: merge.json never describes a model that was not saved.
     write_json(args.metrics_out, {"merge": metrics})
     kl, top1 = metrics["kl_merged_vs_4bit_adapter"], metrics["top1_agreement_merged_vs_4bit_adapter"]

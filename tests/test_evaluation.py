@@ -408,6 +408,10 @@ def test_evaluate_stage_writes_perplexity_and_generations_from_one_load(
         "--info-out", str(tmp_path / "info.json"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    # Output piped, as DVC captures it: progress as lines (4 rows, batches of 3), no bar frames ('  0%|…|', which
+    # text-mode pipes would show with their carriage returns turned into newlines).
+    assert "%|" not in result.stdout + result.stderr
+    assert "perplexity: 100% (2/2 batch)" in result.stderr and "generate: 100% (4/4 question)" in result.stderr
     ppl = json.loads((tmp_path / "ppl.json").read_text())["base"]
     expected = response_nll(model, tiny_tokenizer, rows[:4], batch_size=1)
     assert ppl["perplexity"] == pytest.approx(expected["perplexity"], rel=1e-6)

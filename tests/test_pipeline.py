@@ -80,9 +80,17 @@ def test_repro_outputs_load_as_users_load_them(reproduced_project):
     assert "Base model: `tiny-llama`" in adapter_card and "LoRA: r 8, alpha 16" in adapter_card
     assert 'AutoPeftModelForCausalLM.from_pretrained("models/adapter")' in adapter_card
     assert "| train_loss |" in adapter_card
+    trained_in = json.loads((project / "models/adapter/training_run.json").read_text())["compute_dtype"]
+    assert f"compute dtype {trained_in} (quant.compute_dtype: auto)" in adapter_card
     merged_card = (project / "models/merged/README.md").read_text()
     assert "merged into the base's dequantized weights" in merged_card
     assert "| top1_agreement_merged_vs_4bit_adapter |" in merged_card
+    # The evaluation, run after both cards were written, in the card the compare stage writes: the adapter's card
+    # with the numbers of metrics/ added.
+    evaluated = (project / "reports/model_card.md").read_text()
+    assert evaluated.startswith(adapter_card.split("## Load")[0])
+    tuned = json.loads((project / "metrics/generate_tuned.json").read_text())["tuned"]
+    assert f"| {tuned['exact_match_strict']:.3f} |\n" in evaluated.split("GSM8K exact match, strict-match |")[1]
     # Load exactly as the README tells users to, from the repo root, offline, in a fresh interpreter.
     code = (
         "from peft import AutoPeftModelForCausalLM; from transformers import AutoModelForCausalLM;"
@@ -111,6 +119,11 @@ def test_repro_outputs_load_as_users_load_them(reproduced_project):
     # Numbers only in metrics files (settings sit in data/evaluated_*.json, models/adapter/training_run.json).
     for metrics_file in (project / "metrics").glob("*.json"):
         assert _only_numbers(json.loads(metrics_file.read_text())), metrics_file.name
+    # DVC's captured log: progress lines from training and evaluation, no bar frames ('  0%|…|'; read in text
+    # mode, their carriage returns are newlines by now).
+    log = (project / ".repro-output.txt").read_text()
+    assert "%|" not in log
+    assert all(f"{what}: 100% (" in log for what in ("train", "perplexity", "generate")), log[-3000:]
     svamp = json.loads((project / "metrics/svamp_compare.json").read_text())["svamp"]
     assert svamp["paired"]["examples"] == 8 and sum(t["examples"] for t in svamp["by_type"].values()) == 8
     assert "## SVAMP" in (project / "reports/comparison.md").read_text()

@@ -307,8 +307,13 @@ def test_compare_stage_end_to_end(tmp_path):
         str(tmp_path / "empty.jsonl"),
         "--svamp-metrics-out",
         str(out / "svamp_compare.json"),
+        "--adapter-card",
+        str(tmp_path / "adapter_card.md"),
+        "--card-out",
+        str(out / "model_card.md"),
     ]
     (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "adapter_card.md").write_text("# QLoRA adapter\n\nTrained.\n\n## Load\n\nfrom_pretrained\n")
     result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "compare.json").read_text())
@@ -321,6 +326,13 @@ def test_compare_stage_end_to_end(tmp_path):
     report = (out / "comparison.md").read_text()
     assert "## Sample (1)" in report and "| base in 4-bit (training starts here) | 13.000 |" in report
     assert "still learned" in report  # the shipped eval.merge_into (dequantized) reached the report
+    # The adapter's card, now with what was measured (the card itself is the train stage's, left as it was).
+    card = (out / "model_card.md").read_text()
+    assert card.startswith("# QLoRA adapter\n\nTrained.\n\n## Evaluation") and card.endswith(
+        "## Load\n\nfrom_pretrained\n"
+    )
+    assert "| GSM8K exact match, strict-match | 0.400 | 0.600 |" in card
+    assert "| response perplexity (lower is better) | 12 | 4 |" in card
     assert pd.read_csv(out / "plots" / "flips.csv")["questions"].tolist() == [1, 1, 2, 1]
     assert set(pd.read_csv(out / "plots" / "accuracy.csv")["model"]) == {"base", "tuned"}
     assert json.loads((out / "svamp_compare.json").read_text()) == {"svamp": {"paired": {"examples": 0}}}

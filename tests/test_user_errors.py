@@ -39,7 +39,7 @@ from conftest import (
     train_tiny_adapter,
 )
 from qlora_gsm8k.config import TrainConfig
-from qlora_gsm8k.errors import USER_ERROR_EXIT_CODE, UserError, eval_oom_message, stage_main
+from qlora_gsm8k.errors import USER_ERROR_EXIT_CODE, UserError, UserErrors, eval_oom_message, stage_main
 from qlora_gsm8k.params_file import parse_params
 from qlora_gsm8k.training import train_oom_message
 
@@ -247,14 +247,19 @@ def _bad_sources(dataset_dir: Path, root: Path) -> dict[str, tuple[Path, list[st
         dataset_dir, root / "no-answer", "test", 5, json.dumps({"question": "How many?", "answer": "Seven."})
     )
     not_object = _corrupt_copy(dataset_dir, root / "not-object", "train", 7, "[1, 2]")
+    # Notepad's "Unicode": UTF-16 with a byte-order mark, which the JSON reader (ours, and datasets') cannot take.
+    utf16 = root / "utf16"
+    shutil.copytree(dataset_dir, utf16)
+    (utf16 / "test.jsonl").write_bytes((dataset_dir / "test.jsonl").read_text().encode("utf-16"))
     return {
         "missing-dir": (missing, [f"data.source '{missing}': no such local file or directory", "no-test/"]),
         "missing-file": (no_test, [f"{no_test / 'test.jsonl'} does not exist"]),
         "unreadable-file": (not_a_file, [f"cannot read {not_a_file / 'train.jsonl'}"]),
         "not-utf8": (not_utf8, [f"{not_utf8 / 'train.jsonl'}:", "not UTF-8 text"]),
-        "malformed-jsonl": (malformed, [f"{malformed / 'train.jsonl'}:3: malformed JSON"]),
+        "malformed-jsonl": (malformed, [f"{malformed / 'train.jsonl'}:3: malformed JSON", "an unfinished row"]),
         "no-#### answer": (no_answer, [f"{no_answer / 'test.jsonl'}:5: 'answer' has no '#### <number>' final line"]),
         "not-an-object": (not_object, [f"{not_object / 'train.jsonl'}:7: expected a JSON object"]),
+        "utf-16": (utf16, [f"{utf16 / 'test.jsonl'}:1: UTF-16 text", "save it as UTF-8"]),
     }
 
 
@@ -271,6 +276,7 @@ BAD_SOURCES = [
     "malformed-jsonl",
     "no-#### answer",
     "not-an-object",
+    "utf-16",
 ]
 
 
@@ -324,7 +330,8 @@ def test_model_not_found_offline_fails_in_one_line_naming_the_fix(tmp_path, data
 
 
 def test_offline_first_run_names_every_unreachable_input_at_once(tmp_path, dataset_dir):
-    """The defaults offline: dataset and model on the Hub. One run names both, with one command fixing both."""
+    """The defaults offline: data sets and model on the Hub. One run names all three, one line each, then the one
+    command fixing all of them on a line of its own (it was one 1,400-character line)."""
     unreachable = {
         "model": {"name": "nobody/no-such-model"},
         "data": {"source": "nobody/no-such-data"},
@@ -332,16 +339,33 @@ def test_offline_first_run_names_every_unreachable_input_at_once(tmp_path, datas
     }
     params_file = _write_params(tmp_path, dataset_dir, unreachable)
     result, seconds = _check_params(params_file, tmp_path)
-    assert_one_line_error(
-        result,
-        seconds,
-        "3 problems",
-        "cannot load dataset 'nobody/no-such-data'",
-        "cannot load dataset 'nobody/no-such-svamp'",
-        "cannot load model 'nobody/no-such-model'",
-        "-S data.source=/path/to/gsm8k -S model.name=.models/SmolLM2-135M-Instruct.Q4_1.gguf "
-        "-S svamp.source=/path/to/SVAMP.json",
+    assert result.returncode == USER_ERROR_EXIT_CODE and "Traceback" not in result.stderr, result.stderr
+    assert seconds < FAST_SECONDS, f"took {seconds:.0f}s"
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[0] == "error: 3 problems:", result.stderr
+    assert "cannot load dataset 'nobody/no-such-data'" in lines[1] and "data.source" in lines[1]
+    assert "cannot load dataset 'nobody/no-such-svamp'" in lines[2] and "svamp.source" in lines[2]
+    assert "cannot load model 'nobody/no-such-model'" in lines[3] and "model.name" in lines[3]
+    assert lines[4].startswith("Offline? Point them at local files"), lines[4]
+    assert lines[5] == (
+        "  dvc exp run -S data.source=/path/to/gsm8k -S model.name=.models/SmolLM2-135M-Instruct.Q4_1.gguf "
+        "-S svamp.source=/path/to/SVAMP.json"
     )
+    assert len(lines) == 6, result.stderr
+    assert max(map(len, lines)) < 400, "a line per input, not one line for all"
+
+
+def test_problems_found_together_print_one_line_each(capsys):
+    """A problem message that spans lines (library text) still takes one line; the fix lines stay as given."""
+
+    @stage_main
+    def fails() -> None:
+        raise UserErrors(["first\nproblem", "second"], ["Fix:", "  do this"])
+
+    with pytest.raises(SystemExit) as exit_info:
+        fails()
+    assert exit_info.value.code == USER_ERROR_EXIT_CODE
+    assert capsys.readouterr().err == "error: 2 problems:\n  (1) first problem\n  (2) second\nFix:\n  do this\n"
 
 
 def test_unreachable_hub_fails_fast_without_offline_mode(tmp_path, dataset_dir):
