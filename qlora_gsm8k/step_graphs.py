@@ -120,7 +120,7 @@ class GraphedSteps:
     first time a shape comes (record=True), replayed after. Gradients are added to the trainable parameters'
     .grad (persistent buffers, zeroed when the Trainer has set .grad to None), like loss.backward() would."""
 
-    def __init__(self, model, autocast_dtype: torch.dtype | None, record: bool = True):
+    def __init__(self, model, autocast_dtype: torch.dtype | None, record: bool = True, required: bool = False):
         self.model = model
         self.base = model.get_base_model()
         self.decoder = self.base.get_decoder()
@@ -128,6 +128,7 @@ class GraphedSteps:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.autocast_dtype = autocast_dtype
         self.record = record
+        self.required = required  # train.cuda_graphs=true: a step that cannot be recorded is an error, not a fallback
         self.grads: list[torch.Tensor] | None = None
         self.shapes: dict[tuple[int, int], _Recorded] = {}
         self.pool = torch.cuda.graph_pool_handle() if record else None
@@ -158,19 +159,41 @@ class GraphedSteps:
         entry = _Recorded(None, input_ids.clone(), labels.clone(), scale)
         if self.record:
             saved = [g.clone() for g in self.grads]
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP_STEPS):
-                    self._forward_backward(entry)
-            torch.cuda.current_stream().wait_stream(side)
-            entry.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(entry.graph, pool=self.pool):
-                entry.loss = self._forward_backward(entry)
-            torch._foreach_copy_(self.grads, saved)  # the warm-up steps' gradients are not the batch's
-            print(f"recorded a CUDA graph for batches of {shape[0]} x {shape[1]} tokens ({len(self.shapes) + 1})")
+            try:
+                self._record(entry)
+                print(f"recorded a CUDA graph for batches of {shape[0]} x {shape[1]} tokens ({len(self.shapes) + 1})")
+            except Exception as error:  # a host sync or a kernel a graph cannot hold, in some model's forward
+                entry.graph = entry.loss = None
+                self._cannot_record(error)
+            finally:
+                torch._foreach_copy_(self.grads, saved)  # the warm-up steps' gradients are not the batch's
         self.shapes[shape] = entry
         return entry
+
+    def _record(self, entry: _Recorded) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS):
+                self._forward_backward(entry)
+        torch.cuda.current_stream().wait_stream(side)
+        entry.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(entry.graph, pool=self.pool):
+            entry.loss = self._forward_backward(entry)
+
+    def _cannot_record(self, error: Exception) -> None:
+        """train.cuda_graphs=true: refused with the reason; auto: one line, and every later step runs eagerly (the
+        shapes recorded before still replay)."""
+        from .errors import UserError
+
+        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        if self.required:
+            raise UserError(
+                f"train.cuda_graphs is true but recording a training step as a CUDA graph failed ({reason}); "
+                "set -S train.cuda_graphs=auto to train eagerly"
+            ) from error
+        print(f"train.cuda_graphs=auto: recording a CUDA graph failed ({reason}); training steps run eagerly from here")
+        self.record = False
 
     def __call__(self, input_ids: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
         """Adds the gradient of scale × (summed token loss) to .grad; returns that scaled loss."""
@@ -225,7 +248,8 @@ def graphed_steps_for(
     blocker = blocker or ("train.compile compiles the layers instead" if compiled else None)
     blocker = blocker or graph_blocker(model, compute_dtype, cfg.num_gpus, cfg.gradient_checkpointing)
     if blocker is None:
-        return GraphedSteps(model, compute_dtype if compute_dtype != torch.float32 else None, record)
+        autocast = compute_dtype if compute_dtype != torch.float32 else None
+        return GraphedSteps(model, autocast, record, required=cfg.cuda_graphs is True)
     if cfg.cuda_graphs is True:
         raise UserError(f"train.cuda_graphs is true but {blocker}; set -S train.cuda_graphs=auto")
     print(f"train.cuda_graphs=auto: training steps run eagerly, not as CUDA graphs: {blocker}")

@@ -324,9 +324,9 @@ def train_adapter(
         "compile": use_compile,
         "cuda_graphs": graphed_steps is not None,
     }
-    if graphed_steps is not None and graphed_steps.record:
+    if graphed_steps is not None and graphed_steps.pool is not None:  # recording was asked for
         metrics["graph_replay_ms"] = graphed_steps.replay_ms()
-        metrics["graph_shapes"] = len(graphed_steps.shapes)
+        metrics["graph_shapes"] = sum(entry.graph is not None for entry in graphed_steps.shapes.values())
     if torch.cuda.is_available():
         metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     if keep_checkpoints:
