@@ -2,6 +2,7 @@
 never rounded into 4-bit), then check that the merged model behaves like the 4-bit model it was trained as:
 KL and top-1 agreement over held-out response tokens. A merge that fails the check is not saved."""
 
+import math
 from pathlib import Path
 
 from qlora_gsm8k.cards import write_merged_card
@@ -27,11 +28,16 @@ def main() -> None:
     with atomic_directory(args.out) as tmp:
         save_merged(merged, tokenizer, tmp, args.out)
         dtype = str(merged.dtype).removeprefix("torch.")
-        trained_in = read_json(Path(args.adapter) / "training_run.json").get("compute_dtype")
+        # The train stage records it beside the adapter; an adapter trained elsewhere may not say.
+        run = Path(args.adapter) / "training_run.json"
+        trained_in = read_json(run).get("compute_dtype") if run.is_file() else None
         write_merged_card(tmp, args.out, Path(args.base), params, metrics, dtype, trained_in)
+    kl, top1 = metrics["kl_merged_vs_4bit_adapter"], metrics["top1_agreement_merged_vs_4bit_adapter"]
+    # `dvc metrics diff` prints 4 decimals, so a KL of 3e-7 reads 0.0 on both sides; its -log10 (6.5) reads, and
+    # a change of merge mode or dtype shows as a change of digits. An exact merge (KL 0) is capped at 30.
+    metrics["kl_merged_vs_4bit_adapter_neg_log10"] = -math.log10(max(kl, 1e-30))
     # Written once the model is in place: merge.json never describes a model that was not saved.
     write_json(args.metrics_out, {"merge": metrics})
-    kl, top1 = metrics["kl_merged_vs_4bit_adapter"], metrics["top1_agreement_merged_vs_4bit_adapter"]
     what = (
         f"merged into the {params.eval.merge_into} base weights"
         if metrics["merged"]

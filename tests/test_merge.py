@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -245,7 +246,13 @@ def test_merge_stage_writes_a_loadable_model_below_threshold(tmp_path, tiny_base
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     assert model.generation_config.pad_token_id == tokenizer.pad_token_id
-    assert json.loads((tmp_path / "merge.json").read_text())["merge"]["check_examples"] == 2
+    merge = json.loads((tmp_path / "merge.json").read_text())["merge"]
+    assert merge["check_examples"] == 2
+    # The KL as digits, so `dvc metrics diff` (4 decimals) does not show a small KL as 0.0
+    assert merge["kl_merged_vs_4bit_adapter_neg_log10"] == pytest.approx(
+        -math.log10(max(merge["kl_merged_vs_4bit_adapter"], 1e-30))
+    )
+    assert merge["kl_merged_vs_4bit_adapter_neg_log10"] > 3  # a merge that passes the check is far from 0.0
 
 
 @pytest.mark.slow
