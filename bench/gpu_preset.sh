@@ -22,6 +22,7 @@ if ! python3 -c "import dvc, dvclive" 2>/dev/null; then
   export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}/tmp/site-dvc" PATH="/tmp/site-dvc/bin:$PATH"
 fi
 work=$(mktemp -d /tmp/preset.XXXXXX)
+trap 'rm -rf "$work"' EXIT
 # The working tree as it is, without what is not the project's (the machine's copy may have no git history).
 (cd "$root" && tar --exclude=./.git --exclude=./.venv --exclude=./.gpusite --exclude=./.bench --exclude='./.whl*' \
   --exclude='./.smol*' --exclude=./.models --exclude=./checkpoints -cf - .) | tar -xf - -C "$work"
