@@ -25,7 +25,7 @@ What the run changes, and nothing else:
   one whose values the workspace already holds (its stages come from the run-cache, as a sweep over the current
   value does), else the first; the others are taken off (`dvc queue remove`). Every other point trains anew: all
   the points the docs queue would take far longer than this test may. tests/test_dvc_workflow.py runs queued sweeps
-  point by point, the PEFT methods included.
+  point by point, the PEFT methods included, and tests/test_config.py checks every value of the README's sweeps.
 - A command printed twice in one clone runs once (`dvc remote add` a second time would find the remote there).
 """
 
@@ -55,7 +55,7 @@ RUNNABLE = [
     r"|remote (add|modify))( .*)?",
     r"python tools/\w+\.py( .*)?",
     r"python -m [\w.]+( .*)?",
-    r"git (add|commit|checkout) .*",
+    r"git (add|commit|checkout|stash)( .*)?",
     r"find \.dvc/cache -samefile models/\S+ -delete",
     r"rm -f models/\S+",
 ]
@@ -117,8 +117,8 @@ UNKNOWN_PLACEHOLDER = re.compile(r"<[\w -]+>|/path/to/|…")
 # Each clone's params.yaml: the shipped one with these (sizes only; no path, no method, no learning rate).
 REDUCED_SIZES = {
     "data": {"train_size": 24, "eval_size": 8},
-    "train": {"micro_batch_size": 8, "max_length": 256},
-    "eval": {"max_new_tokens": 16, "merge_check_size": 4, "report_samples": 2, "batch_size": 8},
+    "train": {"micro_batch_size": 8},
+    "eval": {"max_new_tokens": 16, "merge_check_size": 4, "report_samples": 2},
     "svamp": {"size": 4},
 }
 # The local data the test writes: enough train rows for the largest slice a runnable command asks for (400).
