@@ -82,11 +82,13 @@ SKIPPED: dict[tuple[str, str], str] = {
     ("README.md", 'python -m pytest -m "not slow"'): "the test suite again",
     (
         "README.md",
-        "dvc exp run -S data.train_size=7473 -S data.eval_size=1319 -S peft.method=rslora "
+        "dvc exp run -S model.name=.models/SmolLM2-135M-Instruct.Q4_1.gguf -S data.train_size=7473 "
+        "-S data.eval_size=1319 -S peft.method=rslora "
         "-S 'lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]' -S train.epochs=3 "
-        "-S train.learning_rate=1e-3 -S train.micro_batch_size=32",
+        "-S train.learning_rate=1e-3 -S train.micro_batch_size=32 -S svamp.size=1000",
     ): "the full-split GPU preset: 3 epochs of 7,473 rows and 1,319 answers of 256 tokens (hours on a CPU); "
-    "tests/test_config.py checks that its params pass the params check",
+    "tests/test_config.py checks that its params pass the params check; tests/test_gpu_preset.py runs "
+    "bench/gpu_preset.sh, which runs it, shrunk",
     ("README.md", "dvc exp run -S data.train_size=7473 -S train.epochs=2 -S train.compile=true"): "needs a CUDA GPU: "
     "train.compile=true is refused on a CPU (tests/test_user_errors.py), and 2 epochs of the whole split",
     ("README.md", "pip install dvc-s3"): S3,
