@@ -19,12 +19,12 @@ import torch
 from .cards import name_adapter_base
 from .config import Params
 from .errors import UserError
-from .evaluation import kl_between, response_logits
-from .gsm8k import Example
 from .io import record_weight_digests, verify_weight_digests
+from .logits import kl_between, response_logits
 from .modeling import dequantized_weights, load_model, load_tokenizer, quant_in_dtype, replace_weights, resolve_dtype
 from .peft_methods import VIRTUAL_TOKEN_METHODS
 from .prompts import ChatFormat
+from .rows import Example
 
 MERGE_MODES = ("dequantized", "original")
 

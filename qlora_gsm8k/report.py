@@ -10,9 +10,10 @@ from pathlib import Path
 import pandas as pd
 
 from .config import model_kind
-from .gsm8k import Example
 from .paired import paired_comparison
 from .peft_methods import LORA_METHODS
+from .rows import Example
+from .scoring import reference_number
 from .svamp import SvampRow
 
 
@@ -38,7 +39,7 @@ def generations_table(examples: list[Example], base: list[dict], tuned: list[dic
                 "index": example.index,
                 "question": example.question,
                 "reference_answer": example.answer,
-                "reference_number": example.number,
+                "reference_number": reference_number(example.answer),
                 "base_output": b["output"],
                 "base_number": b["number_flexible"],
                 "base_correct": b["correct_flexible"],

@@ -24,7 +24,6 @@ from .cards import adapter_base_reference, name_adapter_base
 from .checkpoints import FINISHED_MARKER, last_checkpoint, run_fingerprint, training_callbacks
 from .config import Params, TrainConfig
 from .errors import UserError
-from .gsm8k import Example
 from .io import atomic_write_text, record_weight_digests
 from .modeling import (
     adapter_config,
@@ -38,6 +37,7 @@ from .modeling import (
 from .preflight import preflight
 from .progress import interactive, use_progress_lines
 from .prompts import ChatFormat, Collator, Encoded, encode_examples, stop_token_ids
+from .rows import Example
 from .step_graphs import StaticShapeCollator, graphed_steps_for
 
 

@@ -29,9 +29,10 @@ from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.config import Params, model_kind
 from qlora_gsm8k.context import check_fits_context
 from qlora_gsm8k.errors import UserError, UserErrors, stage_main
-from qlora_gsm8k.gsm8k import Example, eval_overlap, load_splits, take_slice
+from qlora_gsm8k.gsm8k import eval_overlap, load_splits, take_slice
 from qlora_gsm8k.io import atomic_write_text, file_sha256, read_json, write_json
 from qlora_gsm8k.local_paths import looks_like_path
+from qlora_gsm8k.rows import Example
 from qlora_gsm8k.svamp import load_svamp, take_svamp_slice
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")

@@ -7,7 +7,6 @@ from pathlib import Path
 from qlora_gsm8k.cards import evaluated_card, evaluation_lines
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
-from qlora_gsm8k.gsm8k import read_jsonl
 from qlora_gsm8k.io import atomic_write_text, read_json, write_json
 from qlora_gsm8k.plots import accuracy_png, by_type_png, flips_png
 from qlora_gsm8k.report import (
@@ -21,6 +20,7 @@ from qlora_gsm8k.report import (
     svamp_metrics,
     table_csv,
 )
+from qlora_gsm8k.rows import read_jsonl
 from qlora_gsm8k.svamp import read_svamp_slice
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 from qlora_gsm8k.cards import write_merged_card
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
-from qlora_gsm8k.gsm8k import read_jsonl
 from qlora_gsm8k.io import atomic_directory, read_json, write_json
 from qlora_gsm8k.merging import check_merge, merge_adapter, save_merged
+from qlora_gsm8k.rows import read_jsonl
 
 
 @stage_main

@@ -14,9 +14,9 @@ from qlora_gsm8k.checkpoints import discard_finished_runs
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.distributed import is_main_process, launched, pin_to_one_gpu, relaunch
 from qlora_gsm8k.errors import stage_main
-from qlora_gsm8k.gsm8k import read_jsonl
 from qlora_gsm8k.io import atomic_directory, write_json
 from qlora_gsm8k.plots import curve_png
+from qlora_gsm8k.rows import read_jsonl
 from qlora_gsm8k.training import train_adapter
 
 RUN_SETTINGS = ("device", "compute_dtype", "liger_kernel", "compile", "cuda_graphs")
