@@ -26,7 +26,6 @@ from .config import Params, TrainConfig
 from .errors import UserError
 from .io import atomic_write_text, record_weight_digests
 from .modeling import (
-    adapter_config,
     check_target_modules,
     device,
     load_model,
@@ -34,6 +33,7 @@ from .modeling import (
     resolve_dtype,
     saved_generation_config,
 )
+from .peft_methods import adapter_config, method_of
 from .preflight import preflight
 from .progress import interactive, use_progress_lines
 from .prompts import ChatFormat, Collator, Encoded, encode_examples, stop_token_ids
@@ -224,7 +224,7 @@ def train_adapter(
     use_compile = compile_enabled(cfg)
     compute_dtype = resolve_dtype(params.quant.compute_dtype)
     model = load_model(base_dir, dtype=compute_dtype, quant=params.quant if levers.quantize else None)
-    check_target_modules(model, params.peft.adapted_modules(params.lora))
+    check_target_modules(model, method_of(params).adapted_modules(params))
     model = freeze_base(model, compute_dtype, cfg.gradient_checkpointing, levers.upcast_fp32)
     # LoRA A starts random: seed it, or two runs with the same params start from different adapters.
     set_seed(cfg.seed)
