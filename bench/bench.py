@@ -37,11 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qlora_gsm8k.accelerators import LIGER_KERNELS, LIGER_KERNELS_COMPILED  # noqa: E402
 from qlora_gsm8k.config import Params, QuantConfig  # noqa: E402
-from qlora_gsm8k.evaluation import generate_answers, response_nll  # noqa: E402
-from qlora_gsm8k.gsm8k import Example, read_jsonl, write_jsonl  # noqa: E402
-from qlora_gsm8k.modeling import device, load_model, load_tokenizer, lora_config, save_base  # noqa: E402
+from qlora_gsm8k.evaluation import response_nll
+from qlora_gsm8k.generation import generate_answers  # noqa: E402
+from qlora_gsm8k.modeling import device, load_model, load_tokenizer, save_base  # noqa: E402
 from qlora_gsm8k.params_file import load_params, params_as_dict, parse_params  # noqa: E402
+from qlora_gsm8k.peft_methods import lora_config  # noqa: E402
 from qlora_gsm8k.prompts import IGNORE_INDEX, encode_examples  # noqa: E402
+from qlora_gsm8k.rows import Example, read_jsonl, write_jsonl  # noqa: E402
 from qlora_gsm8k.synthetic import write_dataset_dir  # noqa: E402
 from qlora_gsm8k.tiny import TINY_CHAT_TEMPLATE, build_tiny_llama  # noqa: E402
 from qlora_gsm8k.training import EncodedDataset, SpeedLevers, train_adapter  # noqa: E402

@@ -26,11 +26,12 @@ from pathlib import Path
 
 import torch
 
-from qlora_gsm8k.gsm8k import Example, read_jsonl
 from qlora_gsm8k.io import file_sha256, read_json, record_weight_digests, write_json
-from qlora_gsm8k.modeling import adapter_config, device, load_model, load_tokenizer, resolve_dtype
+from qlora_gsm8k.modeling import device, load_model, load_tokenizer, resolve_dtype
 from qlora_gsm8k.params_file import parse_params
+from qlora_gsm8k.peft_methods import adapter_config
 from qlora_gsm8k.prompts import IGNORE_INDEX, ChatFormat, conversation_text, encode_examples, prompt_text
+from qlora_gsm8k.rows import Example, read_jsonl
 
 VERSIONED = (
     "torch",

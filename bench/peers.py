@@ -290,8 +290,8 @@ def main(argv=None) -> None:
     started = time.monotonic()
     deadline = started + args.stop_after if args.stop_after else None
     args.out.mkdir(parents=True, exist_ok=True)
-    from qlora_gsm8k.gsm8k import read_jsonl, write_jsonl
     from qlora_gsm8k.params_file import params_as_dict
+    from qlora_gsm8k.rows import read_jsonl, write_jsonl
 
     data = args.data
     if data is None:

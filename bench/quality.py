@@ -38,14 +38,15 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qlora_gsm8k.config import SvampConfig  # noqa: E402
-from qlora_gsm8k.evaluation import answer_and_score, evaluate_model  # noqa: E402
-from qlora_gsm8k.gsm8k import read_jsonl  # noqa: E402
+from qlora_gsm8k.evaluation import evaluate_model
+from qlora_gsm8k.generation import answer_and_score  # noqa: E402
 from qlora_gsm8k.io import write_json  # noqa: E402
 from qlora_gsm8k.merging import load_with_adapter, merge_adapter  # noqa: E402
 from qlora_gsm8k.modeling import load_for_eval, load_tokenizer, resolve_dtype  # noqa: E402
 from qlora_gsm8k.paired import paired_comparison  # noqa: E402
 from qlora_gsm8k.params_file import parse_params  # noqa: E402
 from qlora_gsm8k.report import svamp_metrics  # noqa: E402
+from qlora_gsm8k.rows import read_jsonl  # noqa: E402
 from qlora_gsm8k.sources import materialise_gguf  # noqa: E402
 from qlora_gsm8k.svamp import load_svamp  # noqa: E402
 from qlora_gsm8k.training import train_adapter  # noqa: E402

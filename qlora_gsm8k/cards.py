@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .config import Params
 from .io import atomic_write_text, read_json
+from .peft_methods import method_of
 
 
 def adapter_base_reference(base_dir: Path) -> tuple[str, str | None]:
@@ -48,25 +49,16 @@ def _base_line(base_dir: Path) -> str:
     return f"`{name}` ({provenance.get('kind')}{': ' + pinned if pinned else ''})"
 
 
-_METHOD_NAMES = {
-    "lora": "LoRA",
-    "dora": "DoRA (weight-decomposed LoRA)",
-    "rslora": "rsLoRA (LoRA scaled by alpha/sqrt(r))",
-    "ia3": "IA3 (learned activation scaling)",
-    "prompt": "prompt tuning",
-    "prefix": "prefix tuning",
-}
-
-
 def _method_line(params: Params) -> str:
     lora, peft = params.lora, params.peft
-    if peft.method == "ia3":
-        return f"- {_METHOD_NAMES['ia3']} on {', '.join(peft.ia3_target_modules)}"
-    if peft.method in ("prompt", "prefix"):
-        return f"- {_METHOD_NAMES[peft.method]}: {peft.num_virtual_tokens} virtual tokens"
+    method = method_of(params)
+    if "peft.ia3_target_modules" in method.reads:
+        return f"- {method.label} on {', '.join(peft.ia3_target_modules)}"
+    if "peft.num_virtual_tokens" in method.reads:
+        return f"- {method.label}: {peft.num_virtual_tokens} virtual tokens"
     rslora = lora.use_rslora or peft.method == "rslora"
     return (
-        f"- {_METHOD_NAMES[peft.method]}: r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout}, rsLoRA "
+        f"- {method.label}: r {lora.r}, alpha {lora.alpha}, dropout {lora.dropout}, rsLoRA "
         f"{'on' if rslora else 'off'}, on {', '.join(lora.target_modules)}"
     )
 

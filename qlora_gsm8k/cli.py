@@ -6,6 +6,7 @@ import argparse
 import functools
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from .config import Params
@@ -20,7 +21,11 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_stage_args(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Params]:
+def parse_stage_args(
+    parser: argparse.ArgumentParser, *checks: Callable[[Params], None]
+) -> tuple[argparse.Namespace, Params]:
+    """The stage's arguments and its validated params; `checks`: what the stage checks beyond every stage's params
+    (peft_methods.check_method where it reads the method), run before anything else."""
     args = parser.parse_args()
     # Quiet the libraries' advisory chatter; progress stays (bars in a terminal, lines in a log: progress.py).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -30,6 +35,8 @@ def parse_stage_args(parser: argparse.ArgumentParser) -> tuple[argparse.Namespac
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     quiet_library_bars()
     params = load_params(args.params)
+    for check in checks:
+        check(params)
     at_stage_end(functools.partial(check_params_unchanged, Path(args.params), params))
     return args, params
 

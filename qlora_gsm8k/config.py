@@ -13,10 +13,8 @@ from typing import Literal
 from .checks import check_non_negative, check_positive
 from .errors import UserError
 from .local_paths import looks_like_path
-from .peft_methods import LoraConfig, PeftMethodConfig, check_method_keys
 
 TINY_LLAMA = "tiny-llama"
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 @dataclass(frozen=True)
@@ -73,6 +71,45 @@ class PromptConfig:
     # A system message opening every conversation, in training and evaluation alike; null: none, so the chat
     # template renders its own default (SmolLM2's names the assistant; TinyLlama's renders nothing).
     system: str | None = None
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # rsLoRA: scale the update by alpha / sqrt(r) instead of alpha / r, so large ranks keep learning.
+    use_rslora: bool = False
+
+    def validate(self) -> None:
+        check_positive("lora.r", self.r)
+        check_positive("lora.alpha", self.alpha)
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise UserError("lora.target_modules must name at least one module, e.g. [q_proj, v_proj]")
+
+
+@dataclass(frozen=True)
+class PeftMethodConfig:
+    """Which parameter-efficient method trains on the frozen 4-bit base, and the keys of the non-LoRA methods.
+
+    lora: the `lora` section; dora: LoRA with weight decomposition (peft's use_dora); rslora: LoRA scaled by
+    alpha/sqrt(r) (lora.use_rslora implied); ia3: learned scaling of the activations of ia3_target_modules
+    (ia3_feedforward_modules scale their input); prompt / prefix: prompt tuning / prefix tuning, num_virtual_tokens
+    learned tokens (embeddings, or keys and values at every layer). prompt and prefix cannot be merged into the
+    weights: the merge stage saves them as an adapter on the base, and says so (merge.merged = 0).
+    The methods themselves, and which keys each reads, are peft_methods.METHODS (checked by check_method there, in
+    the stages that use them): only the values live here, so a new method re-runs no stage that ignores methods."""
+
+    method: str = "lora"
+    ia3_target_modules: list[str] = field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"])
+    ia3_feedforward_modules: list[str] = field(default_factory=lambda: ["down_proj"])
+    num_virtual_tokens: int = 20
+
+    def validate(self) -> None:
+        check_positive("peft.num_virtual_tokens", self.num_virtual_tokens)
 
 
 @dataclass(frozen=True)
@@ -206,7 +243,6 @@ class Params:
             validate = getattr(getattr(self, section.name), "validate", None)
             if validate:
                 validate()
-        check_method_keys(self.peft, self.lora)
         steps, warmup = optimizer_steps(self.data.train_size, self.train)
         if steps <= warmup:
             # The HF Trainer's first step runs at learning rate 0 during warmup: LoRA's B would stay all zero and

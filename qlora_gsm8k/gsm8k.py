@@ -1,130 +1,16 @@
-"""GSM8K rows: reading, validating, slicing, and answer extraction scored like lm-evaluation-harness."""
+"""GSM8K as a source: its train and test splits from the Hugging Face Hub or a local directory, the deterministic
+slices of them, and the overlap check between the two (rows themselves: rows.py)."""
 
 from __future__ import annotations
 
-import json
 import random
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from .config import DataConfig
-from .datafiles import read_records
 from .errors import UserError
 from .hub import local_cache_only
 from .local_paths import looks_like_path, missing_path_error
-
-# lm-evaluation-harness gsm8k: strict-match takes the first "#### number";
-# flexible-extract takes the last number-looking span of the output.
-_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
-_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
-_CALCULATOR_ANNOTATION = re.compile(r"<<[^>]*>>")
-
-
-def normalize_number(text: str) -> str:
-    """Drop commas, `$` and one trailing period, as the harness does (its regexes_to_ignore are
-    ',', '\\$' and '\\.$'), so '1,000.' == '1000' while '5..' stays '5.', as it does there."""
-    text = text.strip().lower().replace(",", "").replace("$", "")
-    return text[:-1] if text.endswith(".") else text
-
-
-def extract_strict(output: str) -> str | None:
-    match = _STRICT.search(output)
-    if not match:
-        return None
-    # '#### ,' or '#### .' holds no number: treat it like a missing answer, never as the number "".
-    return normalize_number(match.group(1)) or None
-
-
-def extract_flexible(output: str) -> str | None:
-    matches = _FLEXIBLE.findall(output)
-    if not matches:
-        return None
-    last = next(group for group in matches[-1] if group)
-    normalized = normalize_number(last)
-    return normalized or None
-
-
-def reference_number(answer: str) -> str:
-    number = extract_strict(answer)
-    if number is None:
-        raise ValueError("reference answer has no '#### <number>' line")
-    return number
-
-
-def is_correct(predicted: str | None, reference: str) -> bool:
-    return predicted is not None and predicted == reference
-
-
-def clean_answer(answer: str) -> str:
-    """Reference solution as the model should write it: calculator annotations like <<2*3=6>> removed."""
-    return _CALCULATOR_ANNOTATION.sub("", answer)
-
-
-@dataclass(frozen=True)
-class Example:
-    question: str
-    answer: str
-    # Position in the source split, so every slice row can be traced back.
-    index: int
-
-    @property
-    def number(self) -> str:
-        return reference_number(self.answer)
-
-    def to_json(self) -> dict:
-        return {"index": self.index, "question": self.question, "answer": self.answer}
-
-
-_ROW_LAYOUT = 'each row is a JSON object with text "question" and "answer" (ending "#### <number>"), as in GSM8K'
-
-
-def parse_rows(rows: list[dict], where: str, line_numbers: list[int] | None = None) -> list[Example]:
-    """Validate rows; errors name `where` and the row's line (`line_numbers[i]`, default i + 1).
-    A row without an 'index' gets its position among the rows."""
-    if line_numbers is None:
-        line_numbers = list(range(1, len(rows) + 1))
-    examples = []
-    for position, (line_no, row) in enumerate(zip(line_numbers, rows, strict=True)):
-        if not isinstance(row, dict):
-            raise UserError(f"{where}:{line_no}: expected a JSON object, got {type(row).__name__}; {_ROW_LAYOUT}")
-        question, answer = row.get("question"), row.get("answer")
-        if not isinstance(question, str) or not question.strip():
-            got = f"; its keys: {', '.join(map(repr, row))}" if "question" not in row else ""
-            raise UserError(f"{where}:{line_no}: missing 'question' text{got}; {_ROW_LAYOUT}")
-        if not isinstance(answer, str) or extract_strict(answer) is None:
-            raise UserError(
-                f"{where}:{line_no}: 'answer' has no '#### <number>' final line; end the answer text with one, "
-                'as GSM8K does: "… so she has 42 apples.\\n#### 42"'
-            )
-        index = row.get("index", position)
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            raise UserError(
-                f"{where}:{line_no}: 'index' must be a non-negative integer, got {index!r}; write it as a number "
-                '(7, not "7"), or leave it out and rows are numbered in file order'
-            )
-        examples.append(Example(question=question, answer=answer, index=index))
-    return examples
-
-
-def read_jsonl(path: str | Path) -> list[Example]:
-    """GSM8K rows from a local file, read as the `datasets` JSON loader reads it (datafiles.py)."""
-    path = Path(path)
-    try:
-        records = read_records(path)
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist") from None
-    # Blank lines are skipped, but errors still name the line in the file.
-    examples = parse_rows([row for _, row in records], str(path), [line_no for line_no, _ in records])
-    if not examples:
-        raise UserError(f"{path} holds no rows")
-    return examples
-
-
-def write_jsonl(examples: list[Example], path: str | Path) -> None:
-    from .io import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(e.to_json()) + "\n" for e in examples))
+from .rows import Example, parse_rows, read_jsonl
 
 
 def take_slice(examples: list[Example], offset: int, size: int, seed: int, what: str) -> list[Example]:

@@ -19,14 +19,12 @@ import torch
 from .cards import name_adapter_base
 from .config import Params
 from .errors import UserError
-from .evaluation import kl_between, response_logits
-from .gsm8k import Example
 from .io import record_weight_digests, verify_weight_digests
+from .logits import kl_between, response_logits
 from .modeling import dequantized_weights, load_model, load_tokenizer, quant_in_dtype, replace_weights, resolve_dtype
-from .peft_methods import VIRTUAL_TOKEN_METHODS
+from .peft_methods import method_of
 from .prompts import ChatFormat
-
-MERGE_MODES = ("dequantized", "original")
+from .rows import Example
 
 
 class MergeCheckError(UserError):
@@ -79,7 +77,7 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, examples: list[Example], pa
     base_4bit = load_model(base_dir, dtype=dtype, quant=quant_in_dtype(params.quant, dtype))
     # Prompt and prefix tuning learn tokens, not weight deltas: nothing to merge. The adapter is kept on the same
     # 16-bit weights a merge would use (save_merged writes both).
-    mergeable = params.peft.method not in VIRTUAL_TOKEN_METHODS
+    mergeable = method_of(params).mergeable
     base_weights = dequantized_weights(base_4bit) if cfg.merge_into == "dequantized" else None
     verify_weight_digests(adapter_dir)
     adapter_4bit = adapter_in_dtype(PeftModel.from_pretrained(base_4bit, str(adapter_dir)), dtype)

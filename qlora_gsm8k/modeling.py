@@ -1,5 +1,5 @@
-"""Model and tokenizer loading in one place: 16-bit or 4-bit loads of a saved model, and the one factory that
-turns params into bitsandbytes and LoRA configs (QLoRA = LoRA + quant). Where the base comes from: sources."""
+"""Model and tokenizer loading in one place: 16-bit or 4-bit loads of a saved model and the bitsandbytes config they
+take. Where the base comes from: sources; the adapter configs (QLoRA = an adapter + quant): peft_methods."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from pathlib import Path
 
 import torch
 
-from .config import Params, QuantConfig
+from .config import QuantConfig
 from .errors import UserError
 from .io import verify_weight_digests
-from .peft_methods import LoraConfig
 
 
 def device() -> torch.device:
@@ -86,42 +85,6 @@ def quantization_config(quant: QuantConfig):
         bnb_4bit_use_double_quant=quant.double_quant,
         bnb_4bit_compute_dtype=resolve_dtype(quant.compute_dtype),
     )
-
-
-def lora_config(lora: LoraConfig, use_dora: bool = False, use_rslora: bool | None = None):
-    from peft import LoraConfig as PeftLoraConfig
-
-    return PeftLoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        use_rslora=lora.use_rslora if use_rslora is None else use_rslora,
-        use_dora=use_dora,
-        target_modules=list(lora.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-
-
-def adapter_config(params: Params):
-    """The peft config of params.peft.method: QLoRA is this plus the 4-bit quantization config."""
-    from peft import IA3Config, PrefixTuningConfig, PromptTuningConfig
-
-    peft = params.peft
-    if peft.method == "lora":
-        return lora_config(params.lora)
-    if peft.method == "dora":
-        return lora_config(params.lora, use_dora=True)
-    if peft.method == "rslora":
-        return lora_config(params.lora, use_rslora=True)
-    if peft.method == "ia3":
-        return IA3Config(
-            target_modules=list(peft.ia3_target_modules),
-            feedforward_modules=list(peft.ia3_feedforward_modules),
-            task_type="CAUSAL_LM",
-        )
-    config_class = PromptTuningConfig if peft.method == "prompt" else PrefixTuningConfig
-    return config_class(num_virtual_tokens=peft.num_virtual_tokens, task_type="CAUSAL_LM")
 
 
 def load_model(path: str | Path, dtype: torch.dtype, quant: QuantConfig | None = None):

@@ -4,8 +4,8 @@ end-of-turn token generation never stops at, a doubled BOS, labelled padding), r
 from __future__ import annotations
 
 from .errors import UserError
-from .gsm8k import Example
 from .prompts import IGNORE_INDEX, ChatFormat, Collator, Encoded, encode_prompt
+from .rows import Example
 
 
 class PreflightError(UserError):

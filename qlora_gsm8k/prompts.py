@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UserError
-from .gsm8k import Example, clean_answer
+from .rows import Example, clean_answer
 
 IGNORE_INDEX = -100
 INSTRUCTION = "Solve the problem step by step. End with the final answer on its own line as '#### <number>'."

@@ -10,9 +10,10 @@ from pathlib import Path
 import pandas as pd
 
 from .config import model_kind
-from .gsm8k import Example
 from .paired import paired_comparison
-from .peft_methods import LORA_METHODS
+from .peft_methods import method_of
+from .rows import Example
+from .scoring import reference_number
 from .svamp import SvampRow
 
 
@@ -38,7 +39,7 @@ def generations_table(examples: list[Example], base: list[dict], tuned: list[dic
                 "index": example.index,
                 "question": example.question,
                 "reference_answer": example.answer,
-                "reference_number": example.number,
+                "reference_number": reference_number(example.answer),
                 "base_output": b["output"],
                 "base_number": b["number_flexible"],
                 "base_correct": b["correct_flexible"],
@@ -138,7 +139,7 @@ def run_context(params) -> list[str]:
     """What produced the numbers: model, data slices, method and its key settings, decoding (Markdown lines)."""
     data, train, peft, lora, cfg = params.data, params.train, params.peft, params.lora, params.eval
     method = peft.method
-    if method in LORA_METHODS:
+    if "lora.r" in method_of(params).reads:
         method += f" r {lora.r}, alpha {lora.alpha}, on {', '.join(lora.target_modules)}"
     revision = f" @ {params.model.revision[:12]}" if model_kind(params.model.name) == "hub" else ""
     return [

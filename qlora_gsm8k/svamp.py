@@ -14,9 +14,9 @@ from pathlib import Path
 from .config import SvampConfig
 from .datafiles import read_records
 from .errors import UserError
-from .gsm8k import Example, normalize_number
 from .hub import local_cache_only
 from .local_paths import looks_like_path, missing_path_error
+from .rows import Example
 
 # One row of the published SVAMP.json spells its type "Common-Divison"; counted with its 165 siblings.
 _TYPE_SPELLING = {"Common-Divison": "Common-Division"}
@@ -57,7 +57,8 @@ def answer_number(value, where: str) -> str:
         ) from None
     if not math.isfinite(number):
         raise UserError(f"{where}: 'Answer' must be finite, got {value!r}; write the number itself")
-    return str(int(number)) if number.is_integer() else normalize_number(repr(number))
+    # repr of a finite float is already in the form scoring compares (no comma, `$` or trailing period).
+    return str(int(number)) if number.is_integer() else repr(number)
 
 
 _LAYOUT = 'SVAMP layout: {"Body": "…", "Question": "…", "Answer": 5, "Type": "Addition"} per row'

@@ -24,10 +24,8 @@ from .cards import adapter_base_reference, name_adapter_base
 from .checkpoints import FINISHED_MARKER, last_checkpoint, run_fingerprint, training_callbacks
 from .config import Params, TrainConfig
 from .errors import UserError
-from .gsm8k import Example
 from .io import atomic_write_text, record_weight_digests
 from .modeling import (
-    adapter_config,
     check_target_modules,
     device,
     load_model,
@@ -35,9 +33,11 @@ from .modeling import (
     resolve_dtype,
     saved_generation_config,
 )
+from .peft_methods import adapter_config, method_of
 from .preflight import preflight
 from .progress import interactive, use_progress_lines
 from .prompts import ChatFormat, Collator, Encoded, encode_examples, stop_token_ids
+from .rows import Example
 from .step_graphs import StaticShapeCollator, graphed_steps_for
 
 
@@ -224,7 +224,7 @@ def train_adapter(
     use_compile = compile_enabled(cfg)
     compute_dtype = resolve_dtype(params.quant.compute_dtype)
     model = load_model(base_dir, dtype=compute_dtype, quant=params.quant if levers.quantize else None)
-    check_target_modules(model, params.peft.adapted_modules(params.lora))
+    check_target_modules(model, method_of(params).adapted_modules(params))
     model = freeze_base(model, compute_dtype, cfg.gradient_checkpointing, levers.upcast_fp32)
     # LoRA A starts random: seed it, or two runs with the same params start from different adapters.
     set_seed(cfg.seed)

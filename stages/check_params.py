@@ -29,9 +29,11 @@ from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.config import Params, model_kind
 from qlora_gsm8k.context import check_fits_context
 from qlora_gsm8k.errors import UserError, UserErrors, stage_main
-from qlora_gsm8k.gsm8k import Example, eval_overlap, load_splits, take_slice
+from qlora_gsm8k.gsm8k import eval_overlap, load_splits, take_slice
 from qlora_gsm8k.io import atomic_write_text, file_sha256, read_json, write_json
 from qlora_gsm8k.local_paths import looks_like_path
+from qlora_gsm8k.peft_methods import check_method, method_of
+from qlora_gsm8k.rows import Example
 from qlora_gsm8k.svamp import load_svamp, take_svamp_slice
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -76,7 +78,7 @@ def model_check_key(params: Params) -> dict:
     """Everything the model check depends on: a Hub revision is a commit (immutable); a local directory is
     identified by its config.json, which names the architecture and so the module names."""
     cfg = params.model
-    key = {"name": cfg.name, "kind": model_kind(cfg.name), "target_modules": params.peft.adapted_modules(params.lora)}
+    key = {"name": cfg.name, "kind": model_kind(cfg.name), "target_modules": method_of(params).adapted_modules(params)}
     if key["kind"] == "hub":
         key["revision"] = cfg.revision
     elif key["kind"] == "local":
@@ -95,7 +97,7 @@ def check_model(params: Params, record: dict) -> None:
     if record.get("key") != key:
         from qlora_gsm8k.sources import check_model_source  # torch + transformers: only when needed
 
-        context = check_model_source(params.model, params.peft.adapted_modules(params.lora))
+        context = check_model_source(params.model, method_of(params).adapted_modules(params))
         record.clear()
         record.update(key=key, context=context)
     check_context(params, record.get("context"))
@@ -230,7 +232,7 @@ def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--out", required=True, help="marker written when params are valid")
     parser.add_argument("--model-checked", help="what the last passing model check checked (JSON), to skip it")
-    args, params = parse_stage_args(parser)
+    args, params = parse_stage_args(parser, check_method)
     check_revisions(params)
     check_inputs(params, Path(args.model_checked) if args.model_checked else None)
     check_accelerators(params)

@@ -7,8 +7,8 @@ from pathlib import Path
 from qlora_gsm8k.cards import evaluated_card, evaluation_lines
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
-from qlora_gsm8k.gsm8k import read_jsonl
 from qlora_gsm8k.io import atomic_write_text, read_json, write_json
+from qlora_gsm8k.peft_methods import check_method
 from qlora_gsm8k.plots import accuracy_png, by_type_png, flips_png
 from qlora_gsm8k.report import (
     accuracy_plot_rows,
@@ -21,6 +21,7 @@ from qlora_gsm8k.report import (
     svamp_metrics,
     table_csv,
 )
+from qlora_gsm8k.rows import read_jsonl
 from qlora_gsm8k.svamp import read_svamp_slice
 
 
@@ -42,7 +43,7 @@ def main() -> None:
     parser.add_argument("--svamp-metrics-out", required=True)
     parser.add_argument("--adapter-card", required=True, help="the train stage's model card (README.md)")
     parser.add_argument("--card-out", required=True, help="that card with the evaluation added (Markdown)")
-    args, params = parse_stage_args(parser)
+    args, params = parse_stage_args(parser, check_method)
     table = generations_table(
         read_jsonl(args.eval), read_generations(args.base_generations), read_generations(args.tuned_generations)
     )

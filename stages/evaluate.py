@@ -8,10 +8,10 @@ import json
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.evaluation import evaluate_model, response_nll
-from qlora_gsm8k.gsm8k import read_jsonl
 from qlora_gsm8k.io import atomic_write_text, write_json
 from qlora_gsm8k.modeling import dequantize_base_into, load_for_eval
 from qlora_gsm8k.prompts import ChatFormat
+from qlora_gsm8k.rows import read_jsonl
 
 
 @stage_main

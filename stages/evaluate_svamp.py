@@ -24,7 +24,7 @@ def main() -> None:
         write_json(args.metrics_out, {"svamp": {args.label: {"examples": 0}}})
         print("SVAMP is off: nothing to evaluate")
         return
-    from qlora_gsm8k.evaluation import answer_and_score  # torch: only when there is something to answer
+    from qlora_gsm8k.generation import answer_and_score  # torch: only when there is something to answer
     from qlora_gsm8k.modeling import load_for_eval
 
     model, tokenizer, _ = load_for_eval(args.model, params.eval.dtype)

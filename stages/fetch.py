@@ -4,8 +4,9 @@ from pathlib import Path
 
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
-from qlora_gsm8k.gsm8k import eval_overlap, load_splits, take_slice, write_jsonl
+from qlora_gsm8k.gsm8k import eval_overlap, load_splits, take_slice
 from qlora_gsm8k.io import file_sha256, write_json
+from qlora_gsm8k.rows import write_jsonl
 
 
 @stage_main

@@ -14,9 +14,10 @@ from qlora_gsm8k.checkpoints import discard_finished_runs
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.distributed import is_main_process, launched, pin_to_one_gpu, relaunch
 from qlora_gsm8k.errors import stage_main
-from qlora_gsm8k.gsm8k import read_jsonl
 from qlora_gsm8k.io import atomic_directory, write_json
+from qlora_gsm8k.peft_methods import check_method
 from qlora_gsm8k.plots import curve_png
+from qlora_gsm8k.rows import read_jsonl
 from qlora_gsm8k.training import train_adapter
 
 RUN_SETTINGS = ("device", "compute_dtype", "liger_kernel", "compile", "cuda_graphs")
@@ -31,7 +32,7 @@ def main() -> None:
     parser.add_argument("--metrics-out", required=True)
     parser.add_argument("--live-dir", required=True, help="DVCLive log directory")
     parser.add_argument("--checkpoints", required=True, help="kept across interrupted runs, for resume")
-    args, params = parse_stage_args(parser)
+    args, params = parse_stage_args(parser, check_method)
     if params.train.num_gpus > 1 and not launched():
         relaunch(params.train.num_gpus, "stages.train", sys.argv[1:])
         return

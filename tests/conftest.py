@@ -20,8 +20,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from qlora_gsm8k.gsm8k import read_jsonl  # noqa: E402
 from qlora_gsm8k.modeling import save_base  # noqa: E402
+from qlora_gsm8k.rows import read_jsonl  # noqa: E402
 from qlora_gsm8k.synthetic import write_dataset_dir, write_svamp_file  # noqa: E402
 from qlora_gsm8k.tiny import build_tiny_llama  # noqa: E402
 
@@ -85,7 +85,7 @@ def train_stage_outputs(out: Path, checkpoints: Path | None = None) -> list[str]
 
 def train_tiny_adapter(params, rows, base_dir: Path, root: Path, **kwargs) -> dict:
     """`train_adapter` on `rows`, written to root/train.jsonl, with the adapter at root/adapter."""
-    from qlora_gsm8k.gsm8k import write_jsonl
+    from qlora_gsm8k.rows import write_jsonl
     from qlora_gsm8k.training import train_adapter
 
     write_jsonl(rows, root / "train.jsonl")

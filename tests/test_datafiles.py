@@ -11,7 +11,8 @@ import pytest
 
 from qlora_gsm8k.config import SvampConfig
 from qlora_gsm8k.errors import UserError
-from qlora_gsm8k.gsm8k import read_jsonl
+from qlora_gsm8k.rows import read_jsonl
+from qlora_gsm8k.scoring import reference_number
 from qlora_gsm8k.svamp import load_svamp
 
 ROWS = [
@@ -48,7 +49,7 @@ def _write(tmp_path, name: str, data: bytes):
 def test_gsm8k_files_as_tools_write_them_read_the_same_rows(case, tmp_path):
     examples = read_jsonl(_write(tmp_path, case, READABLE[case]))
     assert [(e.question, e.answer) for e in examples] == [(r["question"], r["answer"]) for r in ROWS]
-    assert [e.number for e in examples] == ["7", "6", "1000"]
+    assert [reference_number(e.answer) for e in examples] == ["7", "6", "1000"]
 
 
 @pytest.mark.slow

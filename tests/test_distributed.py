@@ -12,7 +12,7 @@ import yaml
 
 from conftest import REPO_ROOT, run, shipped_params, tool_env, train_stage_outputs
 from qlora_gsm8k.distributed import launch_command, pin_to_one_gpu
-from qlora_gsm8k.gsm8k import read_jsonl, write_jsonl
+from qlora_gsm8k.rows import read_jsonl, write_jsonl
 
 
 def _train(tmp_path, base_dir, train_file, name: str, **train) -> tuple[object, dict | None]:

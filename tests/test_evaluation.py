@@ -9,19 +9,14 @@ import pytest
 import torch
 
 from qlora_gsm8k.errors import UserError
-from qlora_gsm8k.evaluation import (
-    Generation,
-    generate_answers,
-    kl_between,
-    repetition_rate,
-    response_logits,
-    response_nll,
-    score_generations,
-)
-from qlora_gsm8k.gsm8k import Example
+from qlora_gsm8k.evaluation import response_nll
+from qlora_gsm8k.generation import Generation, generate_answers
+from qlora_gsm8k.logits import kl_between, response_logits
 from qlora_gsm8k.modeling import load_model, load_tokenizer
 from qlora_gsm8k.paired import bootstrap_diff_ci, mcnemar_exact_p, paired_comparison
 from qlora_gsm8k.prompts import IGNORE_INDEX, encode_example, encode_prompt
+from qlora_gsm8k.rows import Example
+from qlora_gsm8k.scoring import repetition_rate, score_generations
 from qlora_gsm8k.tiny import build_tiny_llama
 
 
@@ -393,8 +388,8 @@ def test_evaluate_stage_writes_perplexity_and_generations_from_one_load(
     import dataclasses
     import json
 
-    from qlora_gsm8k.gsm8k import write_jsonl
     from qlora_gsm8k.params_file import parse_params
+    from qlora_gsm8k.rows import write_jsonl
 
     write_jsonl(rows[:4], tmp_path / "eval.jsonl")
     (tmp_path / "params.yaml").write_text(
@@ -479,7 +474,7 @@ def test_a_models_generation_config_cannot_change_greedy_decoding(chain_model, t
 
 
 def test_answers_are_cut_at_lm_eval_stop_strings(tiny_tokenizer):
-    from qlora_gsm8k.evaluation import _decode_answer
+    from qlora_gsm8k.generation import _decode_answer
 
     tokens = tiny_tokenizer("#### 5\n\nQuestion: and 7", add_special_tokens=False)["input_ids"]
     gen = _decode_answer(tiny_tokenizer, tokens, {tiny_tokenizer.eos_token_id})

@@ -7,19 +7,9 @@ import json
 import pytest
 
 from qlora_gsm8k.errors import UserError
-from qlora_gsm8k.gsm8k import (
-    Example,
-    clean_answer,
-    extract_flexible,
-    extract_strict,
-    is_correct,
-    normalize_number,
-    parse_rows,
-    read_jsonl,
-    reference_number,
-    take_slice,
-    write_jsonl,
-)
+from qlora_gsm8k.gsm8k import take_slice
+from qlora_gsm8k.rows import clean_answer, has_final_number, parse_rows, read_jsonl, write_jsonl
+from qlora_gsm8k.scoring import extract_flexible, extract_strict, is_correct, normalize_number, reference_number
 from qlora_gsm8k.synthetic import make_rows
 
 # (model output, strict-match number, flexible-extract number)
@@ -73,13 +63,21 @@ def test_is_correct_compares_normalised_strings_only():
 )
 def test_reference_number(answer, number):
     assert reference_number(answer) == number
-    assert Example(question="q", answer=answer, index=0).number == number
+    assert has_final_number(answer)
 
 
 @pytest.mark.parametrize("answer", ["no final line", "#### ", "####", "#### .", "#### abc"])
 def test_reference_number_without_number_raises(answer):
     with pytest.raises(ValueError, match="####"):
         reference_number(answer)
+
+
+@pytest.mark.parametrize(
+    "text", [output for output, _, _ in EXTRACTION_CASES] + ["#### ,.", "#### -", "#### ..", "a\n#### ,,5"]
+)
+def test_rows_and_scoring_agree_on_what_holds_a_final_number(text):
+    """rows.py checks the layout when rows are read, scoring.py reads the number: a row that is read must score."""
+    assert has_final_number(text) == (extract_strict(text) is not None)
 
 
 def test_clean_answer_removes_calculator_annotations():
@@ -129,7 +127,7 @@ def test_read_jsonl_skips_blank_lines_and_counts_rows(tmp_path):
     path = _write_lines(tmp_path / "rows.jsonl", ["", GOOD, "", "", GOOD])
     examples = read_jsonl(path)
     assert [e.index for e in examples] == [0, 1]
-    assert [e.number for e in examples] == ["4", "4"]
+    assert [reference_number(e.answer) for e in examples] == ["4", "4"]
 
 
 def test_read_jsonl_unicode_line_separator_inside_a_string(tmp_path):
@@ -157,7 +155,7 @@ def test_parse_rows_hub_style_where():
 
 def test_fixture_rows_parse(examples):
     assert len(examples) == 300
-    assert all(e.number.lstrip("-").isdigit() for e in examples)
+    assert all(reference_number(e.answer).lstrip("-").isdigit() for e in examples)
     assert all("<<" not in clean_answer(e.answer) for e in examples)
 
 

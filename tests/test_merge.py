@@ -54,7 +54,7 @@ def adapter_dir(tmp_path_factory, tiny_base_dir, examples):
 
 @pytest.fixture(scope="module")
 def eval_rows(dataset_dir):
-    from qlora_gsm8k.gsm8k import read_jsonl
+    from qlora_gsm8k.rows import read_jsonl
 
     return read_jsonl(dataset_dir / "test.jsonl")[:4]
 

@@ -20,6 +20,7 @@ from qlora_gsm8k.evaluation import evaluate_model
 from qlora_gsm8k.merging import merge_adapter, save_merged
 from qlora_gsm8k.modeling import load_for_eval
 from qlora_gsm8k.params_file import parse_params
+from qlora_gsm8k.peft_methods import check_method
 
 METHODS = ("lora", "dora", "rslora", "ia3", "prompt", "prefix")
 # Learning rates at which each method moves in a handful of steps (a method's usual range: IA3 and the
@@ -46,14 +47,14 @@ def test_lora_section_is_ignored_by_methods_that_do_not_read_it(method):
     """README: the lora section's r, alpha, dropout and target_modules are read by lora, dora and rslora only and
     left as they are by the others, so a method sweep can follow a `-S lora.r=8` experiment (whose value stays
     in the workspace params.yaml). Accepted, and the adapter built is the same."""
-    from qlora_gsm8k.modeling import adapter_config
+    from qlora_gsm8k.peft_methods import adapter_config, method_of
 
     changed_lora = {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["o_proj"]}
     with_defaults = parse_params({"peft": {"method": method}})
     with_changed = parse_params({"peft": {"method": method}, "lora": changed_lora})
     assert adapter_config(with_changed).to_dict() == adapter_config(with_defaults).to_dict()
-    assert with_changed.peft.adapted_modules(with_changed.lora) == with_defaults.peft.adapted_modules(
-        with_defaults.lora
+    assert method_of(with_changed).adapted_modules(with_changed) == method_of(with_defaults).adapted_modules(
+        with_defaults
     )
 
 
@@ -73,8 +74,10 @@ def test_lora_section_is_ignored_by_methods_that_do_not_read_it(method):
     ],
 )
 def test_method_keys_are_validated_naming_key_and_method(raw, message):
+    """Every stage's params (parse_params), then the method table's checks (check_method), as the stages that read
+    the method run them."""
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        parse_params(raw)
+        check_method(parse_params(raw))
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT, TINY_PARAMS, shipped_params, tool_env, train_stage_outputs, write_params
-from qlora_gsm8k.gsm8k import write_jsonl
 from qlora_gsm8k.progress import LineProgress, progress
+from qlora_gsm8k.rows import write_jsonl
 
 
 def test_a_line_every_ten_percent_and_no_carriage_return():

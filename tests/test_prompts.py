@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qlora_gsm8k.gsm8k import clean_answer
 from qlora_gsm8k.modeling import load_tokenizer
 from qlora_gsm8k.prompts import (
     IGNORE_INDEX,
@@ -24,6 +23,7 @@ from qlora_gsm8k.prompts import (
     stop_token_ids,
     user_message,
 )
+from qlora_gsm8k.rows import clean_answer
 from qlora_gsm8k.tiny import TINY_CHAT_TEMPLATE
 
 

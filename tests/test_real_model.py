@@ -103,9 +103,9 @@ def test_merged_model_is_the_trained_model(smollm2_project):
 
 @pytest.mark.slow
 def test_merge_into_the_original_weights_is_caught(smollm2_project):
-    from qlora_gsm8k.gsm8k import read_jsonl
     from qlora_gsm8k.merging import MergeCheckError, check_merge, merge_adapter
     from qlora_gsm8k.params_file import load_params
+    from qlora_gsm8k.rows import read_jsonl
 
     project = smollm2_project
     params = load_params(project / "params.yaml")

@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import imported_modules
-from qlora_gsm8k.evaluation import Generation, score_generations
-from qlora_gsm8k.gsm8k import Example, write_jsonl
+from qlora_gsm8k.generation import Generation
 from qlora_gsm8k.paired import mcnemar_exact_p
 from qlora_gsm8k.report import (
     accuracy_plot_rows,
@@ -25,6 +24,8 @@ from qlora_gsm8k.report import (
     read_generations,
     table_csv,
 )
+from qlora_gsm8k.rows import Example, write_jsonl
+from qlora_gsm8k.scoring import score_generations
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,8 +9,9 @@ import torch
 
 from conftest import train_tiny_adapter
 from qlora_gsm8k.errors import UserError
-from qlora_gsm8k.modeling import adapter_config, load_model
+from qlora_gsm8k.modeling import load_model
 from qlora_gsm8k.params_file import parse_params
+from qlora_gsm8k.peft_methods import adapter_config
 from qlora_gsm8k.prompts import IGNORE_INDEX, Collator, encode_examples
 from qlora_gsm8k.step_graphs import (
     MIN_MICRO_BATCHES,

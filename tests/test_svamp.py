@@ -11,9 +11,10 @@ import pytest
 from conftest import REPO_ROOT, run, tool_env
 from qlora_gsm8k.config import SvampConfig
 from qlora_gsm8k.errors import UserError
-from qlora_gsm8k.evaluation import Generation, score_generations
+from qlora_gsm8k.generation import Generation
 from qlora_gsm8k.params_file import parse_params
 from qlora_gsm8k.report import svamp_metrics
+from qlora_gsm8k.scoring import reference_number, score_generations
 from qlora_gsm8k.svamp import load_svamp, parse_svamp, read_svamp_slice, take_svamp_slice, write_svamp_slice
 from qlora_gsm8k.synthetic import make_svamp_rows
 
@@ -32,7 +33,7 @@ def test_published_row_becomes_a_gsm8k_style_question_and_answer():
     assert row.question == PUBLISHED_ROW["Body"] + " " + PUBLISHED_ROW["Question"]
     assert row.number == "51" and row.type == "Subtraction" and row.id == "chal-1"
     example = row.example()
-    assert example.number == "51" and example.question == row.question
+    assert reference_number(example.answer) == "51" and example.question == row.question
 
 
 def test_hub_string_answers_and_the_misspelt_type_are_normalised():

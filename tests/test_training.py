@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import train_tiny_adapter
-from qlora_gsm8k.config import QuantConfig
+from qlora_gsm8k.config import LoraConfig, QuantConfig
 from qlora_gsm8k.errors import UserError
-from qlora_gsm8k.modeling import load_model, load_tokenizer, lora_config
+from qlora_gsm8k.modeling import load_model, load_tokenizer
 from qlora_gsm8k.params_file import parse_params
-from qlora_gsm8k.peft_methods import LoraConfig
+from qlora_gsm8k.peft_methods import lora_config
 from qlora_gsm8k.preflight import PreflightError, preflight
 from qlora_gsm8k.prompts import IGNORE_INDEX, Collator, Encoded, encode_examples, stop_token_ids
 
@@ -327,9 +327,9 @@ def test_compile_is_refused_off_cuda_and_compiles_each_decoder_layer_under_peft(
     from peft import get_peft_model
 
     from qlora_gsm8k.accelerators import compile_decoder_layers, compile_enabled
-    from qlora_gsm8k.config import TrainConfig
-    from qlora_gsm8k.modeling import load_model, lora_config
-    from qlora_gsm8k.peft_methods import LoraConfig
+    from qlora_gsm8k.config import LoraConfig, TrainConfig
+    from qlora_gsm8k.modeling import load_model
+    from qlora_gsm8k.peft_methods import lora_config
 
     assert compile_enabled(TrainConfig()) is False
     with pytest.raises(UserError, match=r"train.compile is true but needs a CUDA GPU"):

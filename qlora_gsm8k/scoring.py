@@ -1,0 +1,95 @@
+"""Answer scoring as lm-evaluation-harness scores gsm8k: the number read from an output (strict-match,
+flexible-extract), the reference's number, exact match, and the health of the outputs. Only the evaluation stages
+and compare import this, so a scoring fix re-runs those and nothing upstream."""
+
+from __future__ import annotations
+
+import re
+
+from .rows import Example
+
+# lm-evaluation-harness gsm8k: strict-match takes the first "#### number";
+# flexible-extract takes the last number-looking span of the output.
+_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
+_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+
+
+def normalize_number(text: str) -> str:
+    """Drop commas, `$` and one trailing period, as the harness does (its regexes_to_ignore are
+    ',', '\\$' and '\\.$'), so '1,000.' == '1000' while '5..' stays '5.', as it does there."""
+    text = text.strip().lower().replace(",", "").replace("$", "")
+    return text[:-1] if text.endswith(".") else text
+
+
+def extract_strict(output: str) -> str | None:
+    match = _STRICT.search(output)
+    if not match:
+        return None
+    # '#### ,' or '#### .' holds no number: treat it like a missing answer, never as the number "".
+    return normalize_number(match.group(1)) or None
+
+
+def extract_flexible(output: str) -> str | None:
+    matches = _FLEXIBLE.findall(output)
+    if not matches:
+        return None
+    last = next(group for group in matches[-1] if group)
+    normalized = normalize_number(last)
+    return normalized or None
+
+
+def reference_number(answer: str) -> str:
+    number = extract_strict(answer)
+    if number is None:
+        raise ValueError("reference answer has no '#### <number>' line")
+    return number
+
+
+def is_correct(predicted: str | None, reference: str) -> bool:
+    return predicted is not None and predicted == reference
+
+
+def repetition_rate(text: str, n: int = 4) -> float:
+    """Share of word n-grams that repeat an earlier n-gram of the same output (0 = none)."""
+    words = text.split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def score_generations(examples: list[Example], generations: list) -> tuple[list[dict], dict]:
+    """Per-row records and summary: exact match (strict/flexible), format gap and health. `generations`:
+    generation.Generation records (text, new_tokens, hit_token_cap), one per example."""
+    rows = []
+    for example, gen in zip(examples, generations, strict=True):
+        strict, flexible = extract_strict(gen.text), extract_flexible(gen.text)
+        reference = reference_number(example.answer)
+        rows.append(
+            {
+                "index": example.index,
+                "output": gen.text,
+                "number_strict": strict,
+                "number_flexible": flexible,
+                "correct_strict": is_correct(strict, reference),
+                "correct_flexible": is_correct(flexible, reference),
+                "new_tokens": gen.new_tokens,
+                "hit_token_cap": gen.hit_token_cap,
+                "repetition_rate": repetition_rate(gen.text),
+            }
+        )
+    n = max(len(rows), 1)
+    strict_acc = sum(r["correct_strict"] for r in rows) / n
+    flexible_acc = sum(r["correct_flexible"] for r in rows) / n
+    summary = {
+        "exact_match_strict": strict_acc,
+        "exact_match_flexible": flexible_acc,
+        # How much accuracy is lost only to answer format (no '#### N' line).
+        "format_gap": flexible_acc - strict_acc,
+        "format_compliance": sum(r["number_strict"] is not None for r in rows) / n,
+        "hit_token_cap_rate": sum(r["hit_token_cap"] for r in rows) / n,
+        "repetition_rate": sum(r["repetition_rate"] for r in rows) / n,
+        "mean_new_tokens": sum(r["new_tokens"] for r in rows) / n,
+        "examples": len(rows),
+    }
+    return rows, summary
