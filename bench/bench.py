@@ -43,7 +43,7 @@ from qlora_gsm8k.modeling import device, load_model, load_tokenizer, save_base  
 from qlora_gsm8k.params_file import load_params, params_as_dict, parse_params  # noqa: E402
 from qlora_gsm8k.peft_methods import lora_config  # noqa: E402
 from qlora_gsm8k.prompts import IGNORE_INDEX, encode_examples  # noqa: E402
-from qlora_gsm8k.rows import Example, read_jsonl, write_jsonl  # noqa: E402
+from qlora_gsm8k.rows import Example, read_jsonl  # noqa: E402
 from qlora_gsm8k.synthetic import write_dataset_dir  # noqa: E402
 from qlora_gsm8k.tiny import TINY_CHAT_TEMPLATE, build_tiny_llama  # noqa: E402
 from qlora_gsm8k.training import EncodedDataset, SpeedLevers, train_adapter  # noqa: E402
@@ -234,40 +234,30 @@ def train_ours(
     token_budget: float | None = None,
     record_graphs: bool = True,
 ) -> dict:
-    import qlora_gsm8k.modeling as modeling
-    import qlora_gsm8k.training as training
-
     params = _with(params, changes or {})
     slug = "".join(c if c.isalnum() else "-" for c in name)
-    train_file = work / f"{slug}-train.jsonl"
-    write_jsonl(examples, train_file)
     _reset_peak()
-    modeling.CUDNN_ATTENTION = cudnn_attention
-    training.COUNT_PARAMETERS_ONCE = count_parameters_once
-    try:
-        metrics = train_adapter(
-            params,
-            examples,
-            base_dir=base_dir,
-            adapter_dir=work / f"{slug}-adapter",
-            checkpoint_root=work / f"{slug}-checkpoints",
-            live_dir=None,
-            train_file=train_file,
-            callbacks=[recorder := LossRecorder(), *(extra_callbacks or [])],
-            levers=SpeedLevers(
-                upcast_fp32=upcast_fp32,
-                liger_kernel_config=liger_kernel_config,
-                compile_mode=compile_mode,
-                compile_whole_model=compile_whole_model,
-                pad_to_multiple_of=pad_to_multiple_of,
-                quantize=quantize,
-                token_budget=token_budget,
-                record_graphs=record_graphs,
-            ),
-        )
-    finally:
-        modeling.CUDNN_ATTENTION = False
-        training.COUNT_PARAMETERS_ONCE = True
+    metrics = train_adapter(
+        params,
+        examples,
+        base_dir=base_dir,
+        adapter_dir=work / f"{slug}-adapter",
+        checkpoint_root=work / f"{slug}-checkpoints",
+        live_dir=None,
+        callbacks=[recorder := LossRecorder(), *(extra_callbacks or [])],
+        levers=SpeedLevers(
+            upcast_fp32=upcast_fp32,
+            liger_kernel_config=liger_kernel_config,
+            compile_mode=compile_mode,
+            compile_whole_model=compile_whole_model,
+            pad_to_multiple_of=pad_to_multiple_of,
+            quantize=quantize,
+            token_budget=token_budget,
+            record_graphs=record_graphs,
+            cudnn_attention=cudnn_attention,
+            count_parameters_once=count_parameters_once,
+        ),
+    )
     return {
         "tokens_per_second": metrics["tokens_per_second"],
         "seconds": metrics["seconds"],

@@ -12,16 +12,8 @@ import torch
 from .errors import UserError
 
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def is_main_process() -> bool:

@@ -21,16 +21,13 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-# PyTorch picks cuDNN's attention first on Hopper. cuDNN builds an execution plan for every new sequence
-# length, about 2 ms of CPU per layer call (profiled on an H200, bench/RESULTS.md), and every batch of
-# length-grouped training rows, and every generated token, is a new length: off, the flash and
-# memory-efficient kernels do the same work with no planning. The benchmark flips it to measure both.
-CUDNN_ATTENTION = False
-
-
-def configure_attention_backends() -> None:
+def configure_attention_backends(cudnn_attention: bool = False) -> None:
+    """PyTorch picks cuDNN's attention first on Hopper. cuDNN builds an execution plan for every new sequence
+    length, about 2 ms of CPU per layer call (profiled on an H200, bench/RESULTS.md), and every batch of
+    length-grouped training rows, and every generated token, is a new length: off, the flash and
+    memory-efficient kernels do the same work with no planning. The benchmark turns it on to measure both."""
     if torch.cuda.is_available():
-        torch.backends.cuda.enable_cudnn_sdp(CUDNN_ATTENTION)
+        torch.backends.cuda.enable_cudnn_sdp(cudnn_attention)
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -87,12 +84,13 @@ def quantization_config(quant: QuantConfig):
     )
 
 
-def load_model(path: str | Path, dtype: torch.dtype, quant: QuantConfig | None = None):
-    """Load a saved model: 16-bit (or fp32) when `quant` is None, else bitsandbytes 4-bit."""
+def load_model(path: str | Path, dtype: torch.dtype, quant: QuantConfig | None = None, cudnn_attention: bool = False):
+    """Load a saved model: 16-bit (or fp32) when `quant` is None, else bitsandbytes 4-bit. `cudnn_attention`: see
+    configure_attention_backends (the benchmark's lever; off everywhere else)."""
     from transformers import AutoModelForCausalLM
 
     verify_weight_digests(path)
-    configure_attention_backends()
+    configure_attention_backends(cudnn_attention)
     kwargs = {}
     if quant is not None:
         kwargs["quantization_config"] = quantization_config(quant)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import json
 import re
-from pathlib import Path
 
 import pandas as pd
 
@@ -15,10 +13,6 @@ from .peft_methods import method_of
 from .rows import Example
 from .scoring import reference_number
 from .svamp import SvampRow
-
-
-def read_generations(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def table_csv(table: pd.DataFrame) -> str:

@@ -87,6 +87,17 @@ def read_jsonl(path: str | Path) -> list[Example]:
 
 
 def write_jsonl(examples: list[Example], path: str | Path) -> None:
+    write_json_lines(path, [e.to_json() for e in examples])
+
+
+def write_json_lines(path: str | Path, records: list[dict]) -> None:
+    """One JSON object per line, written atomically: the row files stages pass each other (slices, generations)."""
     from .io import atomic_write_text
 
-    atomic_write_text(path, "".join(json.dumps(e.to_json()) + "\n" for e in examples))
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def read_json_lines(path: str | Path) -> list:
+    """What write_json_lines wrote, blank lines skipped. Files users give go through datafiles.read_records, which
+    reads what their tools write and names the line of a broken row."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

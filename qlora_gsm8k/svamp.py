@@ -5,7 +5,6 @@ reasoning."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from .datafiles import read_records
 from .errors import UserError
 from .hub import local_cache_only
 from .local_paths import looks_like_path, missing_path_error
-from .rows import Example
+from .rows import Example, read_json_lines, write_json_lines
 
 # One row of the published SVAMP.json spells its type "Common-Divison"; counted with its 165 siblings.
 _TYPE_SPELLING = {"Common-Divison": "Common-Division"}
@@ -148,15 +147,13 @@ def take_svamp_slice(rows: list[SvampRow], cfg: SvampConfig) -> list[SvampRow]:
 
 
 def write_svamp_slice(rows: list[SvampRow], path: str | Path) -> None:
-    from .io import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(r.to_json()) + "\n" for r in rows))
+    write_json_lines(path, [r.to_json() for r in rows])
 
 
 def read_svamp_slice(path: str | Path) -> list[SvampRow]:
     """What the fetch_svamp stage wrote (possibly nothing: the set is off)."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").split("\n")
+        records = read_json_lines(path)
     except OSError as err:
         raise UserError(f"cannot read {path}: {err}") from None
-    return [SvampRow(**json.loads(line)) for line in lines if line.strip()]
+    return [SvampRow(**record) for record in records]

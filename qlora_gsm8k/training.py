@@ -109,14 +109,12 @@ def _mean_logged_loss(log_history: list[dict]) -> float | None:
     return total / steps if steps else None
 
 
-# The HF Trainer logs total_flos from 6 × tokens × num_parameters(exclude_embeddings=True), and recounts the
-# parameters at every step by walking every module (~3.2M named_modules calls over 110 TinyLlama steps, 8 ms of a
-# 111 ms step under cProfile on the H200: bench/RESULTS.md run 12). Counted once here; the same total_flos.
-# False: the Trainer's own per-step count (bench/bench.py's ablation).
-COUNT_PARAMETERS_ONCE = True
+def _trainer_class(trainer_cls, batch_sampler=None, graphed_steps=None, count_parameters_once: bool = True):
+    """`count_parameters_once`: the HF Trainer logs total_flos from 6 × tokens × num_parameters(exclude_embeddings=
+    True), and recounts the parameters at every step by walking every module (~3.2M named_modules calls over 110
+    TinyLlama steps, 8 ms of a 111 ms step under cProfile on the H200: bench/RESULTS.md run 12). Counted once here;
+    the same total_flos. False: the Trainer's own per-step count (bench/bench.py's ablation)."""
 
-
-def _trainer_class(trainer_cls, batch_sampler=None, graphed_steps=None):
     class Trainer(trainer_cls):
         _counted_parameters: int | None = None
 
@@ -133,7 +131,7 @@ def _trainer_class(trainer_cls, batch_sampler=None, graphed_steps=None):
             return graphed_steps(inputs["input_ids"], labels, 1.0 / num_items_in_batch)
 
         def floating_point_ops(self, inputs) -> int:
-            if not COUNT_PARAMETERS_ONCE:
+            if not count_parameters_once:
                 return super().floating_point_ops(inputs)
             main_input = getattr(self.model, "main_input_name", "input_ids")
             if main_input not in inputs or not hasattr(self.model, "num_parameters"):
@@ -167,6 +165,8 @@ class SpeedLevers:
     quantize: bool = True  # False: LoRA on the 16-bit base, the ceiling of a fused 4-bit kernel
     token_budget: float | None = None
     record_graphs: bool = True  # False: train.cuda_graphs' step arithmetic without recording graphs (CPU tests)
+    cudnn_attention: bool = False  # cuDNN's attention kernels (modeling.configure_attention_backends)
+    count_parameters_once: bool = True  # False: the Trainer's own per-step parameter count (_trainer_class)
 
 
 def schedule_arguments(cfg: TrainConfig) -> dict:
@@ -193,7 +193,6 @@ def train_adapter(
     adapter_dir: Path | None,
     checkpoint_root: Path,
     live_dir: Path | None,
-    train_file: Path | None = None,
     callbacks: list | None = None,
     keep_checkpoints: bool = False,
     levers: SpeedLevers | None = None,
@@ -203,7 +202,6 @@ def train_adapter(
     Resumes from the newest complete checkpoint of the same run under checkpoint_root. The run's
     checkpoints are deleted at the end, unless keep_checkpoints: then the run is only marked finished and
     the caller discards it (discard_finished_runs) once its outputs are safely in place.
-    `train_file` is accepted for callers' convenience; the run is identified by the tokenized rows.
     `levers`: what bench/bench.py varies beyond params; None is the pipeline's own settings."""
     from peft import get_peft_model
     from transformers import Trainer, TrainingArguments, set_seed
@@ -223,7 +221,12 @@ def train_adapter(
     use_liger = liger_kernel_enabled(cfg)
     use_compile = compile_enabled(cfg)
     compute_dtype = resolve_dtype(params.quant.compute_dtype)
-    model = load_model(base_dir, dtype=compute_dtype, quant=params.quant if levers.quantize else None)
+    model = load_model(
+        base_dir,
+        dtype=compute_dtype,
+        quant=params.quant if levers.quantize else None,
+        cudnn_attention=levers.cudnn_attention,
+    )
     check_target_modules(model, method_of(params).adapted_modules(params))
     model = freeze_base(model, compute_dtype, cfg.gradient_checkpointing, levers.upcast_fp32)
     # LoRA A starts random: seed it, or two runs with the same params start from different adapters.
@@ -274,7 +277,7 @@ def train_adapter(
         lengths = [len(e.input_ids) for e in encoded]
         max_tokens = round(levers.token_budget * cfg.micro_batch_size * sum(lengths) / len(lengths))
         batches = TokenBudgetBatchSampler(lengths, max_tokens, cfg.seed, levers.pad_to_multiple_of)
-    trainer = _trainer_class(Trainer, batches, graphed_steps)(
+    trainer = _trainer_class(Trainer, batches, graphed_steps, levers.count_parameters_once)(
         model=model,
         args=args,
         train_dataset=EncodedDataset(encoded),

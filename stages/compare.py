@@ -16,12 +16,11 @@ from qlora_gsm8k.report import (
     flips_plot_rows,
     generations_table,
     markdown_report,
-    read_generations,
     run_context,
     svamp_metrics,
     table_csv,
 )
-from qlora_gsm8k.rows import read_jsonl
+from qlora_gsm8k.rows import read_json_lines, read_jsonl
 from qlora_gsm8k.svamp import read_svamp_slice
 
 
@@ -45,14 +44,14 @@ def main() -> None:
     parser.add_argument("--card-out", required=True, help="that card with the evaluation added (Markdown)")
     args, params = parse_stage_args(parser, check_method)
     table = generations_table(
-        read_jsonl(args.eval), read_generations(args.base_generations), read_generations(args.tuned_generations)
+        read_jsonl(args.eval), read_json_lines(args.base_generations), read_json_lines(args.tuned_generations)
     )
     perplexity = {**read_json(args.base_perplexity), **read_json(args.tuned_perplexity)}
     metrics = compare_metrics(table, perplexity)
     svamp = svamp_metrics(
         read_svamp_slice(args.svamp),
-        read_generations(args.svamp_base_generations),
-        read_generations(args.svamp_tuned_generations),
+        read_json_lines(args.svamp_base_generations),
+        read_json_lines(args.svamp_tuned_generations),
     )
     write_json(args.metrics_out, metrics)
     write_json(args.svamp_metrics_out, svamp)

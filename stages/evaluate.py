@@ -3,15 +3,13 @@ answers scored GSM8K-style. One stage, not two: each stage is a process that imp
 model, which on an H200 took longer than the perplexity itself (bench/RESULTS.md). The base's run also scores
 the base quantized to 4-bit, what training starts from, so quantization's cost and training's gain read apart."""
 
-import json
-
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.evaluation import evaluate_model, response_nll
-from qlora_gsm8k.io import atomic_write_text, write_json
+from qlora_gsm8k.io import write_json
 from qlora_gsm8k.modeling import dequantize_base_into, load_for_eval
 from qlora_gsm8k.prompts import ChatFormat
-from qlora_gsm8k.rows import read_jsonl
+from qlora_gsm8k.rows import read_jsonl, write_json_lines
 
 
 @stage_main
@@ -48,7 +46,7 @@ def main() -> None:
         info["base_4bit"] = {"quant_type": quant.quant_type, "double_quant": quant.double_quant, "dtype": precision}
     # All three outputs once both measurements are done: a stage that fails or is killed while generating leaves
     # no perplexity file that looks like this run's next to the last run's generation metrics.
-    atomic_write_text(args.generations_out, "".join(json.dumps(r) + "\n" for r in rows))
+    write_json_lines(args.generations_out, rows)
     write_json(args.perplexity_out, scores)
     write_json(args.generation_metrics_out, {args.label: summary})
     # Settings, not numbers: kept out of the metrics files so `dvc metrics diff` compares numbers only.

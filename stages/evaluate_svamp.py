@@ -1,11 +1,10 @@
 """Answer the SVAMP slice with one model (base or tuned): the same prompt, greedy generation and scoring as GSM8K.
 An empty slice (svamp.enabled false) writes empty outputs and loads no model."""
 
-import json
-
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.io import atomic_write_text, write_json
+from qlora_gsm8k.rows import write_json_lines
 from qlora_gsm8k.svamp import read_svamp_slice
 
 
@@ -29,7 +28,7 @@ def main() -> None:
 
     model, tokenizer, _ = load_for_eval(args.model, params.eval.dtype)
     rows, summary = answer_and_score(model, tokenizer, examples, params)
-    atomic_write_text(args.generations_out, "".join(json.dumps(r) + "\n" for r in rows))
+    write_json_lines(args.generations_out, rows)
     write_json(args.metrics_out, {"svamp": {args.label: summary}})
     print(
         f"SVAMP {args.label}: exact match strict {summary['exact_match_strict']:.3f}, "

@@ -52,7 +52,6 @@ def main() -> None:
             adapter_dir=tmp,
             checkpoint_root=checkpoints,
             live_dir=Path(args.live_dir),
-            train_file=Path(args.train),
             keep_checkpoints=True,
         )
         if main_process:

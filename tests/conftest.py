@@ -84,11 +84,9 @@ def train_stage_outputs(out: Path, checkpoints: Path | None = None) -> list[str]
 
 
 def train_tiny_adapter(params, rows, base_dir: Path, root: Path, **kwargs) -> dict:
-    """`train_adapter` on `rows`, written to root/train.jsonl, with the adapter at root/adapter."""
-    from qlora_gsm8k.rows import write_jsonl
+    """`train_adapter` on `rows`, with the adapter at root/adapter."""
     from qlora_gsm8k.training import train_adapter
 
-    write_jsonl(rows, root / "train.jsonl")
     kwargs.setdefault("live_dir", None)
     return train_adapter(
         params,
@@ -96,7 +94,6 @@ def train_tiny_adapter(params, rows, base_dir: Path, root: Path, **kwargs) -> di
         base_dir=base_dir,
         adapter_dir=root / "adapter",
         checkpoint_root=root / "checkpoints",
-        train_file=root / "train.jsonl",
         **kwargs,
     )
 

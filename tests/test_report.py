@@ -21,10 +21,9 @@ from qlora_gsm8k.report import (
     flips_plot_rows,
     generations_table,
     markdown_report,
-    read_generations,
     table_csv,
 )
-from qlora_gsm8k.rows import Example, write_jsonl
+from qlora_gsm8k.rows import Example, read_json_lines, write_jsonl
 from qlora_gsm8k.scoring import score_generations
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -255,10 +254,10 @@ def test_markdown_report_clips_garbage_numbers_and_escapes_control_characters(ta
     assert "more characters)" in report
 
 
-def test_read_generations_roundtrip(tmp_path):
+def test_read_json_lines_roundtrip(tmp_path):
     rows = _scored(1)
     (tmp_path / "g.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
-    assert read_generations(tmp_path / "g.jsonl") == rows
+    assert read_json_lines(tmp_path / "g.jsonl") == rows
 
 
 @pytest.mark.slow
