@@ -233,12 +233,17 @@ def make_project(root: Path, dataset_dir: Path, overrides: dict | None = None) -
     params = merge_params(params, local_sources(dataset_dir))
     params = merge_params(params, overrides or {})
     (project / "params.yaml").write_text(dump_params(params))
-    git(project, "init", "-q", "-b", "main")
-    git(project, "config", "user.email", "tests@example.com")
-    git(project, "config", "user.name", "tests")
-    git(project, "add", "-A")
-    git(project, "commit", "-q", "-m", "project")
+    commit_as_new_repo(project, "project")
     return project
+
+
+def commit_as_new_repo(path: Path, message: str) -> None:
+    """`path` as a fresh git repository on branch main with everything in it committed."""
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.email", "tests@example.com")
+    git(path, "config", "user.name", "tests")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", message)
 
 
 @pytest.fixture

@@ -44,7 +44,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, checkout_files, dump_params, git, merge_params, run, shipped_params
+from conftest import (
+    REPO_ROOT,
+    checkout_files,
+    commit_as_new_repo,
+    dump_params,
+    merge_params,
+    run,
+    shipped_params,
+)
 
 DOCS = ["README.md", *sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "docs").glob("*.md"))]
 SHELL_LANGUAGES = {"bash", "sh", "shell"}
@@ -276,11 +284,7 @@ def _fresh_clone(dest: Path, overrides: dict) -> Path:
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / rel, dest / rel)
     (dest / "params.yaml").write_text(dump_params(merge_params(shipped_params(), overrides)))
-    git(dest, "init", "-q", "-b", "main")
-    git(dest, "config", "user.email", "tests@example.com")
-    git(dest, "config", "user.name", "tests")
-    git(dest, "add", "-A")
-    git(dest, "commit", "-q", "-m", "clone")
+    commit_as_new_repo(dest, "clone")
     return dest
 
 
