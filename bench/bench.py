@@ -46,7 +46,8 @@ from qlora_gsm8k.prompts import IGNORE_INDEX, encode_examples  # noqa: E402
 from qlora_gsm8k.rows import Example, read_jsonl  # noqa: E402
 from qlora_gsm8k.synthetic import write_dataset_dir  # noqa: E402
 from qlora_gsm8k.tiny import TINY_CHAT_TEMPLATE, build_tiny_llama  # noqa: E402
-from qlora_gsm8k.training import EncodedDataset, SpeedLevers, train_adapter  # noqa: E402
+from qlora_gsm8k.trainer import EncodedDataset  # noqa: E402
+from qlora_gsm8k.training import SpeedLevers, train_adapter  # noqa: E402
 
 COMPILE = {"train": {"compile": True}}
 # Liger's kernels named as train_adapter picks them, so the runs are ordered by what they patch.

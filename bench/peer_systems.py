@@ -205,7 +205,7 @@ def trainer_config(params, out: Path, **overrides):
     """TRL's SFTConfig with the recipe's numbers; everything not named here is TRL's default."""
     from trl import SFTConfig
 
-    from qlora_gsm8k.training import schedule_arguments  # after trl: Unsloth's process imports unsloth first
+    from qlora_gsm8k.trainer import schedule_arguments  # after trl: Unsloth's process imports unsloth first
 
     cfg = params.train
     compute_dtype = resolve_dtype(params.quant.compute_dtype)

@@ -33,7 +33,7 @@ from qlora_gsm8k.checkpoints import (
 from qlora_gsm8k.io import atomic_directory, atomic_write_text, write_json
 from qlora_gsm8k.params_file import parse_params
 from qlora_gsm8k.prompts import encode_examples
-from qlora_gsm8k.training import _mean_logged_loss
+from qlora_gsm8k.trainer import mean_logged_loss
 
 # Long enough to kill midway on a fast CPU (64 optimizer steps, a checkpoint every 4), short on a slow one.
 RESUME_OVERRIDES = {
@@ -134,8 +134,8 @@ def test_discard_finished_runs_keeps_unfinished_ones(tmp_path):
 
 def test_mean_logged_loss_weights_each_logging_interval():
     history = [{"loss": 2.0, "step": 2}, {"learning_rate": 1e-4, "step": 2}, {"loss": 4.0, "step": 3}]
-    assert _mean_logged_loss(history) == pytest.approx((2.0 * 2 + 4.0) / 3)
-    assert _mean_logged_loss([]) is None
+    assert mean_logged_loss(history) == pytest.approx((2.0 * 2 + 4.0) / 3)
+    assert mean_logged_loss([]) is None
 
 
 def test_run_fingerprint_tracks_params_rows_and_base(tmp_path, tiny_base_dir, tiny_tokenizer, examples):

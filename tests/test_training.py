@@ -388,11 +388,11 @@ def test_parameters_counted_once_give_the_trainers_own_flop_count(tmp_path):
     from transformers import Trainer, TrainingArguments
 
     from qlora_gsm8k.tiny import build_tiny_llama
-    from qlora_gsm8k.training import _trainer_class
+    from qlora_gsm8k.trainer import trainer_class
 
     model, _ = build_tiny_llama()
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    ours, theirs = _trainer_class(Trainer)(model=model, args=args), Trainer(model=model, args=args)
+    ours, theirs = trainer_class(Trainer)(model=model, args=args), Trainer(model=model, args=args)
     assert type(ours) is not Trainer
     calls = []
     counted = model.num_parameters
