@@ -15,6 +15,7 @@ Off CUDA the same step runs eagerly (record=False), which is how tests check it 
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,7 @@ WARMUP_STEPS = 2  # eager runs on a side stream before recording (cuBLAS handles
 # about three eager steps, repaid over the steps that replay it (H200, bench/PEERS.md run 2: 0.94x ours at 63
 # steps and 1.03x at 234 on the TinyLlama architecture; 2.40x at 234 and 2.37x at 702 on SmolLM2-135M).
 MIN_MICRO_BATCHES = 200
+REPLAYS_TIMED = 1000
 
 
 class StaticShapeCollator:
@@ -132,7 +134,8 @@ class GraphedSteps:
         self.grads: list[torch.Tensor] | None = None
         self.shapes: dict[tuple[int, int], _Recorded] = {}
         self.pool = torch.cuda.graph_pool_handle() if record else None
-        self.replays: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        # The last replays' timing events: enough for a stable median, bounded however long the run.
+        self.replays: deque[tuple[torch.cuda.Event, torch.cuda.Event]] = deque(maxlen=REPLAYS_TIMED)
 
     def _forward_backward(self, entry: _Recorded) -> torch.Tensor:
         device_type = entry.input_ids.device.type
@@ -223,7 +226,7 @@ class GraphedSteps:
         if not self.replays:
             return None
         torch.cuda.synchronize()
-        times = sorted(start.elapsed_time(end) for start, end in self.replays[1:] or self.replays)
+        times = sorted(start.elapsed_time(end) for start, end in list(self.replays)[1:] or self.replays)
         return times[len(times) // 2]
 
 
