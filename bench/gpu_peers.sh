@@ -5,6 +5,7 @@
 #   bash bench/gpu_peers.sh setup            # GPU: only install the kit and stage the GGUF part carried
 #   bash bench/gpu_peers.sh tinyllama        # GPU: TinyLlama-1.1B arch, 2,000 GSM8K train rows, --no-eval
 #   bash bench/gpu_peers.sh smollm2          # GPU: SmolLM2-135M-Instruct, full train split, full test set
+#   bash bench/gpu_peers.sh gguf             # GPU: setup, and the GGUF put together in /tmp/smol (other scripts)
 #
 # The H200 image lacks bitsandbytes, datasets, gguf, liger-kernel, trl and unsloth, and a call carries at most
 # 64 MiB with the working tree. `prepare` packs what the runs need into .bench/peers-kit (~22 MiB: .gpusite as
@@ -73,6 +74,15 @@ EOF
 
 elapsed() { echo $((SECONDS - started)); }
 
+assemble_gguf() {
+  if [ ! -f "/tmp/smol/$gguf_name" ]; then
+    [ -f /tmp/smol/part-a ] && [ -f /tmp/smol/part-b ] || { echo "GGUF parts missing: $(ls /tmp/smol)"; exit 4; }
+    python3 -c "import lzma, sys; open(sys.argv[3], 'wb').write(lzma.decompress(open(sys.argv[1], 'rb').read() + open(sys.argv[2], 'rb').read()))" \
+      /tmp/smol/part-a /tmp/smol/part-b "/tmp/smol/$gguf_name"
+    echo "$gguf_sha  /tmp/smol/$gguf_name" | sha256sum -c --quiet
+  fi
+}
+
 setup_machine() {
   if [ ! -f /tmp/site/.peers-installed ]; then
     [ -d "$kit" ] || { echo "no /tmp/site and no $kit: a fresh machine; start again with the call that carries the kit"; exit 3; }
@@ -136,14 +146,13 @@ case "$command" in
     # A TinyLlama system takes ~1-2 min (its 2.2 GB load; Unsloth also compiles); training itself is seconds.
     peers tinyllama 150 --tinyllama-arch /tmp/peers-data/tokenizer.model --train-rows 2000 --no-eval
     ;;
+  gguf)  # setup, and the GGUF put together in /tmp/smol from the two calls' parts, for other bench scripts
+    setup_machine
+    assemble_gguf
+    ;;
   smollm2)
     setup_machine
-    if [ ! -f "/tmp/smol/$gguf_name" ]; then
-      [ -f /tmp/smol/part-a ] && [ -f /tmp/smol/part-b ] || { echo "GGUF parts missing: $(ls /tmp/smol)"; exit 4; }
-      python3 -c "import lzma, sys; open(sys.argv[3], 'wb').write(lzma.decompress(open(sys.argv[1], 'rb').read() + open(sys.argv[2], 'rb').read()))" \
-        /tmp/smol/part-a /tmp/smol/part-b "/tmp/smol/$gguf_name"
-      echo "$gguf_sha  /tmp/smol/$gguf_name" | sha256sum -c --quiet
-    fi
+    assemble_gguf
     # A system's training on the full split takes ~2-3 min; the four evaluations run side by side (~3 min).
     peers smollm2 200 --gguf "/tmp/smol/$gguf_name" --eval-parallel 4
     ;;
