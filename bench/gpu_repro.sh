@@ -7,7 +7,7 @@
 # OUT: where each run's repro_timing.json and log go. BASELINE_TREE: a directory holding the baseline's files
 # (e.g. `git archive 87611f7 | tar -x -C .bench/baseline`, made here and carried: the machine's repo copy has no
 # git history to archive from); without it only the current tree runs, twice.
-# Needs, beside the repo: .bench/ (gsm8k/, tokenizer.model) and, where dvc and dvclive are not installed (the
+# Needs, beside the repo: .bench/ (gsm8k/, tokenizer.model, svamp/SVAMP.json) and, where dvc and dvclive are not installed (the
 # lent H200's image), .whl/ (dvc, dvclive and the wheels they need) and .gpusite/ (bitsandbytes, datasets).
 set -euo pipefail
 out=${1:?usage: bench/gpu_repro.sh OUT [BASELINE_TREE]}
@@ -28,20 +28,21 @@ python3 -c "from importlib.metadata import version as v; print('dvc', v('dvc'), 
 # GPU_REPRO_MODEL / GPU_REPRO_DATA: another local model directory and GSM8K directory (e.g. a CPU dry run)
 model=${GPU_REPRO_MODEL:-/tmp/base}
 data=${GPU_REPRO_DATA:-.bench/gsm8k}
+# SVAMP on, as shipped, when its file is here (cp ../shared/data/svamp/SVAMP.json .bench/svamp/ and carry it)
+svamp=${GPU_REPRO_SVAMP:-.bench/svamp/SVAMP.json}
+svamp_arg=() && [ -f "$svamp" ] && svamp_arg=(--svamp "$svamp")
 [ -d "$model" ] || python3 bench/bench.py --save-base "$model" --tokenizer .bench/tokenizer.model
 # The working tree as it is (the machine's copy may list new files in no `git ls-files`)
 tree=/tmp/tree
 rm -rf "$tree" && mkdir -p "$tree"
 tar --exclude=./.git --exclude=./.gpusite --exclude=./.bench --exclude=./.whl --exclude=./.venv -cf - . | tar -xf - -C "$tree"
 # A failed run (its rc is in its repro_timing.json, its log beside it) does not stop the others.
-# The bench's base has random weights: its next-token logits are nearly flat, so bf16 rounding of the merged
-# weights flips the top-1 token at ~7% of positions (H200: 0.931-0.935 top-1 agreement, run 17's first call),
-# under the 0.97 that real models pass (SmolLM2 in bf16: 0.985-0.991, bench/QUALITY.md). Same work, lower bar.
-# A baseline older than the check has no such key: time_repro leaves it out and says so.
+# Every param as shipped, the merge check's thresholds included (GPU_REPRO_SET: extra `--set KEY=VALUE`, e.g. for
+# a baseline older than the float32 merge check, which failed a random-weight base's bf16 merge on near-ties).
 repro() {
   mkdir -p "$out/$1"
-  python3 bench/time_repro.py --model "$model" --data "$data" --out "$out/$1" --tree "$2" \
-    --set eval.merge_min_top1_agreement="${GPU_REPRO_MIN_TOP1:-0.9}" \
+  python3 bench/time_repro.py --model "$model" --data "$data" --out "$out/$1" --tree "$2" "${svamp_arg[@]}" \
+    ${GPU_REPRO_SET:-} \
     >"$out/$1/repro.log" 2>&1 || echo "$1: time_repro exited $? (see $out/$1/repro.log)"
   tail -n 12 "$out/$1/repro.log"
 }

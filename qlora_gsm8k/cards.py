@@ -186,7 +186,14 @@ def write_merged_card(
         *_numbers(
             "Merge check: the merged model against the 4-bit model as trained",
             merge_metrics,
-            ["top1_agreement_merged_vs_4bit_adapter", "kl_merged_vs_4bit_adapter", "kl_tokens", "check_examples"],
+            [
+                "top1_agreement_decided",
+                "decided_tokens",
+                "top1_agreement_merged_vs_4bit_adapter",
+                "kl_merged_vs_4bit_adapter",
+                "kl_tokens",
+                "check_examples",
+            ],
         ),
         "## Load",
         "",

@@ -205,10 +205,15 @@ class EvalConfig:
     # Which weights the adapter is merged into (qlora_gsm8k.merging): the dequantized NF4 weights it was trained
     # against, or the original 16-bit ones.
     merge_into: Literal["dequantized", "original"] = "dequantized"
+    # Precision the merged weights are saved in; auto = float16 where eval.dtype is 16-bit (a GPU), float32 where
+    # it is float32 (a CPU). float16 keeps 3 more mantissa bits than bfloat16 at the same size: on SmolLM2 the
+    # saved weights agreed with the trained model on 99.7-99.8% of next tokens, against 98.2-98.5% in bfloat16
+    # (bench/MERGE.md); float32 is exact and twice the size.
+    merged_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     # Merge check: the merge stage fails when the merged model does not behave like the 4-bit model it came
-    # from. Set from SmolLM2-135M-Instruct (real weights): a dequantized merge gave KL 0.0011-0.0015 / top-1
-    # 0.985-0.990 (H200, bf16), 2e-11 / 1.000 (H200, fp32) and 0.00026 / 0.996 (CPU, fp32); a merge into the
-    # original weights 0.125 / 0.868.
+    # from, compared in float32 (qlora_gsm8k.merging): KL, and top-1 agreement where the 4-bit model's choice is
+    # clear. SmolLM2-135M-Instruct: a dequantized merge saved in float16 gave KL 1.2e-5-1.6e-5, top-1 1.000 there
+    # (H100); a merge into the original weights 0.125 / 0.868 over all tokens.
     merge_kl_threshold: float = 0.05
     merge_min_top1_agreement: float = 0.97
     merge_check_size: int = 16

@@ -48,3 +48,16 @@ def kl_between(logits_p: list[torch.Tensor], logits_q: list[torch.Tensor]) -> di
         total_tokens += p.shape[0]
     tokens = max(total_tokens, 1)
     return {"mean_kl": total_kl / tokens, "top1_agreement": same_top1 / tokens, "tokens": total_tokens}
+
+
+def decided_agreement(reference: list[torch.Tensor], other: list[torch.Tensor], min_gap: float) -> dict:
+    """Top-1 agreement over the tokens where the reference's top two logits are at least `min_gap` apart: the
+    arg-maxes that rounding cannot honestly move. A random-weight model's near-flat logits have few or none such
+    tokens, and there the agreement over all tokens measures only which near-ties the rounding flipped."""
+    decided, same = 0, 0
+    for ref, got in zip(reference, other, strict=True):
+        top2 = ref.topk(2, dim=-1).values
+        mask = (top2[:, 0] - top2[:, 1]) >= min_gap
+        decided += int(mask.sum())
+        same += int((ref.argmax(dim=-1) == got.argmax(dim=-1))[mask].sum())
+    return {"top1_agreement": same / decided if decided else None, "tokens": decided}

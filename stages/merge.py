@@ -9,7 +9,7 @@ from qlora_gsm8k.cards import write_merged_card
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.io import atomic_directory, read_json, write_json
-from qlora_gsm8k.merging import check_merge, merge_adapter, save_merged
+from qlora_gsm8k.merging import check_merge, merge_adapter, merge_check_summary, save_merged
 from qlora_gsm8k.peft_methods import check_method
 from qlora_gsm8k.rows import read_jsonl
 
@@ -33,7 +33,7 @@ def main() -> None:
         run = Path(args.adapter) / "training_run.json"
         trained_in = read_json(run).get("compute_dtype") if run.is_file() else None
         write_merged_card(tmp, args.out, Path(args.base), params, metrics, dtype, trained_in)
-    kl, top1 = metrics["kl_merged_vs_4bit_adapter"], metrics["top1_agreement_merged_vs_4bit_adapter"]
+    kl = metrics["kl_merged_vs_4bit_adapter"]
     # `dvc metrics diff` prints 4 decimals, so a KL of 3e-7 reads 0.0 on both sides; its -log10 (6.5) reads, and
     # a change of merge mode or dtype shows as a change of digits. An exact merge (KL 0) is capped at 30.
     metrics["kl_merged_vs_4bit_adapter_neg_log10"] = -math.log10(max(kl, 1e-30))
@@ -44,7 +44,7 @@ def main() -> None:
         if metrics["merged"]
         else f"not merged (peft.method={params.peft.method} learns tokens, not weights): the adapter and its weights"
     )
-    print(f"{what}, saved to {args.out}; against the 4-bit model: KL {kl:.2e}, top-1 agreement {top1:.4f}")
+    print(f"{what}, saved to {args.out}; {merge_check_summary(metrics)}")
 
 
 if __name__ == "__main__":

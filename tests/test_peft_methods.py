@@ -177,7 +177,10 @@ def test_ia3_merges_and_evaluates_in_bf16(trained, tiny_base_dir, examples):
     failed: 'Expected query, key, and value to have the same dtype'); the merge check and the merged model in bf16."""
     adapter, _ = trained["ia3"]
     raw = shipped_params()
-    raw = merge_params(merge_params(raw, TINY_PARAMS), {"peft": {"method": "ia3"}, "eval": {"dtype": "bfloat16"}})
+    raw = merge_params(
+        merge_params(raw, TINY_PARAMS),
+        {"peft": {"method": "ia3"}, "eval": {"dtype": "bfloat16", "merged_dtype": "bfloat16"}},
+    )
     params = parse_params(raw)
     merged, tokenizer, check = merge_adapter(tiny_base_dir, adapter, examples[100:102], params)
     assert check["merged"] == 1 and math.isfinite(check["kl_merged_vs_4bit_adapter"])
