@@ -121,12 +121,69 @@ def train_adapter(
     checkpoints are deleted at the end, unless keep_checkpoints: then the run is only marked finished and
     the caller discards it (discard_finished_runs) once its outputs are safely in place.
     `levers`: what bench/bench.py varies beyond params; None is the pipeline's own settings."""
-    from peft import get_peft_model
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import Trainer
 
     cfg = params.train
     levers = levers or SpeedLevers()
     tokenizer = load_tokenizer(base_dir)
+    encoded, collator = training_rows(params, tokenizer, train_examples, base_dir, levers)
+    use_liger, use_compile = liger_kernel_enabled(cfg), compile_enabled(cfg)
+    compute_dtype = resolve_dtype(params.quant.compute_dtype)
+    model = adapted_model(params, base_dir, compute_dtype, use_compile, levers)
+    micro_batches = math.ceil(math.ceil(len(encoded) / cfg.num_gpus) / cfg.micro_batch_size * cfg.epochs)
+    graphed_steps = graphed_steps_for(model, cfg, compute_dtype, use_compile, micro_batches, levers.record_graphs)
+    if graphed_steps is not None:
+        collator = StaticShapeCollator(tokenizer.pad_token_id, cfg.micro_batch_size)
+
+    run_dir = checkpoint_root / run_fingerprint(params, encoded, base_dir)
+    resume_from = last_checkpoint(run_dir)
+    if resume_from:
+        print(f"resuming training from {resume_from}")
+    args = training_arguments(cfg, run_dir, compute_dtype, use_liger, use_compile, levers)
+    batches = token_budget_batches(encoded, cfg, levers, graphed=graphed_steps is not None)
+    trainer = trainer_class(Trainer, batches, graphed_steps, levers.count_parameters_once)(
+        model=model,
+        args=args,
+        train_dataset=EncodedDataset(encoded),
+        data_collator=collator,
+        callbacks=training_callbacks(live_dir, resume_from) + list(callbacks or []),
+    )
+    use_progress_lines(trainer)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except torch.OutOfMemoryError:
+        raise UserError(train_oom_message(cfg)) from None
+    seconds = time.perf_counter() - start
+
+    if adapter_dir is not None:
+        save_adapter(model, tokenizer, adapter_dir, base_dir)
+    metrics = run_metrics(trainer, encoded, len(train_examples), cfg, seconds, resume_from)
+    metrics.update(
+        compute_dtype=str(compute_dtype).removeprefix("torch."),
+        liger_kernel=use_liger,
+        compile=use_compile,
+        cuda_graphs=graphed_steps is not None,
+    )
+    if graphed_steps is not None and graphed_steps.pool is not None:  # recording was asked for
+        metrics["graph_replay_ms"] = graphed_steps.replay_ms()
+        metrics["graph_shapes"] = sum(entry.graph is not None for entry in graphed_steps.shapes.values())
+    if torch.cuda.is_available():
+        metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    if keep_checkpoints:
+        if run_dir.is_dir():
+            atomic_write_text(run_dir / FINISHED_MARKER, "outputs being written; safe to delete\n")
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return metrics
+
+
+def training_rows(params: Params, tokenizer, train_examples: list[Example], base_dir: Path, levers: SpeedLevers):
+    """The rows that fit train.max_length, encoded, and their collator, after the pre-flight check of what the
+    loss will see (preflight.py). Returns (encoded rows, collator)."""
+    cfg = params.train
     chat = ChatFormat.of(tokenizer, params.prompt.system)
     every_row, every_example = encode_examples(tokenizer, train_examples, None, chat)
     cfg.report_dropped_rows([len(e.input_ids) for e in every_row])
@@ -135,10 +192,15 @@ def train_adapter(
     collator = Collator(tokenizer.pad_token_id, levers.pad_to_multiple_of)
     stop_ids = stop_token_ids(tokenizer, saved_generation_config(base_dir))
     preflight(tokenizer, kept_examples, encoded, collator, stop_ids, chat)
+    return encoded, collator
 
-    use_liger = liger_kernel_enabled(cfg)
-    use_compile = compile_enabled(cfg)
-    compute_dtype = resolve_dtype(params.quant.compute_dtype)
+
+def adapted_model(params: Params, base_dir: Path, compute_dtype: torch.dtype, use_compile: bool, levers: SpeedLevers):
+    """The 4-bit base, frozen, with a fresh adapter of peft.method on top (compiled if asked)."""
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    cfg = params.train
     model = load_model(
         base_dir,
         dtype=compute_dtype,
@@ -152,16 +214,15 @@ def train_adapter(
     model = get_peft_model(model, adapter_config(params))
     if use_compile:
         (compile_whole_forward if levers.compile_whole_model else compile_decoder_layers)(model, levers.compile_mode)
-    micro_batches = math.ceil(math.ceil(len(encoded) / cfg.num_gpus) / cfg.micro_batch_size * cfg.epochs)
-    graphed_steps = graphed_steps_for(model, cfg, compute_dtype, use_compile, micro_batches, levers.record_graphs)
-    if graphed_steps is not None:
-        collator = StaticShapeCollator(tokenizer.pad_token_id, cfg.micro_batch_size)
+    return model
 
-    run_dir = checkpoint_root / run_fingerprint(params, encoded, base_dir)
-    resume_from = last_checkpoint(run_dir)
-    if resume_from:
-        print(f"resuming training from {resume_from}")
-    args = TrainingArguments(
+
+def training_arguments(
+    cfg: TrainConfig, run_dir: Path, compute_dtype: torch.dtype, use_liger: bool, use_compile: bool, levers
+):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
         output_dir=str(run_dir),
         **schedule_arguments(cfg),
         save_strategy="steps",
@@ -186,73 +247,50 @@ def train_adapter(
         use_liger_kernel=use_liger,
         liger_kernel_config=levers.liger_kernel_config or (LIGER_KERNELS_COMPILED if use_compile else LIGER_KERNELS),
     )
-    batches = None
-    if levers.token_budget:
-        if graphed_steps is not None:
-            raise UserError("token-budget batches vary their rows; train.cuda_graphs records fixed shapes")
-        if cfg.num_gpus > 1:
-            raise UserError("token-budget batches are measured on one GPU only")
-        lengths = [len(e.input_ids) for e in encoded]
-        max_tokens = round(levers.token_budget * cfg.micro_batch_size * sum(lengths) / len(lengths))
-        batches = TokenBudgetBatchSampler(lengths, max_tokens, cfg.seed, levers.pad_to_multiple_of)
-    trainer = trainer_class(Trainer, batches, graphed_steps, levers.count_parameters_once)(
-        model=model,
-        args=args,
-        train_dataset=EncodedDataset(encoded),
-        data_collator=collator,
-        callbacks=training_callbacks(live_dir, resume_from) + list(callbacks or []),
-    )
-    use_progress_lines(trainer)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    try:
-        trainer.train(resume_from_checkpoint=resume_from)
-    except torch.OutOfMemoryError:
-        raise UserError(train_oom_message(cfg)) from None
-    seconds = time.perf_counter() - start
 
-    if adapter_dir is not None:
-        model.save_pretrained(str(adapter_dir), safe_serialization=True)
-        tokenizer.save_pretrained(str(adapter_dir))
-        record_weight_digests(adapter_dir)
-        # The adapter points at the base by a path relative to the repo root, where stages run.
-        name_adapter_base(adapter_dir, *adapter_base_reference(base_dir))
 
+def token_budget_batches(encoded, cfg: TrainConfig, levers: SpeedLevers, graphed: bool):
+    """The bench's token-budget batch sampler (SpeedLevers.token_budget), or None for the Trainer's own batches."""
+    if not levers.token_budget:
+        return None
+    if graphed:
+        raise UserError("token-budget batches vary their rows; train.cuda_graphs records fixed shapes")
+    if cfg.num_gpus > 1:
+        raise UserError("token-budget batches are measured on one GPU only")
+    lengths = [len(e.input_ids) for e in encoded]
+    max_tokens = round(levers.token_budget * cfg.micro_batch_size * sum(lengths) / len(lengths))
+    return TokenBudgetBatchSampler(lengths, max_tokens, cfg.seed, levers.pad_to_multiple_of)
+
+
+def save_adapter(model, tokenizer, adapter_dir: Path, base_dir: Path) -> None:
+    model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(adapter_dir))
+    record_weight_digests(adapter_dir)
+    # The adapter points at the base by a path relative to the repo root, where stages run.
+    name_adapter_base(adapter_dir, *adapter_base_reference(base_dir))
+
+
+def run_metrics(trainer, encoded, rows_given: int, cfg: TrainConfig, seconds: float, resume_from) -> dict:
+    """What the run did, from the Trainer's state: losses, steps, tokens and their rate, how it ran."""
     steps = trainer.state.global_step
     resumed_from_step = int(Path(resume_from).name.split("-")[1]) if resume_from else 0
     tokens_seen = sum(len(e.input_ids) for e in encoded) * cfg.epochs
     tokens_this_run = tokens_seen * (steps - resumed_from_step) / steps if steps else 0
     history = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    metrics = {
+    return {
         "train_loss": mean_logged_loss(trainer.state.log_history),
         "final_loss": history[-1] if history else None,
         "steps": steps,
         "examples": len(encoded),
-        "dropped_too_long": len(train_examples) - len(encoded),
+        "dropped_too_long": rows_given - len(encoded),
         "real_tokens": int(tokens_seen),
         # Timing covers this process only: after a resume, the steps since the checkpoint.
         "seconds": seconds,
         "tokens_per_second": tokens_this_run / seconds if seconds > 0 else None,
         "resumed": bool(resume_from),
         "resumed_from_step": resumed_from_step,
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "device": device().type,
-        "num_processes": args.world_size,
-        "effective_batch": cfg.micro_batch_size * cfg.grad_accum * args.world_size,
-        "compute_dtype": str(compute_dtype).removeprefix("torch."),
-        "liger_kernel": use_liger,
-        "compile": use_compile,
-        "cuda_graphs": graphed_steps is not None,
+        "num_processes": trainer.args.world_size,
+        "effective_batch": cfg.micro_batch_size * cfg.grad_accum * trainer.args.world_size,
     }
-    if graphed_steps is not None and graphed_steps.pool is not None:  # recording was asked for
-        metrics["graph_replay_ms"] = graphed_steps.replay_ms()
-        metrics["graph_shapes"] = sum(entry.graph is not None for entry in graphed_steps.shapes.values())
-    if torch.cuda.is_available():
-        metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    if keep_checkpoints:
-        if run_dir.is_dir():
-            atomic_write_text(run_dir / FINISHED_MARKER, "outputs being written; safe to delete\n")
-    else:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    return metrics
