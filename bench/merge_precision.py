@@ -117,7 +117,7 @@ def measure(base_dir: Path, adapter: Path, examples, params) -> dict:
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
         base_4bit = load_model(base_dir, dtype=dtype, quant=quant_in_dtype(params.quant, dtype))
         if dtype == torch.float32:
-            weights = dequantized_weights(base_4bit)  # before the first forward pass (shared/TRAPS.md)
+            weights = dequantized_weights(base_4bit)  # before the first forward pass (bench/MERGE.md)
             refs["base_4bit_fp32"] = logits_of(base_4bit)
         refs[f"ref_{name}"] = logits_of(adapter_in_dtype(PeftModel.from_pretrained(base_4bit, str(adapter)), dtype))
         del base_4bit

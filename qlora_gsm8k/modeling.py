@@ -129,7 +129,7 @@ def quant_in_dtype(quant: QuantConfig, dtype: torch.dtype) -> QuantConfig:
 def dequantized_weights(model) -> dict[str, torch.Tensor]:
     """Every bitsandbytes 4-bit linear layer's weight as the 4-bit forward pass computes with it.
     Taken before the model's first forward pass: on CPU bitsandbytes may repack 4-bit weights then, and a
-    later dequantize gave garbage (shared/TRAPS.md)."""
+    later dequantize gave garbage (bench/MERGE.md, "DoRA merges as exactly as LoRA")."""
     import bitsandbytes as bnb
     from bitsandbytes.functional import dequantize_4bit
 

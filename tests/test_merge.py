@@ -77,7 +77,7 @@ def test_a_4bit_layer_in_float32_computes_in_float32_on_any_cpu(tiny_base_dir):
     error ~3e-3 here, against 2e-7 in float32), so the 4-bit reference of the merge check rounded differently on
     different CPUs. The loader keeps float32 (modeling.keep_4bit_layers_in_compute_dtype)."""
     model = load_model(tiny_base_dir, dtype=torch.float32, quant=_params().quant)
-    weights = dequantized_weights(model)  # before the first forward pass (shared/TRAPS.md)
+    weights = dequantized_weights(model)  # before the first forward pass (bench/MERGE.md)
     name, layer = next((n, m) for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit))
     x = torch.randn(5, layer.in_features, generator=torch.Generator().manual_seed(0))
     model.eval()
