@@ -35,7 +35,8 @@ def main() -> None:
         # bitsandbytes' 4-bit forward pass: these are exactly the weights the tuned model is merged into, run in the
         # same dtype and kernels as both other models. So 4-bit minus 16-bit base is the weights' rounding alone, and
         # tuned minus 4-bit base the adapter alone; bitsandbytes computes with the same weights, but in
-        # quant.compute_dtype and, on some CPUs, a bf16 kernel (docs/testing.md), which would leak into both differences.
+        # quant.compute_dtype and, on some CPUs, a bf16 kernel (docs/testing.md), which would leak into both
+        # differences.
         # Here, not in a stage of its own: one more load in this process, where a stage would add its start-up (the
         # larger part, measured); the price is that a quant.quant_type/double_quant change re-runs base generation.
         dequantize_base_into(model, args.model, params.quant)
