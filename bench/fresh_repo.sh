@@ -1,0 +1,34 @@
+# Sourced by the bench scripts that run the pipeline through `dvc exp run` on the lent GPU (gpu_preset.sh,
+# gpu_sweep.sh): a fresh git repository made from the working tree, dvc where the image lacks it, and the versions.
+
+# dvc and dvclive from ROOT/.whl when they do not import (the lent GPU's image has neither).
+ensure_dvc() {
+  export DVC_NO_ANALYTICS=1
+  if ! python3 -c "import dvc, dvclive" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site-dvc "$1"/.whl/*.whl
+    export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}/tmp/site-dvc" PATH="/tmp/site-dvc/bin:$PATH"
+  fi
+}
+
+# Prints the path of a new git repository holding ROOT's working tree as it is, without what is not the project's
+# (the machine's copy may have no git history).
+fresh_repo() {
+  local work
+  work=$(mktemp -d /tmp/bench-repo.XXXXXX)
+  (cd "$1" && tar --exclude=./.git --exclude=./.venv --exclude=./.gpusite --exclude=./.bench --exclude='./.whl*' \
+    --exclude='./.smol*' --exclude=./.models --exclude=./checkpoints -cf - .) | tar -xf - -C "$work"
+  # An identity of its own: DVC commits each experiment, and the lent machine has no git config.
+  (cd "$work" && git init -q && git config user.name bench && git config user.email bench@localhost &&
+    git add -A && git commit -qm "the tree under test")
+  echo "$work"
+}
+
+# The GPU (or CPU) and the versions of what ran, into FILE.
+record_versions() {
+  python3 -c "
+import platform, torch
+from importlib.metadata import version as v
+gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU: ' + platform.processor()
+print(gpu, 'torch', torch.__version__, *(f'{p} {v(p)}' for p in ('transformers', 'peft', 'bitsandbytes', 'dvc')))
+" >"$1"
+}

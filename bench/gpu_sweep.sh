@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The README's sweep on a real model: learning rates queued with `dvc exp run --queue`, run by tools/run_queue.py,
+# ranked by `tools/compare_runs.py --leaderboard` against one of them (issue 29 item 3), in a fresh git repository
+# made from this working tree. Writes to OUT: sweep.log (every command and its output), exp_show.md,
+# leaderboard/leaderboard.{md,png}, versions.txt.
+#
+#   bash bench/gpu_sweep.sh OUT MODEL GSM8K_DIR [-S KEY=VALUE ...]
+#
+# SWEEP_LRS (default 2e-4,5e-4,1e-3): the learning rates, one experiment each, named lr-<rate>; the first is the
+# baseline the others are ranked against. The recipe: the full-split preset's adapter (rsLoRA r16 on all seven
+# linear layers, micro-batch 32) on SWEEP_TRAIN_ROWS train rows (default 2000) for 1 epoch, evaluated on SWEEP_EVAL
+# test questions (default 1319), SVAMP off; extra -S settings go after it. On the lent GPU, run it after
+# `bash bench/gpu_peers.sh gguf` (the GGUF in /tmp/smol) and carry .whl (dvc, dvclive) as bench/gpu_preset.sh says.
+set -euo pipefail
+out=${1:?usage: bench/gpu_sweep.sh OUT MODEL GSM8K_DIR [-S KEY=VALUE ...]}
+model=${2:?MODEL}; [ -e "$model" ] && model=$(realpath "$model"); data=$(realpath "${3:?GSM8K_DIR}")
+shift 3
+root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/fresh_repo.sh
+source "$root/bench/fresh_repo.sh"
+mkdir -p "$out"
+out=$(realpath "$out")
+ensure_dvc "$root"
+work=$(fresh_repo "$root")
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+IFS=, read -r -a rates <<<"${SWEEP_LRS:-2e-4,5e-4,1e-3}"
+recipe=(-S "model.name=$model" -S "data.source=$data" -S svamp.enabled=false
+  -S "data.train_size=${SWEEP_TRAIN_ROWS:-2000}" -S "data.eval_size=${SWEEP_EVAL:-1319}" -S peft.method=rslora
+  -S 'lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]' -S train.micro_batch_size=32
+  "$@")
+run() {
+  echo "$ $*" | tee -a "$out/sweep.log"
+  "$@" 2>&1 | tee -a "$out/sweep.log"
+  return "${PIPESTATUS[0]}"
+}
+start=$SECONDS
+for rate in "${rates[@]}"; do
+  run dvc exp run --queue --name "lr-$rate" "${recipe[@]}" -S "train.learning_rate=$rate"
+done
+set +e
+run python tools/run_queue.py -j 1
+status=$?
+dvc exp show --md --drop '.*' --keep 'Experiment|^train\.learning_rate$|^tuned\.exact_match_(flexible|strict)$|^paired\.mcnemar_p$' \
+  >"$out/exp_show.md" 2>>"$out/sweep.log"
+names=("${rates[@]/#/lr-}")
+run python tools/compare_runs.py --leaderboard "${names[@]:1}" --baseline "${names[0]}" --out "$out/leaderboard"
+set -e
+echo "sweep: run_queue rc $status, $((SECONDS - start)) s wall" | tee -a "$out/sweep.log"
+record_versions "$out/versions.txt"
+exit "$status"
