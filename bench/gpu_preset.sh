@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's full-split preset on a real model through `dvc exp run`, SVAMP on, in a fresh git repository made from
 # this working tree (issue 30 item 1: the preset's figures from the command printed beside them). Writes to OUT what
-# bench/results/ keeps of it: params.yaml, dvc.lock, metrics/*.json, comparison.md, exp_run.log, versions.txt.
+# bench/results/ keeps of it: params.yaml, dvc.lock, metrics/ (every file), comparison.md, exp_run.log, versions.txt.
 #
 #   bash bench/gpu_preset.sh OUT MODEL GSM8K_DIR SVAMP_JSON [-S KEY=VALUE ...]
 #
@@ -30,10 +30,11 @@ cd "$work"
 git init -q
 git add -A
 git -c user.name=bench -c user.email=bench@localhost commit -qm "the tree under test"
-preset=(-S data.train_size=7473 -S data.eval_size=1319 -S peft.method=rslora
+preset=(-S data.train_size=7473 -S eval_sets.gsm8k.size=1319 -S peft.method=rslora
   -S 'lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]'
-  -S train.epochs=3 -S train.learning_rate=1e-3 -S train.micro_batch_size=32 -S svamp.size=1000)
-command=(dvc exp run -S "model.name=$model" -S "data.source=$data" -S "svamp.source=$svamp" "${preset[@]}" "$@")
+  -S train.epochs=3 -S train.learning_rate=1e-3 -S train.micro_batch_size=32 -S eval_sets.svamp.size=1000)
+command=(dvc exp run -S "model.name=$model" -S "data.source=$data" -S "eval_sets.svamp.source=$svamp" "${preset[@]}"
+  "$@")
 echo "$ ${command[*]}" | tee "$out/exp_run.log"
 start=$SECONDS
 set +e
@@ -42,7 +43,7 @@ status=${PIPESTATUS[0]}
 set -e
 echo "dvc exp run: rc $status, $((SECONDS - start)) s wall" | tee -a "$out/exp_run.log"
 cp params.yaml dvc.lock "$out/" 2>/dev/null || true
-mkdir -p "$out/metrics" && cp metrics/*.json "$out/metrics/" 2>/dev/null || true
+mkdir -p "$out/metrics" && cp -r metrics/. "$out/metrics/" 2>/dev/null || true
 cp reports/comparison.md "$out/" 2>/dev/null || true
 python3 -c "
 import platform, torch
