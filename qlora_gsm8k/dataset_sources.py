@@ -37,9 +37,10 @@ def read_split(
     try:
         loaded = datasets.load_dataset(source, config, revision=revision, split=split)
     except Exception as err:  # noqa: BLE001 - datasets raises many types for "not reachable"
+        which = f"config {config!r}, " if config else ""
         raise UserError(
-            f"cannot load dataset {source!r} (config {config!r}, split {split!r}, revision {revision}) from the "
-            f"Hugging Face Hub ({type(err).__name__}). Offline? {offline_hint}"
+            f"cannot load dataset {source!r} ({which}split {split!r}, revision {revision}) from the Hugging Face Hub "
+            f"({type(err).__name__}). Offline? {offline_hint}"
         ) from None
     provenance = {"source": source, "config": config, "split": split, "revision": revision, "kind": "hub"}
     return list(loaded), None, f"{source}:{split}", provenance

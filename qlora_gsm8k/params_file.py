@@ -20,6 +20,10 @@ from .errors import UserError
 MAX_STRING_PARAM = 1024
 
 
+class _TooLong(UserError):
+    """A string param over MAX_STRING_PARAM: said as such even where the param may also be null (str | None)."""
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -49,6 +53,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         for option in typing.get_args(tp):
             try:
                 return _coerce(key, value, option)
+            except _TooLong:
+                raise
             except UserError:
                 continue
     elif tp is float:
@@ -78,7 +84,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, str) and value:
             if len(value) > MAX_STRING_PARAM:
                 # dvc.lock and every experiment copy each param; no name, path or revision is this long.
-                raise UserError(f"{key} is {len(value):,} characters long; at most {MAX_STRING_PARAM} are allowed")
+                raise _TooLong(f"{key} is {len(value):,} characters long; at most {MAX_STRING_PARAM} are allowed")
             return value
     else:
         raise TypeError(f"unsupported annotation {tp!r} for {key}")

@@ -205,9 +205,11 @@ def check_inputs(params: Params, model_record: Path | None) -> None:
             problems.append(str(err))
 
     record = _recorded(model_record)
-    train = attempt(lambda: check_train_data(params)) or []
-    # Every set checked even when the train data failed: the overlap check then has nothing to compare with.
-    eval_sets = {name: attempt(lambda name=name: fetch_eval_set(name, params, train)) for name in params.enabled_sets()}
+    train = attempt(lambda: check_train_data(params))
+    # Every set checked even when the train data failed (the overlap check then has nothing to compare with), but a
+    # set read from the training source (`source: null`) fails as that did: one line for one unreachable source.
+    checked = [name for name, s in params.enabled_sets().items() if train is not None or s.source is not None]
+    eval_sets = {name: attempt(lambda name=name: fetch_eval_set(name, params, train or [])) for name in checked}
     attempt(lambda: check_model(params, record))
     if not problems:
         check_row_lengths(params, train, {name: rows for name, (rows, _) in eval_sets.items()}, record)

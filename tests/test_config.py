@@ -45,7 +45,7 @@ def test_empty_params_are_the_defaults():
     ("raw", "needles"),
     [
         ({"lora": {"rank": 8}}, ["lora.rank", "allowed lora: r, alpha, dropout, target_modules"]),
-        ({"trian": {}}, ["trian", "allowed sections: model, data, prompt, peft, lora, quant, train, eval, svamp"]),
+        ({"trian": {}}, ["trian", "allowed sections: model, data, prompt, peft, lora, quant, train, eval, eval_sets"]),
         ({"eval": {"batchsize": 4}}, ["eval.batchsize", "batch_size"]),
         # YAML keys of mixed types (an int and a string) must still give the one-line error
         ({"lora": {1: 2, "rank": 8}}, ["unknown param lora.1", "allowed lora: r"]),
@@ -117,7 +117,6 @@ def test_section_must_be_a_mapping():
         ("train", "max_grad_norm", -1.0, "train.max_grad_norm must be >= 0"),
         ("train", "save_steps", 0, "train.save_steps must be > 0"),
         ("data", "train_size", 0, "data.train_size must be > 0"),
-        ("data", "eval_size", -1, "data.eval_size must be > 0"),
         ("data", "train_offset", -1, "data.train_offset must be >= 0"),
         ("eval", "batch_size", 0, "eval.batch_size must be > 0"),
         ("eval", "max_new_tokens", 0, "eval.max_new_tokens must be > 0"),
@@ -186,13 +185,21 @@ def test_optimizer_steps_count_as_the_trainer_does():
     assert optimizer_steps(1, TrainConfig(warmup_ratio=0.0)) == (1, 0)  # one real step: allowed
 
 
-@pytest.mark.parametrize("key", [("data", "config"), ("model", "name"), ("svamp", "source")])
+@pytest.mark.parametrize("key", ["data.config", "model.name", "eval_sets.svamp.source"])
 def test_string_params_are_bounded(key):
     """Each param is copied into dvc.lock and every experiment: a 1 MB string would bloat them all."""
-    section, name = key
-    parse_params({section: {name: "x" * 1024}})
-    with pytest.raises(UserError, match=rf"{section}\.{name} is 5,000 characters long; at most 1024"):
-        parse_params({section: {name: "x" * 5000}})
+    *sections, name = key.split(".")
+
+    def params(value: str) -> dict:
+        raw = tree = {"eval_sets": {"gsm8k": {"layout": "gsm8k"}}}
+        for section in sections:
+            tree = tree.setdefault(section, {})
+        tree[name] = value
+        return raw
+
+    parse_params(params("x" * 1024))
+    with pytest.raises(UserError, match=rf"{key} is 5,000 characters long; at most 1024"):
+        parse_params(params("x" * 5000))
 
 
 def test_prompt_system_is_text_or_null():
