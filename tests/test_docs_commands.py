@@ -15,8 +15,9 @@ matches `RUNNABLE` (then it runs): a command added to the docs cannot go unteste
 What the run changes, and nothing else:
 
 - The data and model paths: `PLACEHOLDERS` maps each path or name the docs print as a stand-in (`/path/to/gsm8k`,
-  `/models/TinyLlama-1.1B-Chat-v1.0`, `<name>`, `exp-a`, …) to the test's own: GSM8K-format rows and a SVAMP.json
-  and a plain eval set written in code, the tiny model saved as a model directory, the names of experiments the earlier commands made.
+  `/models/TinyLlama-1.1B-Chat-v1.0`, `<name>`, `exp-a`, …) to the test's own: GSM8K-format rows, a SVAMP.json and
+  a plain eval set written in code, the tiny model saved as a model directory, the names of experiments the earlier
+  commands made.
   `.models/SmolLM2-135M-Instruct.Q4_1.gguf` becomes `tiny-llama` (tests/test_real_model.py runs that model).
 - Sizes: each clone's params.yaml is the shipped one with `REDUCED_SIZES` (fewer rows, shorter answers), so a
   pipeline run is mostly stage start-up; a command's own `-S` values still win.
