@@ -14,7 +14,6 @@ import yaml
 from conftest import REPO_ROOT, run, tool_env
 from tools.stage_deps import package_files_used, stage_script
 
-
 SETS = ("gsm8k", "svamp")
 MODELS = ("base", "tuned")
 
