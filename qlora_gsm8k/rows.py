@@ -36,9 +36,11 @@ def normalize_number(text: str) -> str:
 def final_number(answer: str) -> str:
     """The number on a GSM8K answer's first '#### ' line, normalised (the reference scoring compares with)."""
     match = _FINAL_LINE.search(answer)
-    if match is None:
+    # '#### ,' or '#### .' holds no number: normalised, nothing is left.
+    number = normalize_number(match.group(1)) if match else ""
+    if not number:
         raise ValueError("reference answer has no '#### <number>' line")
-    return normalize_number(match.group(1))
+    return number
 
 
 def clean_answer(answer: str) -> str:

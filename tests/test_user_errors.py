@@ -216,7 +216,7 @@ def _fetch_outs(tmp_path: Path, stage: str = "fetch") -> list[str]:
         return ["--train-out", str(tmp_path / "train.jsonl"), "--source-out", str(tmp_path / "source.json")]
     train = tmp_path / "train-slice" / "train.jsonl"
     train.parent.mkdir(exist_ok=True)
-    train.write_text("")
+    train.write_text('{"question": "Not in any eval set?", "answer": "#### 1"}\n')
     return ["--set", "gsm8k", "--train", str(train), "--out", str(tmp_path / "eval.jsonl"), "--source-out",
             str(tmp_path / "source.json")]  # fmt: skip
 
