@@ -59,9 +59,14 @@ def answer_number(value, at: str, key: str) -> str:
     return str(int(number)) if number.is_integer() else repr(number)
 
 
-def _where(where: str, position: int, line_numbers: list[int] | None) -> str:
-    """A row's address in errors: file:line, or for rows without a file (the Hub) their position, 1-based."""
-    return f"{where}:{line_numbers[position]}" if line_numbers else f"{where} row {position + 1}"
+def _objects(rows: list, where: str, line_numbers: list[int] | None, layout: str):
+    """(position, address for errors, row) of each row, refused unless a JSON object. The address is file:line, or
+    for rows without a file (the Hub) their position, 1-based."""
+    for position, row in enumerate(rows):
+        at = f"{where}:{line_numbers[position]}" if line_numbers else f"{where} row {position + 1}"
+        if not isinstance(row, dict):
+            raise UserError(f"{at}: expected a JSON object, got {type(row).__name__}; {layout}")
+        yield position, at, row
 
 
 def _gsm8k_rows(rows: list, where: str, line_numbers: list[int] | None) -> list[EvalRow]:
@@ -79,10 +84,7 @@ _TYPE_SPELLING = {"Common-Divison": "Common-Division"}
 
 def _svamp_rows(rows: list, where: str, line_numbers: list[int] | None) -> list[EvalRow]:
     parsed = []
-    for position, row in enumerate(rows):
-        at = _where(where, position, line_numbers)
-        if not isinstance(row, dict):
-            raise UserError(f"{at}: expected a JSON object, got {type(row).__name__}; {_SVAMP_LAYOUT}")
+    for position, at, row in _objects(rows, where, line_numbers, _SVAMP_LAYOUT):
         missing = [key for key in ("Body", "Question", "Answer", "Type") if key not in row]
         if missing:
             raise UserError(
@@ -111,10 +113,7 @@ _PLAIN_LAYOUT = 'plain layout: {"question": "…", "answer": 42} per row (option
 
 def _plain_rows(rows: list, where: str, line_numbers: list[int] | None) -> list[EvalRow]:
     parsed = []
-    for position, row in enumerate(rows):
-        at = _where(where, position, line_numbers)
-        if not isinstance(row, dict):
-            raise UserError(f"{at}: expected a JSON object, got {type(row).__name__}; {_PLAIN_LAYOUT}")
+    for position, at, row in _objects(rows, where, line_numbers, _PLAIN_LAYOUT):
         question, kind = row.get("question"), row.get("type")
         if not isinstance(question, str) or not question.strip():
             raise UserError(f"{at}: missing 'question' text; its keys: {', '.join(map(repr, row))}; {_PLAIN_LAYOUT}")
