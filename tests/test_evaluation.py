@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from qlora_gsm8k.errors import UserError
+from qlora_gsm8k.eval_rows import normalise_rows
 from qlora_gsm8k.evaluation import response_nll
 from qlora_gsm8k.generation import Generation, generate_answers
 from qlora_gsm8k.logits import kl_between, response_logits
@@ -21,6 +22,11 @@ from qlora_gsm8k.tiny import build_tiny_llama
 
 
 @pytest.fixture(scope="module")
+def as_eval_rows(examples: list[Example]) -> list:
+    """GSM8K rows as the fetch_eval stage writes them: the reference number read from each answer."""
+    return normalise_rows("gsm8k", [e.to_json() for e in examples], "test rows")
+
+
 def model(tiny_base_dir):
     return load_model(tiny_base_dir, dtype=torch.float32)
 
@@ -188,7 +194,7 @@ def test_random_model_hits_the_cap(model, tiny_tokenizer, rows):
 def test_chain_model_outputs_score_as_correct(chain_model, tiny_tokenizer):
     examples = [Example("q1", "x\n#### 272", 0), Example("q2", "x\n#### 27", 1)]
     gens = generate_answers(chain_model, tiny_tokenizer, [e.question for e in examples], 2, 10)
-    rows, summary = score_generations(examples, gens)
+    rows, summary = score_generations(as_eval_rows(examples), gens)
     assert [r["correct_strict"] for r in rows] == [True, False]
     assert summary["exact_match_strict"] == 0.5 and summary["hit_token_cap_rate"] == 0.0
 
@@ -209,7 +215,7 @@ def test_score_generations_summary():
         Generation("a b c d a b c d a b c d", new_tokens=12, hit_token_cap=True),  # no number, repeats
         Generation("#### 999\nso $1,000.", new_tokens=9, hit_token_cap=False),  # strict wrong, flexible right
     ]
-    rows, summary = score_generations(examples, gens)
+    rows, summary = score_generations(as_eval_rows(examples), gens)
     assert [r["index"] for r in rows] == [0, 1, 2, 3]
     assert [r["number_strict"] for r in rows] == ["10", None, None, "999"]
     assert [r["number_flexible"] for r in rows] == ["10", "20", None, "1000"]
@@ -232,7 +238,7 @@ def test_score_generations_summary():
 
 def test_score_generations_needs_one_generation_per_row():
     with pytest.raises(ValueError):
-        score_generations([Example("q", "#### 1", 0)], [])
+        score_generations(as_eval_rows([Example("q", "#### 1", 0)]), [])
 
 
 @pytest.mark.parametrize(
@@ -480,5 +486,5 @@ def test_answers_are_cut_at_lm_eval_stop_strings(tiny_tokenizer):
     gen = _decode_answer(tiny_tokenizer, tokens, {tiny_tokenizer.eos_token_id})
     # scored 5 here as in lm-eval, not 7; a stop string counts as stopping, not as hitting the cap
     assert gen == Generation(text="#### 5", new_tokens=len(tokens), hit_token_cap=False)
-    rows, _ = score_generations([Example("q", "x\n#### 5", 0)], [gen])
+    rows, _ = score_generations(as_eval_rows([Example("q", "x\n#### 5", 0)]), [gen])
     assert rows[0]["correct_flexible"] and rows[0]["correct_strict"]
