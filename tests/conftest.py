@@ -154,13 +154,27 @@ def apply_settings(raw: dict, settings: list[str]) -> dict:
     queued (`--queue`), which leaves the workspace as it was: skipped."""
     for setting in settings:
         key, value = setting.split("=", 1)
-        *sections, name = key.split(".")
-        if "," not in value or value.startswith("["):
+        *sections, name = key.removeprefix("+").split(".")
+        if not is_sweep(value):
             mapping = raw
             for section in sections:
                 mapping = mapping.setdefault(section, {})
-            mapping[name] = yaml.safe_load(value)
+            mapping[name] = hydra_value(value)
     return raw
+
+
+def is_sweep(value: str) -> bool:
+    """`-S key=a,b,c` queues one run per value; a list `[a,b]` or a mapping `{k:v,…}` is one value."""
+    return "," in value and not value.startswith(("[", "{"))
+
+
+def hydra_value(value: str):
+    """A `-S` value as DVC's Hydra override reads it: YAML scalars and lists, and `{key:value,…}` mappings (which
+    YAML would read as one key, `key:value`)."""
+    if value.startswith("{") and value.endswith("}"):
+        pairs = (item.split(":", 1) for item in value[1:-1].split(",") if item)
+        return {k.strip(): yaml.safe_load(v) for k, v in pairs}
+    return yaml.safe_load(value)
 
 
 def merge_params(base: dict, overrides: dict) -> dict:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import yaml
 
-from conftest import readme_experiment_settings, shipped_params, shipped_params_text
+from conftest import apply_settings, is_sweep, readme_experiment_settings, shipped_params, shipped_params_text
 from qlora_gsm8k.config import Params
 from qlora_gsm8k.errors import UserError
 from qlora_gsm8k.params_file import load_params, params_as_dict, parse_params
@@ -228,16 +230,10 @@ def test_every_readme_experiment_is_valid_params():
     experiments = readme_experiment_settings()
     assert any("peft.method=rslora" in e and "data.train_size=7473" in e for e in experiments)  # the preset
     for settings in experiments:
-        raw = _raw()
-        sweeps = []
-        for setting in settings:
-            key, value = setting.split("=", 1)
-            section, name = key.split(".", 1)
-            if "," in value and not value.startswith("["):
-                sweeps.append((section, name, value.split(",")))
-                continue
-            raw[section][name] = yaml.safe_load(value)
+        raw = apply_settings(_raw(), settings)
         parse_params(raw)
-        for section, name, values in sweeps:
-            for value in values:
-                parse_params({**raw, section: {**raw[section], name: yaml.safe_load(value)}})
+        for setting in settings:
+            key, values = setting.split("=", 1)
+            if is_sweep(values):
+                for value in values.split(","):
+                    parse_params(apply_settings(copy.deepcopy(raw), [f"{key}={value}"]))
