@@ -50,7 +50,7 @@ class DataConfig:
 # published SVAMP.json / ChilleD/SVAMP ("Body", "Question", "Answer", "Type"); plain, JSON lines with "question" and
 # a numeric "answer" (and an optional "type", broken down in the report like SVAMP's).
 LAYOUTS_WITH_SOLUTIONS = {"gsm8k": True, "svamp": False, "plain": False}
-# A set's name becomes file names and DVC stage names (evaluate@<set>-<model>): no '-', '/', '@' or spaces.
+# A set's name becomes file and DVC stage names (evaluate_base@<set>, metrics/eval/<set>_base.json): no '-', '/', '@'.
 _SET_NAME = re.compile(r"[A-Za-z0-9_]{1,40}")
 
 
