@@ -4,10 +4,12 @@ slices, and the overlap check between the train slice and an eval set (rows them
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from .config import DataConfig
 from .dataset_sources import read_split
 from .errors import UserError
+from .local_paths import looks_like_path
 from .rows import Example, parse_rows
 
 
@@ -49,8 +51,8 @@ def eval_overlap(train: list[Example], evaluated: list, max_share: float, what: 
 
 def load_train_split(cfg: DataConfig) -> tuple[list[Example], dict]:
     """The whole train split of data.source (a local directory's train.jsonl, or the Hub) and its provenance."""
-    if cfg.source.lower().endswith((".json", ".jsonl")):
-        raise UserError(f"data.source {cfg.source!r} is a file; point it at a directory holding train.jsonl")
+    if looks_like_path(cfg.source) and Path(cfg.source).expanduser().is_file():
+        raise UserError(f"data.source {cfg.source!r} is not a directory; point it at one holding train.jsonl")
     rows, line_numbers, where, provenance = read_split(
         "data.source", cfg.source, cfg.config, cfg.revision, "train", ".jsonl",
         "Set data.source to a local directory holding train.jsonl and test.jsonl, e.g. dvc exp run "
