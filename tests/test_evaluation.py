@@ -21,12 +21,12 @@ from qlora_gsm8k.scoring import repetition_rate, score_generations
 from qlora_gsm8k.tiny import build_tiny_llama
 
 
-@pytest.fixture(scope="module")
 def as_eval_rows(examples: list[Example]) -> list:
     """GSM8K rows as the fetch_eval stage writes them: the reference number read from each answer."""
     return normalise_rows("gsm8k", [e.to_json() for e in examples], "test rows")
 
 
+@pytest.fixture(scope="module")
 def model(tiny_base_dir):
     return load_model(tiny_base_dir, dtype=torch.float32)
 
@@ -394,18 +394,18 @@ def test_evaluate_stage_writes_perplexity_and_generations_from_one_load(
     import dataclasses
     import json
 
+    from qlora_gsm8k.eval_rows import write_eval_rows
     from qlora_gsm8k.params_file import parse_params
-    from qlora_gsm8k.rows import write_jsonl
 
-    write_jsonl(rows[:4], tmp_path / "eval.jsonl")
+    write_eval_rows(as_eval_rows(rows[:4]), tmp_path / "eval.jsonl")
     (tmp_path / "params.yaml").write_text(
         "eval:\n  batch_size: 3\n  generation_batch_size: 3\n  max_new_tokens: 5\n  dtype: float32\n"
         "quant:\n  double_quant: true\n"
     )
     result = _stage(
-        "stages.evaluate", "--params", str(tmp_path / "params.yaml"), "--model", str(tiny_base_dir),
+        "stages.evaluate", "--params", str(tmp_path / "params.yaml"), "--set", "gsm8k", "--model", str(tiny_base_dir),
         "--eval", str(tmp_path / "eval.jsonl"), "--label", "base", "--perplexity-out", str(tmp_path / "ppl.json"),
-        "--generations-out", str(tmp_path / "gen.jsonl"), "--generation-metrics-out", str(tmp_path / "gen.json"),
+        "--generations-out", str(tmp_path / "gen.jsonl"), "--metrics-out", str(tmp_path / "gen.json"),
         "--info-out", str(tmp_path / "info.json"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -413,14 +413,14 @@ def test_evaluate_stage_writes_perplexity_and_generations_from_one_load(
     # text-mode pipes would show with their carriage returns turned into newlines).
     assert "%|" not in result.stdout + result.stderr
     assert "perplexity: 100% (2/2 batch)" in result.stderr and "generate: 100% (4/4 question)" in result.stderr
-    ppl = json.loads((tmp_path / "ppl.json").read_text())["base"]
+    ppl = json.loads((tmp_path / "ppl.json").read_text())["gsm8k"]["base"]
     expected = response_nll(model, tiny_tokenizer, rows[:4], batch_size=1)
     assert ppl["perplexity"] == pytest.approx(expected["perplexity"], rel=1e-6)
     assert ppl["tokens"] == expected["tokens"]
     # Metrics hold numbers only; how the model ran is recorded beside them.
     for metrics_file in ("ppl.json", "gen.json"):
-        values = next(iter(json.loads((tmp_path / metrics_file).read_text()).values())).values()
-        assert all(isinstance(v, (int, float)) for v in values), metrics_file
+        by_model = json.loads((tmp_path / metrics_file).read_text())["gsm8k"]
+        assert all(isinstance(v, (int, float)) for m in by_model.values() for v in m.values()), metrics_file
     info = json.loads((tmp_path / "info.json").read_text())
     assert info["precision"] == "float32"
     assert info["base_4bit"] == {"quant_type": "nf4", "double_quant": True, "dtype": "float32"}
@@ -428,7 +428,7 @@ def test_evaluate_stage_writes_perplexity_and_generations_from_one_load(
     # The base in 4-bit, with params' quant settings: what bitsandbytes' 4-bit model (training's) scores, and not
     # what the 16-bit base or the other double_quant setting scores. Measured apart on this model: 16-bit 1e-3
     # relative away, double_quant false 3.5e-5; two float32 computations of one model ~1e-7.
-    quantized = json.loads((tmp_path / "ppl.json").read_text())["base_4bit"]
+    quantized = json.loads((tmp_path / "ppl.json").read_text())["gsm8k"]["base_4bit"]
     assert math.isfinite(quantized["perplexity"]) and quantized["tokens"] == ppl["tokens"]
     quant = parse_params({"quant": {"double_quant": True}}).quant
     as_trained = response_nll(load_model(tiny_base_dir, torch.float32, quant=quant), tiny_tokenizer, rows[:4], 1)
@@ -442,7 +442,7 @@ def test_evaluate_stage_writes_perplexity_and_generations_from_one_load(
     assert [json.loads(line)["index"] for line in lines] == [e.index for e in rows[:4]]
     gens = generate_answers(model, tiny_tokenizer, [e.question for e in rows[:4]], 1, 5)
     assert [json.loads(line)["output"] for line in lines] == [g.text for g in gens]
-    summary = json.loads((tmp_path / "gen.json").read_text())["base"]
+    summary = json.loads((tmp_path / "gen.json").read_text())["gsm8k"]["base"]
     assert summary["examples"] == 4 and summary["hit_token_cap_rate"] == 1.0
 
 
