@@ -25,8 +25,8 @@ work=$(fresh_repo "$root")
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 IFS=, read -r -a rates <<<"${SWEEP_LRS:-2e-4,5e-4,1e-3}"
-recipe=(-S "model.name=$model" -S "data.source=$data" -S svamp.enabled=false
-  -S "data.train_size=${SWEEP_TRAIN_ROWS:-2000}" -S "data.eval_size=${SWEEP_EVAL:-1319}" -S peft.method=rslora
+recipe=(-S "model.name=$model" -S "data.source=$data" -S eval_sets.svamp.enabled=false
+  -S "data.train_size=${SWEEP_TRAIN_ROWS:-2000}" -S "eval_sets.gsm8k.size=${SWEEP_EVAL:-1319}" -S peft.method=rslora
   -S 'lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]' -S train.micro_batch_size=32
   "$@")
 run() {
@@ -41,7 +41,7 @@ done
 set +e
 run python tools/run_queue.py -j 1
 status=$?
-dvc exp show --md --drop '.*' --keep 'Experiment|^train\.learning_rate$|^tuned\.exact_match_(flexible|strict)$|^paired\.mcnemar_p$' \
+dvc exp show --md --drop '.*' --keep 'Experiment|^train\.learning_rate$|^gsm8k\.tuned\.exact_match_(flexible|strict)$|^gsm8k\.paired\.mcnemar_p$' \
   >"$out/exp_show.md" 2>>"$out/sweep.log"
 names=("${rates[@]/#/lr-}")
 run python tools/compare_runs.py --leaderboard "${names[@]:1}" --baseline "${names[0]}" --out "$out/leaderboard"

@@ -37,7 +37,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qlora_gsm8k.config import SvampConfig  # noqa: E402
+from qlora_gsm8k.config import EvalSetConfig  # noqa: E402
+from qlora_gsm8k.eval_rows import normalise_rows, solution_examples  # noqa: E402
+from qlora_gsm8k.eval_sets import load_eval_set  # noqa: E402
 from qlora_gsm8k.evaluation import evaluate_model
 from qlora_gsm8k.generation import answer_and_score  # noqa: E402
 from qlora_gsm8k.io import write_json  # noqa: E402
@@ -45,10 +47,9 @@ from qlora_gsm8k.merging import load_with_adapter, merge_adapter  # noqa: E402
 from qlora_gsm8k.modeling import load_for_eval, load_tokenizer, resolve_dtype  # noqa: E402
 from qlora_gsm8k.paired import paired_comparison  # noqa: E402
 from qlora_gsm8k.params_file import parse_params  # noqa: E402
-from qlora_gsm8k.report import svamp_metrics  # noqa: E402
+from qlora_gsm8k.report import generations_table, set_metrics  # noqa: E402
 from qlora_gsm8k.rows import read_jsonl  # noqa: E402
 from qlora_gsm8k.sources import materialise_gguf  # noqa: E402
-from qlora_gsm8k.svamp import load_svamp  # noqa: E402
 from qlora_gsm8k.training import train_adapter  # noqa: E402
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -129,8 +130,10 @@ def recipe_params(changes: dict, merge_into: str = "dequantized", dtype: str | N
 
 def evaluate(model, tokenizer, examples, params, label: str, out: Path, svamp=None) -> tuple[dict, list[dict], list]:
     start = time.perf_counter()
-    perplexity, rows, summary = evaluate_model(model, tokenizer, examples, params)
-    summary.update(perplexity=perplexity["perplexity"], seconds=time.perf_counter() - start)
+    # Labelled "scored", never "base": the base in 4-bit is not scored here.
+    solutions = solution_examples(examples)
+    perplexity, rows, summary = evaluate_model(model, tokenizer, examples, solutions, params, "scored", "")
+    summary.update(perplexity=perplexity["scored"]["perplexity"], seconds=time.perf_counter() - start)
     (out / f"generations_{label}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     log(
         f"{label}: strict {summary['exact_match_strict']:.4f} flexible {summary['exact_match_flexible']:.4f} "
@@ -139,7 +142,7 @@ def evaluate(model, tokenizer, examples, params, label: str, out: Path, svamp=No
     svamp_rows = []
     if svamp:
         start = time.perf_counter()
-        svamp_rows, summary["svamp"] = answer_and_score(model, tokenizer, [r.example() for r in svamp], params)
+        svamp_rows, summary["svamp"] = answer_and_score(model, tokenizer, svamp, params)
         summary["svamp"]["seconds"] = time.perf_counter() - start
         (out / f"svamp_generations_{label}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in svamp_rows))
         log(f"{label}: SVAMP flexible {summary['svamp']['exact_match_flexible']:.4f} over {len(svamp_rows)}")
@@ -188,8 +191,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     train = read_jsonl(args.data / "train.jsonl")[: args.train_rows]
-    test = read_jsonl(args.data / "test.jsonl")[: args.eval_rows]
-    svamp = load_svamp(SvampConfig(source=str(args.svamp)))[0][: args.eval_rows] if args.svamp else None
+    test_examples = read_jsonl(args.data / "test.jsonl")[: args.eval_rows]
+    test = normalise_rows("gsm8k", [e.to_json() for e in test_examples], "test.jsonl")
+    svamp_set = EvalSetConfig(layout="svamp", source=str(args.svamp))
+    svamp = load_eval_set("svamp", svamp_set, parse_params({}))[0][: args.eval_rows] if args.svamp else None
 
     base_dir = args.work / "base"
     if not (base_dir / "config.json").is_file():
@@ -276,12 +281,12 @@ def main() -> None:
             else:
                 mode, _, precision = kind.partition("-")
                 eval_params = recipe_params(changes, merge_into=mode, dtype=precision.replace("fp", "float") or None)
-                model, tokenizer, check = merge_adapter(base_dir, adapter, test[:16], eval_params)
+                model, tokenizer, check = merge_adapter(base_dir, adapter, test_examples[:16], eval_params)
             summary, rows, svamp_rows = evaluate(model, tokenizer, test, eval_params, label, args.out, svamp)
             record[kind] = {**summary, "merge_check": check, "rambling": rambling(rows)}
             record[kind]["paired_vs_base"] = paired(base_rows, rows)
             if svamp:
-                record[kind]["svamp_vs_base"] = svamp_metrics(svamp, base_svamp, svamp_rows)["svamp"]
+                record[kind]["svamp_vs_base"] = set_metrics(generations_table(svamp, base_svamp, svamp_rows), {})
             p = record[kind]["paired_vs_base"]["flexible"]
             log(
                 f"{label}: flexible vs base {p['flips_wrong_to_right']} wrong→right, "

@@ -137,7 +137,8 @@ def main() -> None:
     params = yaml.safe_load((args.params or params_file).read_text())
     params["model"]["name"] = str(args.model.resolve())
     params["data"]["source"] = str(args.data.resolve())
-    svamp = params.get("svamp")  # none in a baseline from before the SVAMP stages
+    # A baseline tree may hold SVAMP as the svamp section (before eval_sets), or none at all (before SVAMP).
+    svamp = params.get("eval_sets", {}).get("svamp") or params.get("svamp")
     if svamp is not None and args.svamp:
         svamp["source"] = str(args.svamp.resolve())
     elif svamp is not None:

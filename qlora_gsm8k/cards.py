@@ -123,7 +123,7 @@ def _load_lines(shown_as: str, base_dir: Path) -> list[str]:
 # the adapter's card with the evaluation added as its own output instead.
 EVALUATED_CARD = "reports/model_card.md"
 EVALUATION_POINTER = (
-    f"Evaluation against the base (perplexity, GSM8K and SVAMP exact match, paired flips) runs after this card is "
+    f"Evaluation against the base (exact match on every eval set, perplexity, paired flips) runs after this card is "
     f"written: the compare stage writes this card with the results added to `{EVALUATED_CARD}`; the numbers alone are "
     "in `metrics/*.json`."
 )
@@ -217,46 +217,45 @@ def _rate(values) -> str:
     return f"{float(values.mean()):.3f}" if len(values) else "–"
 
 
-def evaluation_lines(table, perplexity: dict, paired: dict, svamp: dict, params: Params) -> list[str]:
-    """The compare stage's numbers as a model card section: `table` is report.generations_table's, `paired` and
-    `svamp` compare_metrics' and svamp_metrics'; base and tuned side by side, then the paired test."""
-    data, cfg = params.data, params.eval
-    rows = [
-        ("GSM8K exact match, flexible-extract", _rate(table.base_correct), _rate(table.tuned_correct)),
-        ("GSM8K exact match, strict-match", _rate(table.base_correct_strict), _rate(table.tuned_correct_strict)),
-    ]
-    if perplexity:
-        rows.append(
-            (
-                "response perplexity (lower is better)",
-                f"{perplexity['base']['perplexity']:.4g}",
-                f"{perplexity['tuned']['perplexity']:.4g}",
-            )
+def evaluation_lines(sets: dict, params: Params) -> list[str]:
+    """The compare stage's numbers as a model card section: `sets` is name -> (report.generations_table's table,
+    report.set_metrics' metrics, perplexity by model), every enabled set; base and tuned side by side, then each
+    set's paired test."""
+    cfg = params.eval
+    rows, paired_lines = [], []
+    for name, (table, metrics, perplexity) in sets.items():
+        rows += [
+            (f"{name} exact match, flexible-extract", _rate(table.base_correct), _rate(table.tuned_correct)),
+            (f"{name} exact match, strict-match", _rate(table.base_correct_strict), _rate(table.tuned_correct_strict)),
+        ]
+        if perplexity:
+            base, tuned = perplexity["base"]["perplexity"], perplexity["tuned"]["perplexity"]
+            rows.append((f"{name} response perplexity (lower is better)", f"{base:.4g}", f"{tuned:.4g}"))
+        paired = metrics["paired"]
+        paired_lines.append(
+            f"- {name}, {paired['examples']} questions: {paired['flips_wrong_to_right']} wrong→right, "
+            f"{paired['flips_right_to_wrong']} right→wrong, exact McNemar p = {paired['mcnemar_p']:.3g}; difference "
+            f"{paired['accuracy_diff']:+.3f} (95% paired bootstrap CI {paired['accuracy_diff_ci95_low']:+.3f} … "
+            f"{paired['accuracy_diff_ci95_high']:+.3f})"
         )
-    on_svamp = svamp["svamp"]["paired"]
-    if on_svamp["examples"]:
-        by_type = svamp["svamp"]["by_type"].values()
-        base, tuned = (sum(t[k] * t["examples"] for t in by_type) / on_svamp["examples"] for k in ("base", "tuned"))
-        rows.append(("SVAMP exact match, flexible-extract", f"{base:.3f}", f"{tuned:.3f}"))
-    lines = [
+    return [
         "## Evaluation",
         "",
         f"The tuned model (this adapter merged into its base's {cfg.merge_into} weights) against the base on the "
-        f"same {paired['examples']} GSM8K test questions (`{data.source}`, from row {data.eval_offset})"
-        + (f" and {on_svamp['examples']} SVAMP questions" if on_svamp["examples"] else "")
-        + f": greedy answers of up to {cfg.max_new_tokens} new tokens, scored as lm-evaluation-harness scores gsm8k.",
+        f"same questions of each eval set ({', '.join(sets)}; params `eval_sets`): greedy answers of up to "
+        f"{cfg.max_new_tokens} new tokens, scored as lm-evaluation-harness scores gsm8k.",
         "",
         "| metric | base | tuned |",
         "|---|---|---|",
         *(f"| {name} | {base} | {tuned} |" for name, base, tuned in rows),
         "",
-        f"Paired on the same GSM8K questions: {paired['flips_wrong_to_right']} wrong→right, "
-        f"{paired['flips_right_to_wrong']} right→wrong, exact McNemar p = {paired['mcnemar_p']:.3g}; difference "
-        f"{paired['accuracy_diff']:+.3f} (95% paired bootstrap CI {paired['accuracy_diff_ci95_low']:+.3f} … "
-        f"{paired['accuracy_diff_ci95_high']:+.3f}). Per question: `reports/comparison.md`.",
+        "Paired on the same questions:",
+        "",
+        *paired_lines,
+        "",
+        "Per question: `reports/comparison.md`.",
         "",
     ]
-    return lines
 
 
 def evaluated_card(adapter_card: str, evaluation: list[str]) -> str:

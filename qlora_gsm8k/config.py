@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,41 +30,72 @@ class DataConfig:
     config: str = "main"
     revision: str = "740312add88f781978c0658806c59bc2815b9866"
     train_size: int = 200
-    eval_size: int = 100
     train_offset: int = 0
-    eval_offset: int = 0
-    # 0 keeps the published order; any other value shuffles each split with that seed before slicing.
+    # 0 keeps the published order; any other value shuffles the train split with that seed before slicing.
     shuffle_seed: int = 0
-    # Share of eval questions allowed to appear in the train slice too (a contaminated eval measures recall).
+    # Share of each eval set's questions allowed to appear in the train slice too (a contaminated eval measures
+    # recall): checked for every eval set, whatever its source.
     max_eval_overlap: float = 0.0
 
     def validate(self) -> None:
         if not 0.0 <= self.max_eval_overlap <= 1.0:
             raise UserError(f"data.max_eval_overlap must be in [0, 1], got {self.max_eval_overlap}")
         check_positive("data.train_size", self.train_size)
-        check_positive("data.eval_size", self.eval_size)
         check_non_negative("data.train_offset", self.train_offset)
-        check_non_negative("data.eval_offset", self.eval_offset)
         check_non_negative("data.shuffle_seed", self.shuffle_seed)
 
 
-@dataclass(frozen=True)
-class SvampConfig:
-    """SVAMP, a second arithmetic set evaluated base vs tuned beside GSM8K (never trained on)."""
+# Layouts an eval set's source can be in, and whether its rows carry worked solutions (what perplexity and the merge
+# check score): gsm8k, JSON lines as openai/grade-school-math ("question", "answer" ending "#### N"); svamp, the
+# published SVAMP.json / ChilleD/SVAMP ("Body", "Question", "Answer", "Type"); plain, JSON lines with "question" and
+# a numeric "answer" (and an optional "type", broken down in the report like SVAMP's).
+LAYOUTS_WITH_SOLUTIONS = {"gsm8k": True, "svamp": False, "plain": False}
+# A set's name becomes file and DVC stage names (evaluate_base@<set>, metrics/eval/<set>_base.json): no '-', '/', '@'.
+_SET_NAME = re.compile(r"[A-Za-z0-9_]{1,40}")
 
-    # false: the SVAMP stages write empty outputs without loading a model.
+
+@dataclass(frozen=True)
+class EvalSetConfig:
+    """One evaluation set (an entry of `eval_sets`): where its rows come from, in which layout, and which of them."""
+
+    # false: its stages write empty outputs without reading the source or loading a model; compare skips it.
     enabled: bool = True
-    # A Hub dataset id (ChilleD/SVAMP: train 700 / test 300), a local .json/.jsonl file in the published
-    # layout (all rows of the file; `split` does not apply), or a directory holding <split>.json.
-    source: str = "ChilleD/SVAMP"
-    revision: str = "5e0bf1e5e7c0e9c4bc39180d224f41f3f801b7ef"
-    split: Literal["train", "test"] = "test"
+    layout: Literal["gsm8k", "svamp", "plain"] = "plain"
+    # A Hub dataset id (at `revision`, with `config`), a local file (all its rows; `split` does not apply) or a
+    # local directory holding <split>.jsonl (<split>.json for svamp); null: the training source (data.source,
+    # data.config, data.revision), whose overlap with the train slice is then the live question.
+    source: str | None = None
+    config: str | None = None
+    revision: str | None = None
+    split: str = "test"
     size: int = 100
     offset: int = 0
+    # 0 keeps the source's order; any other value shuffles the split with that seed before slicing.
+    shuffle_seed: int = 0
 
-    def validate(self) -> None:
-        check_positive("svamp.size", self.size)
-        check_non_negative("svamp.offset", self.offset)
+    @property
+    def has_solutions(self) -> bool:
+        return LAYOUTS_WITH_SOLUTIONS[self.layout]
+
+    def validate(self, name: str) -> None:
+        if not _SET_NAME.fullmatch(name):
+            raise UserError(
+                f"eval_sets.{name}: a set's name may hold only letters, digits and '_' (it names files and DVC "
+                "stages), e.g. my_set"
+            )
+        check_positive(f"eval_sets.{name}.size", self.size)
+        check_non_negative(f"eval_sets.{name}.offset", self.offset)
+        check_non_negative(f"eval_sets.{name}.shuffle_seed", self.shuffle_seed)
+
+
+def default_eval_sets() -> dict[str, EvalSetConfig]:
+    """GSM8K's held-out test slice (from the training source) and SVAMP, as params.yaml ships them."""
+    return {
+        "gsm8k": EvalSetConfig(layout="gsm8k"),
+        "svamp": EvalSetConfig(
+            layout="svamp", source="ChilleD/SVAMP", revision="5e0bf1e5e7c0e9c4bc39180d224f41f3f801b7ef"
+        ),
+    }
 
 
 @dataclass(frozen=True)
@@ -217,6 +249,9 @@ class EvalConfig:
     merge_kl_threshold: float = 0.05
     merge_min_top1_agreement: float = 0.97
     merge_check_size: int = 16
+    # The eval set whose worked solutions the merge check scores (an enabled entry of eval_sets in a layout with
+    # solutions: gsm8k).
+    merge_check_set: str = "gsm8k"
     report_samples: int = 10
 
     def validate(self) -> None:
@@ -241,13 +276,19 @@ class Params:
     quant: QuantConfig = field(default_factory=QuantConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    svamp: SvampConfig = field(default_factory=SvampConfig)
+    eval_sets: dict[str, EvalSetConfig] = field(default_factory=default_eval_sets)
+
+    def enabled_sets(self) -> dict[str, EvalSetConfig]:
+        return {name: cfg for name, cfg in self.eval_sets.items() if cfg.enabled}
 
     def validate(self) -> None:
         for section in dataclasses.fields(self):
             validate = getattr(getattr(self, section.name), "validate", None)
             if validate:
                 validate()
+        for name, eval_set in self.eval_sets.items():
+            eval_set.validate(name)
+        self._validate_merge_check_set()
         steps, warmup = optimizer_steps(self.data.train_size, self.train)
         if steps <= warmup:
             # The HF Trainer's first step runs at learning rate 0 during warmup: LoRA's B would stay all zero and
@@ -257,6 +298,19 @@ class Params:
                 f"{self.train.warmup_ratio}): the adapter would not learn. Raise data.train_size "
                 f"({self.data.train_size}) or train.epochs ({self.train.epochs}), lower train.micro_batch_size or "
                 "train.grad_accum, or set train.warmup_ratio=0"
+            )
+
+    def _validate_merge_check_set(self) -> None:
+        name = self.eval.merge_check_set
+        chosen = self.eval_sets.get(name)
+        if chosen is None or not chosen.enabled or not chosen.has_solutions:
+            fits = [n for n, s in self.enabled_sets().items() if s.has_solutions]
+            why = (
+                "no such set" if chosen is None else "it is off" if not chosen.enabled else "its rows have no solutions"
+            )
+            raise UserError(
+                f"eval.merge_check_set={name!r}: {why}; the merge check scores worked solutions, so it needs an "
+                f"enabled eval set in the gsm8k layout ({', '.join(fits) or 'none in eval_sets'})"
             )
 
 

@@ -1,5 +1,6 @@
-"""What the evaluate stage measures of one model: response-token perplexity, and greedy answers scored GSM8K-style
-(generation.py, scoring.py). The paired statistics between two models: paired.py."""
+"""What the evaluate stage measures of one model on one eval set: response-token perplexity (sets with worked
+solutions), and greedy answers scored against the reference numbers (generation.py, scoring.py). The paired
+statistics between two models: paired.py."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .context import check_fits_context, model_context
 from .errors import UserError
 from .generation import answer_and_score, batches, longest_first
 from .logits import row_logits
+from .modeling import dequantize_base_into
 from .progress import progress
 from .prompts import IGNORE_INDEX, ChatFormat, encode_examples, pad_batch
 from .rows import Example
@@ -66,10 +68,28 @@ def response_nll(
     }
 
 
-def evaluate_model(model, tokenizer, examples: list[Example], params) -> tuple[dict, list[dict], dict]:
-    """What the evaluate stage measures for one model, in one load: response perplexity, then greedy answers
-    scored GSM8K-style. Returns (perplexity metrics, per-row records, generation summary)."""
+def evaluate_model(
+    model, tokenizer, eval_rows: list, solutions: list[Example], params, label: str, model_dir: str
+) -> tuple[dict, list[dict], dict]:
+    """What the evaluate stage measures for one model, in one load: response perplexity over `solutions` (the rows'
+    worked solutions; none: no perplexity), then greedy answers to `eval_rows` scored against their reference
+    numbers. Returns (perplexity metrics by model, per-row records, generation summary)."""
     chat = ChatFormat.of(tokenizer, params.prompt.system)
-    perplexity = response_nll(model, tokenizer, examples, params.eval.batch_size, chat=chat)
-    rows, summary = answer_and_score(model, tokenizer, examples, params, chat)
+    perplexity = {}
+    if solutions:
+        perplexity[label] = response_nll(model, tokenizer, solutions, params.eval.batch_size, chat=chat)
+        print(f"{label} perplexity {perplexity[label]['perplexity']:.3f} over {perplexity[label]['tokens']} tokens")
+    rows, summary = answer_and_score(model, tokenizer, eval_rows, params, chat)
+    if solutions and label == "base":
+        # The base in 4-bit as the dequantized NF4 (quant.quant_type, quant.double_quant) weights in eval.dtype, not
+        # bitsandbytes' 4-bit forward pass: these are exactly the weights the tuned model is merged into, run in the
+        # same dtype and kernels as both other models. So 4-bit minus 16-bit base is the weights' rounding alone, and
+        # tuned minus 4-bit base the adapter alone; bitsandbytes computes with the same weights, but in
+        # quant.compute_dtype and, on some CPUs, a bf16 kernel (docs/testing.md), which would leak into both
+        # differences.
+        # Here, not in a stage of its own: one more load in this process, where a stage would add its start-up (the
+        # larger part, measured); the price is that a quant.quant_type/double_quant change re-runs base generation.
+        dequantize_base_into(model, model_dir, params.quant)
+        perplexity["base_4bit"] = response_nll(model, tokenizer, solutions, params.eval.batch_size, chat=chat)
+        print(f"base in 4-bit perplexity {perplexity['base_4bit']['perplexity']:.3f}")
     return perplexity, rows, summary

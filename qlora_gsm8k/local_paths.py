@@ -1,8 +1,8 @@
 """Is a source value a local path or a Hugging Face Hub id, and what to say when the path does not exist.
 
-`model.name`, `data.source` and `svamp.source` each take either. A Hub id is `owner/name` (or a bare name); a typo
-of a local path (`models/smollm` for `models/smollm2`) must not be sent to the Hub, where it fails with a message
-about the network and a pinned revision that has nothing to do with it."""
+`model.name`, `data.source` and `eval_sets.<name>.source` each take either. A Hub id is `owner/name` (or a bare
+name); a typo of a local path (`models/smollm` for `models/smollm2`) must not be sent to the Hub, where it fails with
+a message about the network and a pinned revision that has nothing to do with it."""
 
 from __future__ import annotations
 

@@ -20,6 +20,10 @@ from .errors import UserError
 MAX_STRING_PARAM = 1024
 
 
+class _TooLong(UserError):
+    """A string param over MAX_STRING_PARAM: said as such even where the param may also be null (str | None)."""
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -49,6 +53,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         for option in typing.get_args(tp):
             try:
                 return _coerce(key, value, option)
+            except _TooLong:
+                raise
             except UserError:
                 continue
     elif tp is float:
@@ -78,24 +84,39 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, str) and value:
             if len(value) > MAX_STRING_PARAM:
                 # dvc.lock and every experiment copy each param; no name, path or revision is this long.
-                raise UserError(f"{key} is {len(value):,} characters long; at most {MAX_STRING_PARAM} are allowed")
+                raise _TooLong(f"{key} is {len(value):,} characters long; at most {MAX_STRING_PARAM} are allowed")
             return value
     else:
         raise TypeError(f"unsupported annotation {tp!r} for {key}")
     raise UserError(f"{key} must be {_type_name(tp)}, got {value!r}")
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
+# Keys that moved when the evaluation sets became entries of `eval_sets` (README: migration).
+MOVED_KEYS = {
+    "svamp": "eval_sets.svamp (same keys, plus layout: svamp)",
+    "data.eval_size": "eval_sets.gsm8k.size",
+    "data.eval_offset": "eval_sets.gsm8k.offset",
+}
+
+
+def _mapping(raw: Any, key: str) -> dict:
     if raw is None:
-        raw = {}
+        return {}
     if not isinstance(raw, dict):
-        raise UserError(f"{prefix or 'params'} must be a mapping, got {raw!r}")
+        raise UserError(f"{key or 'params'} must be a mapping, got {raw!r}")
+    return raw
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    raw = _mapping(raw, prefix)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(raw) - set(names), key=str)  # YAML keys need not be strings (1:, null:)
     if unknown:
         where = f"{prefix}." if prefix else ""
         key = f"{where}{unknown[0]}"
+        if key in MOVED_KEYS:
+            raise UserError(f"{key} moved to {MOVED_KEYS[key]}; rename it in params.yaml (README: migration)")
         typed = str(unknown[0])
         # a near spelling (lora.dropuot), else a longer name for a key (lora.rank for r)
         close = (
@@ -114,6 +135,11 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, raw[name], key)
+        elif typing.get_origin(tp) is dict:
+            # name -> entry (eval_sets): each entry built like a section, its keys named with the entry's name.
+            entry_type = typing.get_args(tp)[1]
+            entries = _mapping(raw[name], key)
+            kwargs[name] = {str(entry): _build(entry_type, value, f"{key}.{entry}") for entry, value in entries.items()}
         else:
             kwargs[name] = _coerce(key, raw[name], tp)
     return cls(**kwargs)

@@ -32,16 +32,17 @@ def _save(plt, fig, path: str | Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def accuracy_png(rows: pd.DataFrame, path: str | Path, title: str = "GSM8K exact match, base vs tuned") -> None:
-    """Grouped bars from accuracy_plot_rows: one bar per model within each metric, never stacked."""
-    plt, fig, ax = _figure()
-    metrics = list(dict.fromkeys(rows.metric))
+def accuracy_png(rows: pd.DataFrame, path: str | Path, title: str = "Exact match, base vs tuned") -> None:
+    """Grouped bars from accuracy_plot_rows: one bar per model within each set and metric, never stacked."""
+    plt, fig, ax = _figure(width=max(6.4, 1.6 * rows.set.nunique() * 2))
+    groups = list(dict.fromkeys(zip(rows.set, rows.metric, strict=True)))
     width = 0.38
     for offset, model in ((-width / 2, "base"), (width / 2, "tuned")):
-        values = [float(rows[(rows.model == model) & (rows.metric == m)].value.iloc[0]) for m in metrics]
-        bars = ax.bar([i + offset for i in range(len(metrics))], values, width, label=model, color=_COLOURS[model])
+        chosen = rows[rows.model == model]
+        values = [float(chosen[(chosen.set == s) & (chosen.metric == m)].value.iloc[0]) for s, m in groups]
+        bars = ax.bar([i + offset for i in range(len(groups))], values, width, label=model, color=_COLOURS[model])
         ax.bar_label(bars, labels=[f"{v:.1%}" for v in values], fontsize=8)
-    ax.set_xticks(range(len(metrics)), [m.removeprefix("exact_match_") for m in metrics])
+    ax.set_xticks(range(len(groups)), [f"{s}\n{m.removeprefix('exact_match_')}" for s, m in groups], fontsize=8)
     ax.set_ylabel("share of questions right")
     ax.set_ylim(0, max(0.05, float(rows.value.max()) * 1.25))
     ax.set_title(title)
@@ -49,12 +50,13 @@ def accuracy_png(rows: pd.DataFrame, path: str | Path, title: str = "GSM8K exact
     _save(plt, fig, path)
 
 
-def flips_png(rows: pd.DataFrame, path: str | Path, title: str = "GSM8K questions, base → tuned") -> None:
-    """Horizontal bars from flips_plot_rows: the four outcomes."""
-    plt, fig, ax = _figure(height=2.8)
+def flips_png(rows: pd.DataFrame, path: str | Path, title: str = "Questions per set, base → tuned") -> None:
+    """Horizontal bars from flips_plot_rows: the four outcomes of each set ('<set>: <outcome>')."""
+    plt, fig, ax = _figure(height=max(2.8, 1.2 + 0.3 * len(rows)))
     labels = [o.replace("_", " ") for o in rows.outcome]
     colours = {"wrong_to_right": "#2ca02c", "right_to_wrong": "#d62728"}
-    bars = ax.barh(labels, rows.questions, color=[colours.get(o, "#8c8c8c") for o in rows.outcome])
+    outcomes = [o.rsplit(": ", 1)[-1] for o in rows.outcome]
+    bars = ax.barh(labels, rows.questions, color=[colours.get(o, "#8c8c8c") for o in outcomes])
     ax.bar_label(bars, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("questions")
@@ -62,12 +64,14 @@ def flips_png(rows: pd.DataFrame, path: str | Path, title: str = "GSM8K question
     _save(plt, fig, path)
 
 
-def by_type_png(by_type: dict[str, dict], path: str | Path) -> None:
-    """SVAMP accuracy per problem type, base vs tuned (an empty chart saying so when the set is off)."""
+def by_type_png(by_set: dict[str, dict[str, dict]], path: str | Path) -> None:
+    """Accuracy per problem type of every set whose rows have types (SVAMP), base vs tuned; an empty chart saying so
+    when no enabled set has types."""
     plt, fig, ax = _figure()
+    by_type = {f"{name}: {kind}": row for name, types in by_set.items() for kind, row in types.items()}
     kinds = list(by_type)
     if not kinds:
-        ax.text(0.5, 0.5, "SVAMP is off (svamp.enabled: false)", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no enabled eval set has problem types", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         _save(plt, fig, path)
         return
@@ -79,7 +83,7 @@ def by_type_png(by_type: dict[str, dict], path: str | Path) -> None:
     ax.set_xticks(range(len(kinds)), [f"{k}\n({by_type[k]['examples']})" for k in kinds], fontsize=8)
     ax.set_ylabel("flexible exact match")
     ax.set_ylim(0, max([0.05] + [by_type[k][m] * 1.25 for k in kinds for m in ("base", "tuned")]))
-    ax.set_title("SVAMP by problem type (questions), base vs tuned")
+    ax.set_title("Exact match by problem type (questions), base vs tuned")
     ax.legend()
     _save(plt, fig, path)
 

@@ -1,4 +1,5 @@
-"""Base-vs-tuned comparison: the generations table, paired statistics, plot data, Markdown report."""
+"""Base-vs-tuned comparison, per eval set and the same for every set: the generations table, paired statistics
+(with a breakdown by problem type where rows have one), plot data, Markdown report."""
 
 from __future__ import annotations
 
@@ -8,11 +9,9 @@ import re
 import pandas as pd
 
 from .config import model_kind
+from .eval_rows import EvalRow
 from .paired import paired_comparison
 from .peft_methods import method_of
-from .rows import Example
-from .scoring import reference_number
-from .svamp import SvampRow
 
 
 def table_csv(table: pd.DataFrame) -> str:
@@ -21,19 +20,22 @@ def table_csv(table: pd.DataFrame) -> str:
     return table.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC)
 
 
-def generations_table(examples: list[Example], base: list[dict], tuned: list[dict]) -> pd.DataFrame:
-    if not len(examples) == len(base) == len(tuned):
-        raise ValueError(f"row counts differ: eval {len(examples)}, base {len(base)}, tuned {len(tuned)}")
+def generations_table(eval_rows: list[EvalRow], base: list[dict], tuned: list[dict], name: str = "") -> pd.DataFrame:
+    """One row per question of set `name`: the reference, both models' answers, and the flip between them."""
+    if not len(eval_rows) == len(base) == len(tuned):
+        raise ValueError(f"row counts differ: eval {len(eval_rows)}, base {len(base)}, tuned {len(tuned)}")
     records = []
-    for example, b, t in zip(examples, base, tuned, strict=True):
-        if not b["index"] == t["index"] == example.index:
-            raise ValueError(f"generations are not aligned at eval row {example.index}")
+    for row, b, t in zip(eval_rows, base, tuned, strict=True):
+        if not b["index"] == t["index"] == row.index:
+            raise ValueError(f"generations are not aligned at eval row {row.index}")
         records.append(
             {
-                "index": example.index,
-                "question": example.question,
-                "reference_answer": example.answer,
-                "reference_number": reference_number(example.answer),
+                "set": name,
+                "index": row.index,
+                "type": row.type,
+                "question": row.question,
+                "reference_answer": row.solution or row.number,
+                "reference_number": row.number,
                 "base_output": b["output"],
                 "base_number": b["number_flexible"],
                 "base_correct": b["correct_flexible"],
@@ -81,25 +83,52 @@ def compare_metrics(table: pd.DataFrame, perplexity: dict) -> dict:
 FLIP_OUTCOMES = ("wrong_to_right", "right_to_wrong", "both_right", "both_wrong")
 
 
-def accuracy_plot_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """One bar per model and metric: `bar` names both, so the bar chart never stacks strict onto flexible."""
+def by_type(table: pd.DataFrame) -> dict[str, dict]:
+    """Paired comparison within each problem type (SVAMP's Addition, Subtraction, …); {} for rows without types."""
+    breakdown = {}
+    for kind, rows in table[table.type.notna()].groupby("type", sort=True):
+        paired = paired_comparison(rows.base_correct.tolist(), rows.tuned_correct.tolist())
+        breakdown[kind] = {
+            "examples": len(rows),
+            "base": float(rows.base_correct.mean()),
+            "tuned": float(rows.tuned_correct.mean()),
+            **{k: paired[k] for k in ("flips_wrong_to_right", "flips_right_to_wrong", "mcnemar_p")},
+        }
+    return breakdown
+
+
+def set_metrics(table: pd.DataFrame, perplexity: dict) -> dict:
+    """One set's entry of metrics/compare.json: paired statistics, perplexity deltas where measured, and the
+    breakdown by problem type where its rows have types."""
+    metrics = compare_metrics(table, perplexity)
+    types = by_type(table)
+    return {**metrics, "by_type": types} if types else metrics
+
+
+def accuracy_plot_rows(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One bar per set, model and metric: `bar` names all three, so the bar chart never stacks one onto another."""
     rows = []
-    for model in ("base", "tuned"):
-        for metric, column in (("flexible", f"{model}_correct"), ("strict", f"{model}_correct_strict")):
-            rows.append(
-                {
-                    "model": model,
-                    "metric": f"exact_match_{metric}",
-                    "bar": f"{model}, {metric}",
-                    "value": table[column].mean(),
-                }
-            )
+    for name, table in tables.items():
+        for model in ("base", "tuned"):
+            for metric, column in (("flexible", f"{model}_correct"), ("strict", f"{model}_correct_strict")):
+                rows.append(
+                    {
+                        "set": name,
+                        "model": model,
+                        "metric": f"exact_match_{metric}",
+                        "bar": f"{name} {model}, {metric}",
+                        "value": table[column].mean(),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
-def flips_plot_rows(table: pd.DataFrame) -> pd.DataFrame:
-    counts = table.flip.value_counts()
-    return pd.DataFrame([{"outcome": k, "questions": int(counts.get(k, 0))} for k in FLIP_OUTCOMES])
+def flips_plot_rows(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    rows = []
+    for name, table in tables.items():
+        counts = table.flip.value_counts()
+        rows += [{"outcome": f"{name}: {k}", "questions": int(counts.get(k, 0))} for k in FLIP_OUTCOMES]
+    return pd.DataFrame(rows)
 
 
 _NUMBER_CHARS = 24
@@ -136,9 +165,13 @@ def run_context(params) -> list[str]:
     if "lora.r" in method_of(params).reads:
         method += f" r {lora.r}, alpha {lora.alpha}, on {', '.join(lora.target_modules)}"
     revision = f" @ {params.model.revision[:12]}" if model_kind(params.model.name) == "hub" else ""
+    sets = ", ".join(
+        f"{name} ({s.size} rows of `{s.source or data.source}` {s.split} from {s.offset})"
+        for name, s in params.enabled_sets().items()
+    )
     return [
         f"Model `{params.model.name}`{revision}; data `{data.source}`: {data.train_size} train rows from "
-        f"{data.train_offset}, {data.eval_size} eval rows from {data.eval_offset}. {method}; lr {train.learning_rate}, "
+        f"{data.train_offset}. Eval sets: {sets}. {method}; lr {train.learning_rate}, "
         f"{train.epochs:g} epoch(s), micro-batch {train.micro_batch_size}. Greedy answers up to "
         f"{cfg.max_new_tokens} tokens in {cfg.dtype}; the tuned model merged into the {cfg.merge_into} weights.",
         "",
@@ -182,22 +215,25 @@ def perplexity_line(perplexity: dict, merge_into: str = "dequantized") -> list[s
 
 
 def markdown_report(
-    table: pd.DataFrame,
-    metrics: dict,
+    sets: dict[str, tuple[pd.DataFrame, dict, dict]],
     samples: int,
-    svamp: dict | None = None,
-    perplexity: dict | None = None,
     context: list[str] | None = None,
     merge_into: str = "dequantized",
 ) -> str:
-    """GSM8K's flips and a sample side by side; `svamp` (svamp_metrics) adds its section after the summary;
-    `perplexity` (both models' metrics, and the base in 4-bit's) and `context` (run_context) say what the numbers are
-    and what made them; `merge_into` (eval.merge_into) how the perplexity deltas read."""
+    """Every enabled set, the same way: its summary, perplexity (sets with solutions), breakdown by type (sets with
+    types), then its flips and a sample side by side. `sets`: name -> (generations table, set_metrics, perplexity by
+    model); `context` (run_context) says what made the numbers, `merge_into` (eval.merge_into) how deltas read."""
+    lines = ["# Base vs tuned on the eval sets", "", *(context or [])]
+    for name, (table, metrics, perplexity) in sets.items():
+        lines += set_section(name, table, metrics, perplexity, samples, merge_into)
+    return "\n".join(lines)
+
+
+def set_section(name: str, table, metrics: dict, perplexity: dict, samples: int, merge_into: str) -> list[str]:
     paired = metrics["paired"]
     lines = [
-        "# Base vs tuned on the eval slice",
+        f"## {name}",
         "",
-        *(context or []),
         f"{paired['examples']} questions. Exact match (flexible): base {table.base_correct.mean():.3f}, "
         f"tuned {table.tuned_correct.mean():.3f}; difference {paired['accuracy_diff']:+.3f} "
         f"(95% paired bootstrap CI {paired['accuracy_diff_ci95_low']:+.3f} … "
@@ -205,89 +241,37 @@ def markdown_report(
         f"Flips: {paired['flips_wrong_to_right']} wrong→right, {paired['flips_right_to_wrong']} right→wrong; "
         f"exact McNemar p = {paired['mcnemar_p']:.3g}.",
         "",
-        *perplexity_line(perplexity or {}, merge_into),
+        *perplexity_line(perplexity, merge_into),
+        *by_type_table(metrics.get("by_type", {})),
     ]
-    if svamp is not None:
-        lines += svamp_section(svamp)
-
-    def section(title: str, rows: pd.DataFrame) -> None:
-        lines.extend([f"## {title} ({len(rows)})", ""])
-        if rows.empty:
-            lines.extend(["None.", ""])
+    for title, rows in (
+        ("Wrong → right", table[table.flip == "wrong_to_right"]),
+        ("Right → wrong", table[table.flip == "right_to_wrong"]),
+        ("Sample", table.head(samples)),
+    ):
+        lines += [f"### {name}: {title} ({len(rows)})", "", *([] if len(rows) else ["None.", ""])]
         for row in rows.itertuples():
-            lines.extend(
-                [
-                    f"### Eval row {row.index}: reference {row.reference_number}, "
-                    f"base {_number(row.base_number)} ({'right' if row.base_correct else 'wrong'}), "
-                    f"tuned {_number(row.tuned_number)} ({'right' if row.tuned_correct else 'wrong'})",
-                    "",
-                    "**Question**",
-                    "",
-                    _block(row.question),
-                    "",
-                    "**Base**",
-                    "",
-                    _block(row.base_output),
-                    "",
-                    "**Tuned**",
-                    "",
-                    _block(row.tuned_output),
-                    "",
-                ]
-            )
-
-    section("Wrong → right", table[table.flip == "wrong_to_right"])
-    section("Right → wrong", table[table.flip == "right_to_wrong"])
-    section("Sample", table.head(samples))
-    return "\n".join(lines)
+            lines += [
+                f"#### {name} row {row.index}: reference {row.reference_number}, "
+                f"base {_number(row.base_number)} ({'right' if row.base_correct else 'wrong'}), "
+                f"tuned {_number(row.tuned_number)} ({'right' if row.tuned_correct else 'wrong'})",
+                "",
+                *("**Question**", "", _block(row.question), ""),
+                *("**Base**", "", _block(row.base_output), ""),
+                *("**Tuned**", "", _block(row.tuned_output), ""),
+            ]
+    return lines
 
 
-def svamp_by_type(rows: list[SvampRow], base_correct: list[bool], tuned_correct: list[bool]) -> dict[str, dict]:
-    """Paired comparison within each problem type (Addition, Subtraction, Multiplication, Common-Division)."""
-    breakdown = {}
-    for kind in sorted({r.type for r in rows}):
-        where = [i for i, r in enumerate(rows) if r.type == kind]
-        base = [base_correct[i] for i in where]
-        tuned = [tuned_correct[i] for i in where]
-        paired = paired_comparison(base, tuned)
-        breakdown[kind] = {
-            "examples": len(where),
-            "base": sum(base) / len(where),
-            "tuned": sum(tuned) / len(where),
-            "flips_wrong_to_right": paired["flips_wrong_to_right"],
-            "flips_right_to_wrong": paired["flips_right_to_wrong"],
-            "mcnemar_p": paired["mcnemar_p"],
-        }
-    return breakdown
-
-
-def svamp_metrics(rows: list[SvampRow], base: list[dict], tuned: list[dict]) -> dict:
-    """SVAMP's paired comparison overall and per problem type; {"svamp": {"paired": {"examples": 0}}} when off."""
-    if not rows:
-        return {"svamp": {"paired": {"examples": 0}}}
-    table = generations_table([r.example() for r in rows], base, tuned)
-    paired = compare_metrics(table, {})["paired"]
-    types = svamp_by_type(rows, table.base_correct.tolist(), table.tuned_correct.tolist())
-    return {"svamp": {"paired": paired, "by_type": types}}
-
-
-def svamp_section(metrics: dict) -> list[str]:
-    """The comparison report's SVAMP section (Markdown lines)."""
-    svamp = metrics["svamp"]
-    paired = svamp["paired"]
-    lines = ["## SVAMP: does the gain carry over to differently worded arithmetic?", ""]
-    if not paired["examples"]:
-        return [*lines, "SVAMP is off (`svamp.enabled: false`).", ""]
-    lines += [
-        f"{paired['examples']} questions, same prompt, generation and scoring as GSM8K. Flexible exact match "
-        f"difference {paired['accuracy_diff']:+.3f} (95% CI {paired['accuracy_diff_ci95_low']:+.3f} … "
-        f"{paired['accuracy_diff_ci95_high']:+.3f}); {paired['flips_wrong_to_right']} wrong→right, "
-        f"{paired['flips_right_to_wrong']} right→wrong, McNemar p = {paired['mcnemar_p']:.3g}.",
-        "",
+def by_type_table(breakdown: dict[str, dict]) -> list[str]:
+    """A set's results per problem type (Markdown lines); nothing for a set without types."""
+    if not breakdown:
+        return []
+    lines = [
         "| type | questions | base | tuned | wrong→right | right→wrong | McNemar p |",
         "|---|---|---|---|---|---|---|",
     ]
-    for kind, row in svamp["by_type"].items():
+    for kind, row in breakdown.items():
         lines.append(
             f"| {kind} | {row['examples']} | {row['base']:.3f} | {row['tuned']:.3f} | "
             f"{row['flips_wrong_to_right']} | {row['flips_right_to_wrong']} | {row['mcnemar_p']:.3g} |"

@@ -25,6 +25,24 @@ def has_final_number(answer: str) -> bool:
     return match is not None and match.group(1).replace(",", "") not in ("", ".")
 
 
+def normalize_number(text: str) -> str:
+    """Drop commas, `$` and one trailing period, as lm-evaluation-harness does (its regexes_to_ignore are
+    ',', '\\$' and '\\.$'), so '1,000.' == '1000' while '5..' stays '5.', as it does there. Here, not in scoring.py:
+    references are normalised when a set is fetched, answers when they are scored, the same way."""
+    text = text.strip().lower().replace(",", "").replace("$", "")
+    return text[:-1] if text.endswith(".") else text
+
+
+def final_number(answer: str) -> str:
+    """The number on a GSM8K answer's first '#### ' line, normalised (the reference scoring compares with)."""
+    match = _FINAL_LINE.search(answer)
+    # '#### ,' or '#### .' holds no number: normalised, nothing is left.
+    number = normalize_number(match.group(1)) if match else ""
+    if not number:
+        raise ValueError("reference answer has no '#### <number>' line")
+    return number
+
+
 def clean_answer(answer: str) -> str:
     """Reference solution as the model should write it: calculator annotations like <<2*3=6>> removed."""
     return _CALCULATOR_ANNOTATION.sub("", answer)

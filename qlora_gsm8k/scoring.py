@@ -6,19 +6,12 @@ from __future__ import annotations
 
 import re
 
-from .rows import Example
+from .rows import final_number, normalize_number
 
 # lm-evaluation-harness gsm8k: strict-match takes the first "#### number";
 # flexible-extract takes the last number-looking span of the output.
 _STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
 _FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
-
-
-def normalize_number(text: str) -> str:
-    """Drop commas, `$` and one trailing period, as the harness does (its regexes_to_ignore are
-    ',', '\\$' and '\\.$'), so '1,000.' == '1000' while '5..' stays '5.', as it does there."""
-    text = text.strip().lower().replace(",", "").replace("$", "")
-    return text[:-1] if text.endswith(".") else text
 
 
 def extract_strict(output: str) -> str | None:
@@ -39,10 +32,8 @@ def extract_flexible(output: str) -> str | None:
 
 
 def reference_number(answer: str) -> str:
-    number = extract_strict(answer)
-    if number is None:
-        raise ValueError("reference answer has no '#### <number>' line")
-    return number
+    """A GSM8K answer's reference number (rows.final_number; kept here for scoring's readers)."""
+    return final_number(answer)
 
 
 def is_correct(predicted: str | None, reference: str) -> bool:
@@ -58,16 +49,17 @@ def repetition_rate(text: str, n: int = 4) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
-def score_generations(examples: list[Example], generations: list) -> tuple[list[dict], dict]:
-    """Per-row records and summary: exact match (strict/flexible), format gap and health. `generations`:
-    generation.Generation records (text, new_tokens, hit_token_cap), one per example."""
+def score_generations(eval_rows: list, generations: list) -> tuple[list[dict], dict]:
+    """Per-row records and summary: exact match (strict/flexible) against each row's reference number, format gap
+    and health. `eval_rows`: eval_rows.EvalRow (index, number); `generations`: generation.Generation records (text,
+    new_tokens, hit_token_cap), one per row."""
     rows = []
-    for example, gen in zip(examples, generations, strict=True):
+    for row, gen in zip(eval_rows, generations, strict=True):
         strict, flexible = extract_strict(gen.text), extract_flexible(gen.text)
-        reference = reference_number(example.answer)
+        reference = normalize_number(row.number)
         rows.append(
             {
-                "index": example.index,
+                "index": row.index,
                 "output": gen.text,
                 "number_strict": strict,
                 "number_flexible": flexible,

@@ -1,4 +1,5 @@
-"""Synthetic GSM8K-format rows, made in code: test fixtures and the tiny tokenizer's training text."""
+"""Synthetic rows, made in code (GSM8K format, and SVAMP and plain eval layouts from them): test fixtures and the
+tiny tokenizer's training text."""
 
 from __future__ import annotations
 
@@ -76,4 +77,14 @@ def make_svamp_rows(count: int, seed: int) -> list[dict]:
 def write_svamp_file(path: str | Path, count: int = 40, seed: int = 0) -> Path:
     path = Path(path)
     path.write_text(json.dumps(make_svamp_rows(count, seed), indent=1))
+    return path
+
+
+def write_plain_file(path: str | Path, count: int = 40, seed: int = 0) -> Path:
+    """Rows in the plain eval layout: JSON lines with "question" and a numeric "answer" (what a user's own set is)."""
+    rows = []
+    for row in make_rows(count, seed):
+        rows.append({"question": row["question"], "answer": int(row["answer"].rsplit("#### ", 1)[1])})
+    path = Path(path)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -5,12 +5,13 @@ DVC cache as they were (DVC deletes a stage's outputs before running it, and rec
 Checked here, in this order (cheapest first):
 - every param: type, range, unknown keys (qlora_gsm8k.config); no token in the params file;
 - Hub revisions pinned to a commit hash;
-- the data: data.source readable, every JSONL line well-formed with a '#### <number>' answer, and the
-  slices within their splits (the same code the fetch stage runs); the same for svamp.source when svamp is on;
+- the data: data.source readable, every JSONL line well-formed with a '#### <number>' answer, and the train
+  slice within its split (the same code the fetch stage runs); every enabled eval set read in its layout, sliced and
+  checked against the train slice (the same code the fetch_eval stages run);
 - the model: found (local directory with safetensors weights, tiny-llama, or the Hub / its cache when
   offline) and lora.target_modules exist in it (from its config alone, no weights loaded);
 - the rows' token counts, as the stages encode them (the model's tokenizer alone): training rows against
-  train.max_length, eval and SVAMP rows (with eval.max_new_tokens) against the model's context;
+  train.max_length, each eval set's rows (with eval.max_new_tokens) against the model's context;
 - what train.liger_kernel=true needs (a CUDA GPU, liger-kernel installed), and train.compile=true and
   train.cuda_graphs=true (a CUDA GPU).
 
@@ -29,12 +30,13 @@ from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.config import Params, model_kind
 from qlora_gsm8k.context import check_fits_context
 from qlora_gsm8k.errors import UserError, UserErrors, stage_main
-from qlora_gsm8k.gsm8k import eval_overlap, load_splits, take_slice
+from qlora_gsm8k.eval_rows import solution_examples
+from qlora_gsm8k.eval_sets import fetch_eval_set, source_of
+from qlora_gsm8k.gsm8k import load_train_split, take_slice
 from qlora_gsm8k.io import atomic_write_text, file_sha256, read_json, write_json
 from qlora_gsm8k.local_paths import looks_like_path
 from qlora_gsm8k.peft_methods import check_method, method_of
 from qlora_gsm8k.rows import Example
-from qlora_gsm8k.svamp import load_svamp, take_svamp_slice
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -46,32 +48,23 @@ def check_revisions(params: Params) -> None:
         pinned.append(("model.revision", params.model.revision, params.model.name))
     if not looks_like_path(params.data.source):
         pinned.append(("data.revision", params.data.revision, params.data.source))
-    if params.svamp.enabled and not looks_like_path(params.svamp.source):
-        pinned.append(("svamp.revision", params.svamp.revision, params.svamp.source))
+    for name, eval_set in params.enabled_sets().items():
+        key, source, _, revision = source_of(name, eval_set, params)
+        if key != "data.source" and not looks_like_path(source):
+            pinned.append((f"eval_sets.{name}.revision", revision, source))
     for key, revision, name in pinned:
-        if not _COMMIT.fullmatch(revision):
+        if not _COMMIT.fullmatch(revision or ""):
             raise UserError(
                 f"{key} must be a full 40-character commit hash for the Hub repository {name!r}, got "
                 f"{revision!r} (a branch or tag can move); copy it from the repository's 'Files and versions' page"
             )
 
 
-def check_data(params: Params) -> tuple[list[Example], list[Example]]:
-    """The GSM8K slices; returns (train slice, eval slice)."""
+def check_train_data(params: Params) -> list[Example]:
+    """The train slice."""
     cfg = params.data
-    train, test, _ = load_splits(cfg)
-    train_slice = take_slice(train, cfg.train_offset, cfg.train_size, cfg.shuffle_seed, "train")
-    eval_slice = take_slice(test, cfg.eval_offset, cfg.eval_size, cfg.shuffle_seed, "eval")
-    eval_overlap(train_slice, eval_slice, cfg.max_eval_overlap)
-    return train_slice, eval_slice
-
-
-def check_svamp(params: Params) -> list[Example]:
-    """The SVAMP slice (empty when svamp is off), as GSM8K's evaluation reads it."""
-    if not params.svamp.enabled:
-        return []
-    rows, _ = load_svamp(params.svamp)
-    return [row.example() for row in take_svamp_slice(rows, params.svamp)]
+    train, _ = load_train_split(cfg)
+    return take_slice(train, cfg.train_offset, cfg.train_size, cfg.shuffle_seed, "train")
 
 
 def model_check_key(params: Params) -> dict:
@@ -119,18 +112,21 @@ def check_context(params: Params, context: int | None) -> None:
             )
 
 
-def _digest(examples: list[Example]) -> str:
-    return hashlib.sha256(json.dumps([[e.question, e.answer] for e in examples]).encode()).hexdigest()
+def _digest(rows: list) -> str:
+    """Train rows (Example) or eval rows (EvalRow): what their token counts depend on."""
+    texts = [[r.question, getattr(r, "answer", None) or getattr(r, "solution", None)] for r in rows]
+    return hashlib.sha256(json.dumps(texts).encode()).hexdigest()
 
 
-def measure_lengths(params: Params, slices: dict[str, list[Example]], record: dict) -> dict[str, list[int]]:
+def measure_lengths(params: Params, train: list[Example], eval_sets: dict[str, list], record: dict) -> dict:
     """Token counts as the stages encode the rows (the model's tokenizer, its chat template, prompt.system): each
-    training and GSM8K eval row's conversation (prompt + answer) and each eval question's generation prompt. Kept in
-    `record`; measured again only when the rows, the system prompt or the model changed."""
+    training row's conversation (prompt + answer), and of each eval set the conversations of rows with worked
+    solutions (perplexity scores them) and every question's generation prompt. Kept in `record`; measured again only
+    when the rows, the system prompt or the model changed."""
     key = {
         "model": record.get("key"),
         "system": params.prompt.system,
-        "rows_sha256": {name: _digest(rows) for name, rows in slices.items()},
+        "rows_sha256": {"train": _digest(train), **{name: _digest(rows) for name, rows in eval_sets.items()}},
     }
     measured = record.get("lengths") or {}
     if measured.get("key") != key:
@@ -141,31 +137,29 @@ def measure_lengths(params: Params, slices: dict[str, list[Example]], record: di
         # Lengths are what is measured here, against the model's context: no warning per over-long row.
         tokenizer.model_max_length = sys.maxsize
         chat = ChatFormat.of(tokenizer, params.prompt.system)
-        measured = {"key": key}
-        for name, rows in slices.items():
-            # Perplexity scores whole conversations of the train and GSM8K eval rows; SVAMP is only generated.
-            if name != "svamp":
-                encoded, _ = encode_examples(tokenizer, rows, None, chat)
-                measured[f"{name}_conversation"] = [len(e.input_ids) for e in encoded]
-            if name != "train":
-                measured[f"{name}_prompt"] = [len(encode_prompt(tokenizer, e.question, chat)) for e in rows]
+
+        def conversations(rows: list[Example]) -> list[int]:
+            return [len(e.input_ids) for e in encode_examples(tokenizer, rows, None, chat)[0]]
+
+        measured = {"key": key, "train_conversation": conversations(train)}
+        for name, rows in eval_sets.items():
+            measured[f"eval_sets.{name}_conversation"] = conversations(solution_examples(rows))
+            measured[f"eval_sets.{name}_prompt"] = [len(encode_prompt(tokenizer, e.question, chat)) for e in rows]
         record["lengths"] = measured
     return measured
 
 
-def check_row_lengths(params: Params, slices: dict[str, list[Example]], record: dict) -> None:
+def check_row_lengths(params: Params, train: list[Example], eval_sets: dict[str, list], record: dict) -> None:
     """Rows over train.max_length counted (too many refused) before DVC deletes the adapter; eval rows the model
     cannot attend over refused before training runs, not after it (the evaluate stages refuse them too)."""
-    lengths = measure_lengths(params, slices, record)
+    lengths = measure_lengths(params, train, eval_sets, record)
     params.train.report_dropped_rows(lengths["train_conversation"])
     context, new_tokens = record.get("context"), params.eval.max_new_tokens
-    for name, what in (("eval", "GSM8K eval"), ("svamp", "SVAMP")):
-        if name not in slices:
-            continue
-        if name == "eval":
-            check_fits_context(context, lengths["eval_conversation"], f"{what}: question + reference answer")
-        prompts = [n + new_tokens for n in lengths[f"{name}_prompt"]]
-        check_fits_context(context, prompts, f"{what}: prompt + eval.max_new_tokens={new_tokens}")
+    for name in eval_sets:
+        what = f"eval_sets.{name}"
+        check_fits_context(context, lengths[f"{what}_conversation"], f"{name}: question + reference answer")
+        prompts = [n + new_tokens for n in lengths[f"{what}_prompt"]]
+        check_fits_context(context, prompts, f"{name}: prompt + eval.max_new_tokens={new_tokens}")
 
 
 def _recorded(record: Path | None) -> dict:
@@ -193,9 +187,9 @@ def check_accelerators(params: Params) -> None:
 # Its own lines under the problems: the command alone on one, so it can be copied as printed.
 OFFLINE_FIX = [
     "Offline? Point them at local files in one run (tools/fetch-smollm2.sh fetches the model file; or "
-    "-S model.name=tiny-llama; -S svamp.enabled=false skips SVAMP):",
+    "-S model.name=tiny-llama; -S eval_sets.svamp.enabled=false skips SVAMP):",
     "  dvc exp run -S data.source=/path/to/gsm8k -S model.name=.models/SmolLM2-135M-Instruct.Q4_1.gguf "
-    "-S svamp.source=/path/to/SVAMP.json",
+    "-S eval_sets.svamp.source=/path/to/SVAMP.json",
 ]
 
 
@@ -211,13 +205,14 @@ def check_inputs(params: Params, model_record: Path | None) -> None:
             problems.append(str(err))
 
     record = _recorded(model_record)
-    gsm8k_slices = attempt(lambda: check_data(params))
-    svamp_slice = attempt(lambda: check_svamp(params))
+    train = attempt(lambda: check_train_data(params))
+    # Every set checked even when the train data failed (the overlap check then has nothing to compare with), but a
+    # set read from the training source (`source: null`) fails as that did: one line for one unreachable source.
+    checked = [name for name, s in params.enabled_sets().items() if train is not None or s.source is not None]
+    eval_sets = {name: attempt(lambda name=name: fetch_eval_set(name, params, train or [])) for name in checked}
     attempt(lambda: check_model(params, record))
     if not problems:
-        train_slice, eval_slice = gsm8k_slices
-        slices = {"train": train_slice, "eval": eval_slice, **({"svamp": svamp_slice} if svamp_slice else {})}
-        check_row_lengths(params, slices, record)
+        check_row_lengths(params, train, {name: rows for name, (rows, _) in eval_sets.items()}, record)
         if model_record is not None:
             write_json(model_record, record)
     if len(problems) == 1:

@@ -1,90 +1,74 @@
-"""Compare base and tuned on the same questions (GSM8K, and SVAMP when on): table, paired statistics, plots,
-Markdown report, and the adapter's model card with these results added (the train stage writes its card before
-any evaluation has run)."""
+"""Compare base and tuned on the same questions of every enabled eval set: table, paired statistics, plots, Markdown
+report, and the adapter's model card with these results added (the train stage writes its card before any
+evaluation has run). A set that is off is skipped."""
 
 from pathlib import Path
+
+import pandas as pd
 
 from qlora_gsm8k.cards import evaluated_card, evaluation_lines
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
+from qlora_gsm8k.eval_rows import read_eval_rows
 from qlora_gsm8k.io import atomic_write_text, read_json, write_json
 from qlora_gsm8k.peft_methods import check_method
 from qlora_gsm8k.plots import accuracy_png, by_type_png, flips_png
 from qlora_gsm8k.report import (
     accuracy_plot_rows,
-    compare_metrics,
     flips_plot_rows,
     generations_table,
     markdown_report,
     run_context,
-    svamp_metrics,
+    set_metrics,
     table_csv,
 )
-from qlora_gsm8k.rows import read_json_lines, read_jsonl
-from qlora_gsm8k.svamp import read_svamp_slice
+from qlora_gsm8k.rows import read_json_lines
+
+
+def compare_set(name: str, args) -> tuple:
+    """(generations table, metrics, perplexity by model) of one set, from the files its stages wrote."""
+    files = {model: f"{name}_{model}" for model in ("base", "tuned")}
+    generations = {m: read_json_lines(Path(args.generations_dir) / f"{f}.jsonl") for m, f in files.items()}
+    table = generations_table(read_eval_rows(Path(args.eval_dir) / f"{name}.jsonl"), **generations, name=name)
+    perplexity = {}
+    for stem in files.values():
+        perplexity.update(read_json(Path(args.perplexity_dir) / f"{stem}.json").get(name, {}))
+    return table, set_metrics(table, perplexity), perplexity
 
 
 @stage_main
 def main() -> None:
     parser = stage_parser(__doc__)
-    parser.add_argument("--eval", required=True)
-    parser.add_argument("--base-generations", required=True)
-    parser.add_argument("--tuned-generations", required=True)
-    parser.add_argument("--base-perplexity", required=True)
-    parser.add_argument("--tuned-perplexity", required=True)
+    parser.add_argument("--eval-dir", required=True, help="the sets' slices, <set>.jsonl (fetch_eval)")
+    parser.add_argument("--generations-dir", required=True, help="<set>_<model>.jsonl (evaluate)")
+    parser.add_argument("--perplexity-dir", required=True, help="<set>_<model>.json (evaluate)")
     parser.add_argument("--metrics-out", required=True)
-    parser.add_argument("--table-out", required=True, help="CSV, one row per eval question")
+    parser.add_argument("--table-out", required=True, help="CSV, one row per question of every set")
     parser.add_argument("--report-out", required=True, help="Markdown side-by-side of flips and a sample")
     parser.add_argument("--plots-dir", required=True)
-    parser.add_argument("--svamp", required=True, help="SVAMP slice (JSONL; empty when the set is off)")
-    parser.add_argument("--svamp-base-generations", required=True)
-    parser.add_argument("--svamp-tuned-generations", required=True)
-    parser.add_argument("--svamp-metrics-out", required=True)
     parser.add_argument("--adapter-card", required=True, help="the train stage's model card (README.md)")
     parser.add_argument("--card-out", required=True, help="that card with the evaluation added (Markdown)")
     args, params = parse_stage_args(parser, check_method)
-    table = generations_table(
-        read_jsonl(args.eval), read_json_lines(args.base_generations), read_json_lines(args.tuned_generations)
-    )
-    perplexity = {**read_json(args.base_perplexity), **read_json(args.tuned_perplexity)}
-    metrics = compare_metrics(table, perplexity)
-    svamp = svamp_metrics(
-        read_svamp_slice(args.svamp),
-        read_json_lines(args.svamp_base_generations),
-        read_json_lines(args.svamp_tuned_generations),
-    )
-    write_json(args.metrics_out, metrics)
-    write_json(args.svamp_metrics_out, svamp)
-    atomic_write_text(args.table_out, table_csv(table))
-    report = markdown_report(
-        table,
-        metrics,
-        params.eval.report_samples,
-        svamp,
-        perplexity=perplexity,
-        context=run_context(params),
-        merge_into=params.eval.merge_into,
-    )
+    sets = {name: compare_set(name, args) for name in params.enabled_sets()}
+    tables = {name: table for name, (table, _, _) in sets.items()}
+    write_json(args.metrics_out, {name: metrics for name, (_, metrics, _) in sets.items()})
+    atomic_write_text(args.table_out, table_csv(pd.concat(list(tables.values()), ignore_index=True)))
+    report = markdown_report(sets, params.eval.report_samples, run_context(params), params.eval.merge_into)
     atomic_write_text(args.report_out, report)
-    evaluation = evaluation_lines(table, perplexity, metrics["paired"], svamp, params)
-    atomic_write_text(args.card_out, evaluated_card(Path(args.adapter_card).read_text(encoding="utf-8"), evaluation))
+    card = evaluated_card(Path(args.adapter_card).read_text(encoding="utf-8"), evaluation_lines(sets, params))
+    atomic_write_text(args.card_out, card)
     plots = Path(args.plots_dir)
-    accuracy, flips = accuracy_plot_rows(table), flips_plot_rows(table)
+    accuracy, flips = accuracy_plot_rows(tables), flips_plot_rows(tables)
     atomic_write_text(plots / "accuracy.csv", accuracy.to_csv(index=False))
     atomic_write_text(plots / "flips.csv", flips.to_csv(index=False))
     accuracy_png(accuracy, plots / "accuracy.png")
     flips_png(flips, plots / "flips.png")
-    by_type_png(svamp["svamp"].get("by_type", {}), plots / "svamp_by_type.png")
-    paired = metrics["paired"]
-    print(
-        f"{paired['flips_wrong_to_right']} wrong→right, {paired['flips_right_to_wrong']} right→wrong, "
-        f"McNemar p={paired['mcnemar_p']:.3g}"
-    )
-    if svamp["svamp"]["paired"]["examples"]:
-        on_svamp = svamp["svamp"]["paired"]
+    by_type_png({name: metrics.get("by_type", {}) for name, (_, metrics, _) in sets.items()}, plots / "by_type.png")
+    for name, (_, metrics, _) in sets.items():
+        paired = metrics["paired"]
         print(
-            f"SVAMP: {on_svamp['flips_wrong_to_right']} wrong→right, {on_svamp['flips_right_to_wrong']} right→wrong, "
-            f"McNemar p={on_svamp['mcnemar_p']:.3g}"
+            f"{name}: {paired['flips_wrong_to_right']} wrong→right, {paired['flips_right_to_wrong']} right→wrong, "
+            f"McNemar p={paired['mcnemar_p']:.3g}"
         )
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from qlora_gsm8k.cards import write_merged_card
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
+from qlora_gsm8k.eval_rows import read_eval_rows, solution_examples
 from qlora_gsm8k.io import atomic_directory, read_json, write_json
 from qlora_gsm8k.merging import check_merge, merge_adapter, merge_check_summary, save_merged
 from qlora_gsm8k.peft_methods import check_method
-from qlora_gsm8k.rows import read_jsonl
 
 
 @stage_main
@@ -19,11 +19,11 @@ def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--base", required=True)
     parser.add_argument("--adapter", required=True)
-    parser.add_argument("--eval", required=True, help="held-out rows for the merge check")
+    parser.add_argument("--eval", required=True, help="held-out rows with worked solutions (eval.merge_check_set)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--metrics-out", required=True)
     args, params = parse_stage_args(parser, check_method)
-    examples = read_jsonl(args.eval)[: params.eval.merge_check_size]
+    examples = solution_examples(read_eval_rows(args.eval))[: params.eval.merge_check_size]
     merged, tokenizer, metrics = merge_adapter(Path(args.base), Path(args.adapter), examples, params)
     check_merge(metrics, params)
     with atomic_directory(args.out) as tmp:

@@ -32,11 +32,11 @@ _PROJECT_EXCLUDE = ("tests/", "dvc.lock", "metrics/", "reports/", "bench/", "doc
 # Small enough that `dvc repro` of the whole pipeline takes well under a minute on 2 CPU cores.
 TINY_PARAMS = {
     "model": {"name": "tiny-llama"},
-    "data": {"train_size": 48, "eval_size": 12},
+    "data": {"train_size": 48},
     "lora": {"r": 8, "alpha": 16},
     "train": {"micro_batch_size": 8, "max_length": 256, "save_steps": 2, "epochs": 1.0},
     "eval": {"batch_size": 6, "max_new_tokens": 24, "merge_check_size": 4, "report_samples": 2},
-    "svamp": {"size": 8},
+    "eval_sets": {"gsm8k": {"size": 12}, "svamp": {"size": 8}},
 }
 
 
@@ -154,22 +154,43 @@ def apply_settings(raw: dict, settings: list[str]) -> dict:
     queued (`--queue`), which leaves the workspace as it was: skipped."""
     for setting in settings:
         key, value = setting.split("=", 1)
-        section, name = key.split(".", 1)
-        if "," not in value or value.startswith("["):
-            raw.setdefault(section, {})[name] = yaml.safe_load(value)
+        *sections, name = key.removeprefix("+").split(".")
+        if not is_sweep(value):
+            mapping = raw
+            for section in sections:
+                mapping = mapping.setdefault(section, {})
+            mapping[name] = hydra_value(value)
     return raw
 
 
+def is_sweep(value: str) -> bool:
+    """`-S key=a,b,c` queues one run per value; a list `[a,b]` or a mapping `{k:v,…}` is one value."""
+    return "," in value and not value.startswith(("[", "{"))
+
+
+def hydra_value(value: str):
+    """A `-S` value as DVC's Hydra override reads it: YAML scalars and lists, and `{key:value,…}` mappings (which
+    YAML would read as one key, `key:value`)."""
+    if value.startswith("{") and value.endswith("}"):
+        pairs = (item.split(":", 1) for item in value[1:-1].split(",") if item)
+        return {k.strip(): yaml.safe_load(v) for k, v in pairs}
+    return yaml.safe_load(value)
+
+
 def merge_params(base: dict, overrides: dict) -> dict:
-    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
-    for section, values in overrides.items():
-        merged.setdefault(section, {}).update(values)
+    """`overrides` over `base`, mapping by mapping (eval_sets.svamp.size=8 keeps the entry's other keys)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_params(merged[key], value)
+        else:
+            merged[key] = value
     return merged
 
 
 def local_sources(dataset_dir: Path) -> dict:
     """Params overrides pointing both data sets at the fixtures (the Hub defaults are unreachable in tests)."""
-    return {"data": {"source": str(dataset_dir)}, "svamp": {"source": str(dataset_dir / "SVAMP.json")}}
+    return {"data": {"source": str(dataset_dir)}, "eval_sets": {"svamp": {"source": str(dataset_dir / "SVAMP.json")}}}
 
 
 def imported_modules(stderr: str) -> set[str]:

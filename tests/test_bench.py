@@ -3,12 +3,14 @@
 import json
 import re
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from bench.bench import ABLATIONS, GPU_ONLY
 from conftest import REPO_ROOT, run, shipped_params, tool_env, write_params
+from tools.stage_deps import stage_script
 
 
 @pytest.mark.slow
@@ -107,7 +109,8 @@ def test_time_repro_runs_the_whole_pipeline_and_times_every_stage(tmp_path, tiny
     timing = json.loads((tmp_path / "repro_timing.json").read_text())
     assert timing["dvc_repro_returncode"] == 0 and timing["noop_returncode"] == 0
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
-    expected = {f"{name}@{key}" for name, stage in stages.items() if "foreach" in stage for key in stage["foreach"]}
+    sets = shipped_params()["eval_sets"]  # what the foreach stages go over (`${eval_sets}`)
+    expected = {f"{name}@{key}" for name, stage in stages.items() if "foreach" in stage for key in sets}
     expected |= {name for name, stage in stages.items() if "foreach" not in stage}
     assert set(timing["stage_seconds"]) == expected
     assert all(seconds > 0 for seconds in timing["stage_seconds"].values())
@@ -119,9 +122,10 @@ def test_time_repro_runs_the_whole_pipeline_and_times_every_stage(tmp_path, tiny
     assert timing["params_not_in_tree"] == ["eval.no_such_threshold"]
     assert "--set eval.no_such_threshold: not in this tree's params.yaml" in result.stdout
     assert "dvc repro:" in result.stdout and "no-op dvc repro:" in result.stdout
-    # One cProfile summary per stage process, in the order they ran (evaluate runs once per model).
+    # One cProfile summary per stage process, in the order they ran (stages.evaluate once per set and model).
     profiled = re.findall(r"^== stages\.(\w+)\.\d+: ", (tmp_path / "stage_profiles.txt").read_text(), re.M)
-    assert profiled == [name.split("@")[0] for name in timing["stage_seconds"]]
+    scripts = [Path(stage_script(stages[name.split("@")[0]])).stem for name in timing["stage_seconds"]]
+    assert profiled == scripts
 
 
 @pytest.mark.slow

@@ -14,9 +14,9 @@ from qlora_gsm8k.cards import (
     write_adapter_card,
     write_merged_card,
 )
+from qlora_gsm8k.eval_rows import EvalRow
 from qlora_gsm8k.params_file import parse_params
-from qlora_gsm8k.report import compare_metrics, generations_table
-from qlora_gsm8k.rows import Example
+from qlora_gsm8k.report import generations_table, set_metrics
 
 TRAIN_METRICS = {"train_loss": 1.25, "final_loss": 1.0, "steps": 3, "examples": 24, "compute_dtype": "float32"}
 
@@ -31,20 +31,21 @@ def _scored(index: int, number: str, correct: bool, strict: bool) -> dict:
     }
 
 
-def _table():
-    examples = [Example(f"Question {i}?", f"#### {i}", i) for i in range(4)]
+def _table(name: str = "gsm8k"):
+    rows = [EvalRow(i, f"Question {i}?", str(i)) for i in range(4)]
     # base: right on 0 only; tuned: right on 0, 1, 2 (strict on 0 and 1)
     base = [_scored(i, str(i), i == 0, i == 0) for i in range(4)]
     tuned = [_scored(i, str(i), i < 3, i < 2) for i in range(4)]
-    return generations_table(examples, base, tuned)
+    return generations_table(rows, base, tuned, name)
 
 
-def _svamp(examples: int) -> dict:
-    if not examples:
-        return {"svamp": {"paired": {"examples": 0}}}
-    by_type = {"Addition": {"examples": 2, "base": 0.5, "tuned": 1.0}, "Subtraction": {"examples": 2, "base": 0.0}}
-    by_type["Subtraction"]["tuned"] = 0.5
-    return {"svamp": {"paired": {"examples": 4}, "by_type": by_type}}
+def _sets(perplexity: dict, *names: str) -> dict:
+    """name -> (table, metrics, perplexity) as the compare stage hands them to the card: perplexity on gsm8k only."""
+    sets = {}
+    for name in names:
+        table, measured = _table(name), perplexity if name == "gsm8k" else {}
+        sets[name] = (table, set_metrics(table, measured), measured)
+    return sets
 
 
 def test_adapter_card_names_the_compute_dtype_training_used_not_auto(tmp_path):
@@ -71,24 +72,22 @@ def test_merged_card_names_the_compute_dtype_of_training(tmp_path):
 
 
 def test_evaluated_card_adds_the_results_before_load_and_drops_the_pointer(tmp_path):
-    params = parse_params({"data": {"eval_offset": 5}, "eval": {"max_new_tokens": 64}})
+    params = parse_params({"eval": {"max_new_tokens": 64}})
     write_adapter_card(tmp_path, "models/adapter", tmp_path / "no-base", params, TRAIN_METRICS)
     adapter_card = (tmp_path / "README.md").read_text()
-    table = _table()
     perplexity = {"base": {"perplexity": 4.09, "mean_nll": 1.41}, "tuned": {"perplexity": 3.77, "mean_nll": 1.33}}
-    paired = compare_metrics(table, perplexity)["paired"]
-    card = evaluated_card(adapter_card, evaluation_lines(table, perplexity, paired, _svamp(4), params))
+    card = evaluated_card(adapter_card, evaluation_lines(_sets(perplexity, "gsm8k", "svamp"), params))
 
     head, load = card.split("## Load")
     assert "## Evaluation" in head and "## Training" in head and "| train_loss | 1.25 |" in head
     assert 'AutoPeftModelForCausalLM.from_pretrained("models/adapter")' in load
     assert EVALUATION_POINTER not in card, "the card holding the results does not point elsewhere for them"
-    assert "| GSM8K exact match, flexible-extract | 0.250 | 0.750 |" in card
-    assert "| GSM8K exact match, strict-match | 0.250 | 0.500 |" in card
-    assert "| response perplexity (lower is better) | 4.09 | 3.77 |" in card
-    assert "| SVAMP exact match, flexible-extract | 0.250 | 0.750 |" in card
-    assert "same 4 GSM8K test questions" in card and "from row 5" in card and "up to 64 new tokens" in card
-    assert "2 wrong→right, 0 right→wrong" in card
+    assert "| gsm8k exact match, flexible-extract | 0.250 | 0.750 |" in card
+    assert "| gsm8k exact match, strict-match | 0.250 | 0.500 |" in card
+    assert "| gsm8k response perplexity (lower is better) | 4.09 | 3.77 |" in card
+    assert "| svamp exact match, flexible-extract | 0.250 | 0.750 |" in card
+    assert "each eval set (gsm8k, svamp" in card and "up to 64 new tokens" in card
+    assert "- gsm8k, 4 questions: 2 wrong→right, 0 right→wrong" in card
     assert "\n\n\n" not in card
     # Everything the adapter card said is still there.
     assert all(line in card for line in adapter_card.splitlines() if line != EVALUATION_POINTER)
@@ -97,10 +96,8 @@ def test_evaluated_card_adds_the_results_before_load_and_drops_the_pointer(tmp_p
 def test_evaluated_card_without_svamp_or_perplexity(tmp_path):
     params = parse_params({})
     write_adapter_card(tmp_path, "models/adapter", tmp_path / "no-base", params, TRAIN_METRICS)
-    table = _table()
-    paired = compare_metrics(table, {})["paired"]
-    card = evaluated_card((tmp_path / "README.md").read_text(), evaluation_lines(table, {}, paired, _svamp(0), params))
-    assert "SVAMP" not in card.split("## Evaluation")[1] and "perplexity" not in card.split("## Evaluation")[1]
+    card = evaluated_card((tmp_path / "README.md").read_text(), evaluation_lines(_sets({}, "gsm8k"), params))
+    assert "svamp" not in card.split("## Evaluation")[1] and "perplexity" not in card.split("## Evaluation")[1]
 
 
 def test_the_pipeline_writes_the_evaluated_card_where_the_cards_point():

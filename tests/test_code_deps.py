@@ -10,19 +10,23 @@ import json
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, dvc
+from conftest import REPO_ROOT, dvc, shipped_params
 
-EVALUATE = {"evaluate@base", "evaluate@tuned"}
-EVALUATE_SVAMP = {"evaluate_svamp@base", "evaluate_svamp@tuned"}
-EVERY_STAGE = {"check_params", "fetch", "base", "train", "merge", "fetch_svamp", "compare"} | EVALUATE | EVALUATE_SVAMP
+# One stage per entry of eval_sets (the shipped gsm8k and svamp) and model.
+SETS = ("gsm8k", "svamp")
+FETCH_EVAL = {f"fetch_eval@{name}" for name in SETS}
+EVALUATE_BASE = {f"evaluate_base@{name}" for name in SETS}
+EVALUATE = EVALUATE_BASE | {f"evaluate_tuned@{name}" for name in SETS}
+EVERY_STAGE = {"check_params", "fetch", "base", "train", "merge", "compare"} | FETCH_EVAL | EVALUATE
 
 # file -> the stages `dvc status` must call changed once that file is edited (and no others).
 DIRTY_AFTER_EDIT = {
-    # Answer scoring (lm-eval's strict/flexible extraction, exact match): the evaluation stages and compare only.
-    "qlora_gsm8k/scoring.py": EVALUATE | EVALUATE_SVAMP | {"compare"},
+    # Answer scoring (lm-eval's strict/flexible extraction, exact match): the evaluation stages only (compare reads
+    # the scored rows they wrote).
+    "qlora_gsm8k/scoring.py": EVALUATE,
     # Greedy generation: what the evaluation stages run; never merge.
-    "qlora_gsm8k/generation.py": EVALUATE | EVALUATE_SVAMP,
-    # Perplexity: the GSM8K evaluation only.
+    "qlora_gsm8k/generation.py": EVALUATE,
+    # Perplexity and the evaluation of one set: every evaluation stage.
     "qlora_gsm8k/evaluation.py": EVALUATE,
     # The merge check's logit comparison (perplexity reads logits at the same positions).
     "qlora_gsm8k/logits.py": {"merge"} | EVALUATE,
@@ -31,8 +35,12 @@ DIRTY_AFTER_EDIT = {
     # evaluation.
     "qlora_gsm8k/peft_methods.py": {"check_params", "train", "merge", "compare"},
     "qlora_gsm8k/training.py": {"train"},
-    # GSM8K as a source (Hub or directory, slices): what reads the source.
-    "qlora_gsm8k/gsm8k.py": {"check_params", "fetch"},
+    # GSM8K as the training source (slices, the overlap check): what reads the source or checks a set against it.
+    "qlora_gsm8k/gsm8k.py": {"check_params", "fetch"} | FETCH_EVAL,
+    # An eval set fetched: check_params and the set's fetch stage, nothing that runs a model.
+    "qlora_gsm8k/eval_sets.py": {"check_params"} | FETCH_EVAL,
+    # The one eval row type: what writes, checks or reads eval rows; never fetch, base or train.
+    "qlora_gsm8k/eval_rows.py": {"check_params", "merge", "compare"} | FETCH_EVAL | EVALUATE,
     # Rows and their JSON Lines: every stage reads or writes rows.
     "qlora_gsm8k/rows.py": EVERY_STAGE,
 }
@@ -43,7 +51,10 @@ def _deps_by_file() -> dict[str, set[str]]:
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
     found: dict[str, set[str]] = {}
     for name, stage in stages.items():
-        names = [f"{name}@{key}" for key in stage["foreach"]] if "foreach" in stage else [name]
+        items = stage.get("foreach", [])
+        if items == "${eval_sets}":
+            items = shipped_params()["eval_sets"]
+        names = [f"{name}@{key}" for key in items] if "foreach" in stage else [name]
         for dep in stage.get("do", stage)["deps"]:
             found.setdefault(dep, set()).update(names)
     return found
@@ -52,8 +63,8 @@ def _deps_by_file() -> dict[str, set[str]]:
 def test_the_table_keeps_the_issue_promises():
     """Issue 28: a scoring edit re-runs only evaluation stages and compare; a PEFT-method-table edit never re-runs
     fetch, base or evaluate@base; a generation edit never re-runs merge."""
-    assert DIRTY_AFTER_EDIT["qlora_gsm8k/scoring.py"] <= EVALUATE | EVALUATE_SVAMP | {"compare"}
-    assert not DIRTY_AFTER_EDIT["qlora_gsm8k/peft_methods.py"] & {"fetch", "base", "evaluate@base"}
+    assert DIRTY_AFTER_EDIT["qlora_gsm8k/scoring.py"] <= EVALUATE | {"compare"}
+    assert not DIRTY_AFTER_EDIT["qlora_gsm8k/peft_methods.py"] & ({"fetch", "base"} | EVALUATE_BASE)
     assert "merge" not in DIRTY_AFTER_EDIT["qlora_gsm8k/generation.py"]
 
 

@@ -51,10 +51,10 @@ def test_holm_multiplies_the_kth_smallest_p_by_m_minus_k_plus_1_and_stays_monoto
 def test_params_diff_names_flattened_keys_that_changed_added_or_went():
     a = {"train": {"learning_rate": 2e-4, "epochs": 1.0}, "lora": {"r": 16, "target_modules": ["q_proj"]}}
     b = {"train": {"learning_rate": 1e-2, "epochs": 1.0}, "lora": {"r": 16, "target_modules": ["q_proj", "v_proj"]}}
-    b["svamp"] = {"size": 8}
+    b["eval_sets"] = {"svamp": {"size": 8}}
     assert params_diff(a, b) == {
+        "eval_sets.svamp.size": {"a": None, "b": 8},
         "lora.target_modules": {"a": ["q_proj"], "b": ["q_proj", "v_proj"]},
-        "svamp.size": {"a": None, "b": 8},
         "train.learning_rate": {"a": 2e-4, "b": 1e-2},
     }
     assert params_diff(a, a) == {}
@@ -149,13 +149,12 @@ def _jsonl(rows: list[dict]) -> str:
 
 def run_in_memory(name, correct, *, eval_offset=0, max_new_tokens=24, learning_rate=2e-4) -> compare_runs.Run:
     indices = range(eval_offset, eval_offset + len(correct))
-    questions = [{"index": i, "question": f"Q{i}", "answer": f"#### {i}"} for i in indices]
+    questions = [{"index": i, "question": f"Q{i}", "number": str(i)} for i in indices]
     generations = [_row(i, c) for i, c in zip(indices, correct, strict=True)]
     cmd = "python -m stages.evaluate --model models/merged --eval data/eval.jsonl --generations-out data/gen.jsonl"
-    lock = {
-        "stages": {"evaluate@tuned": {"cmd": cmd, "params": {"params.yaml": {"eval.max_new_tokens": max_new_tokens}}}}
-    }
-    params = {"data": {"eval_offset": eval_offset}, "train": {"learning_rate": learning_rate}}
+    recorded = {"cmd": cmd, "params": {"params.yaml": {"eval.max_new_tokens": max_new_tokens}}}
+    lock = {"stages": {"evaluate_tuned@gsm8k": recorded}}
+    params = {"eval_sets": {"gsm8k": {"offset": eval_offset}}, "train": {"learning_rate": learning_rate}}
     files = FilesAtRev({"data/eval.jsonl": _jsonl(questions), "data/gen.jsonl": _jsonl(generations)})
     return compare_runs.Run(name=name, sha=f"{abs(hash(name)):040x}"[:40], params=params, lock=lock, fs=files)
 
@@ -163,7 +162,7 @@ def run_in_memory(name, correct, *, eval_offset=0, max_new_tokens=24, learning_r
 def test_compare_reads_each_runs_files_by_its_recorded_command():
     a = run_in_memory("a", [False, False, True, False])
     b = run_in_memory("b", [True, True, True, False], learning_rate=1e-2)
-    result = compare_runs.compare(a, b, compare_runs.EVAL_SETS["gsm8k"])
+    result = compare_runs.compare(a, b, compare_runs.EvalSet("gsm8k"))
     assert (result["wrong_to_right"], result["right_to_wrong"], result["n"]) == (2, 0, 4)
     assert result["params_diff"] == {"train.learning_rate": {"a": 2e-4, "b": 1e-2}}
 
@@ -171,13 +170,13 @@ def test_compare_reads_each_runs_files_by_its_recorded_command():
 def test_compare_refuses_other_decoding_naming_the_param():
     a, b = run_in_memory("a", [True, False]), run_in_memory("b", [True, True], max_new_tokens=256)
     with pytest.raises(compare_runs.UserError, match="different decoding.*eval.max_new_tokens 24 vs 256"):
-        compare_runs.compare(a, b, compare_runs.EVAL_SETS["gsm8k"])
+        compare_runs.compare(a, b, compare_runs.EvalSet("gsm8k"))
 
 
 def test_compare_refuses_other_questions_naming_the_slice_params():
     a, b = run_in_memory("a", [True, False]), run_in_memory("b", [True, True], eval_offset=5)
-    with pytest.raises(compare_runs.UserError, match="different GSM8K questions.*data.eval_offset 0 vs 5"):
-        compare_runs.compare(a, b, compare_runs.EVAL_SETS["gsm8k"])
+    with pytest.raises(compare_runs.UserError, match="different gsm8k questions.*eval_sets.gsm8k.offset 0 vs 5"):
+        compare_runs.compare(a, b, compare_runs.EvalSet("gsm8k"))
 
 
 # --- the tool on a real project: a baseline commit and four experiments --------------------------------------
@@ -194,7 +193,7 @@ EXPERIMENTS = {
     WINNER: [f"train.learning_rate={WINNER_LR}"],
     "lr-5e-2": ["train.learning_rate=0.05"],
     "r-4": ["lora.r=4", f"train.learning_rate={WINNER_LR}"],
-    OTHER_SLICE: ["data.eval_offset=4"],
+    OTHER_SLICE: ["eval_sets.gsm8k.offset=4"],
 }
 PLAIN_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 
@@ -212,7 +211,7 @@ def cached_file(project: Path, rev: str, path: str) -> Path:
     return project / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
 
 
-def generations(project: Path, rev: str, path: str = "data/generations_tuned.jsonl") -> list[dict]:
+def generations(project: Path, rev: str, path: str = "data/generations/gsm8k_tuned.jsonl") -> list[dict]:
     return [json.loads(line) for line in cached_file(project, rev, path).read_text().splitlines()]
 
 
@@ -243,15 +242,17 @@ def runs(tmp_path_factory) -> Path:
     for name, count, seed in (("train", 300, 0), ("test", 150, 1)):
         data.joinpath(f"{name}.jsonl").write_text(_jsonl(make_rows(count, seed)))
     write_svamp_file(data / "SVAMP.json", count=120)
-    project = make_project(root, data, {"data": {"eval_size": EVAL_SIZE}, "train": {"learning_rate": WINNER_LR}})
+    overrides = {"eval_sets": {"gsm8k": {"size": EVAL_SIZE}}, "train": {"learning_rate": WINNER_LR}}
+    project = make_project(root, data, overrides)
 
     dvc(project, "repro")
-    answers = [json.loads(line) for line in (project / "data/generations_tuned.jsonl").read_text().splitlines()]
+    answers = [json.loads(line) for line in (project / "data/generations/gsm8k_tuned.jsonl").read_text().splitlines()]
     point_references_at(data, {r["index"]: r["number_flexible"] for r in answers if valid_number(r)})
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["learning_rate"] = BASELINE_LR
     (project / "params.yaml").write_text(dump_params(params))
-    dvc(project, "repro", "-f", "-s", "fetch")  # the data source is outside the project: DVC cannot see it change
+    # The data source is outside the project: DVC cannot see it change.
+    dvc(project, "repro", "-f", "-s", "fetch_eval@gsm8k")
     dvc(project, "repro")
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "baseline")
@@ -285,7 +286,7 @@ def same_numbers(got: dict, expected: dict) -> bool:
     return all(got[k] == pytest.approx(v) for k, v in expected.items())
 
 
-def recomputed(project: Path, rev_a: str, rev_b: str, path: str = "data/generations_tuned.jsonl") -> dict:
+def recomputed(project: Path, rev_a: str, rev_b: str, path: str = "data/generations/gsm8k_tuned.jsonl") -> dict:
     a, b = generations(project, rev_a, path), generations(project, rev_b, path)
     assert [r["index"] for r in a] == [r["index"] for r in b]
     right_a, right_b = [r["correct_flexible"] for r in a], [r["correct_flexible"] for r in b]
@@ -317,8 +318,8 @@ def test_two_experiments_compared_equal_a_recomputation_from_their_generation_fi
     assert (result["a_commit"], result["b_commit"]) == (shas["r-4"], shas[WINNER])
 
     svamp = compared(runs, "r-4", WINNER, "--set", "svamp")
-    expected = recomputed(runs, shas["r-4"], shas[WINNER], "data/svamp_generations_tuned.jsonl")
-    assert svamp["set"] == "SVAMP" and svamp["n"] == 8
+    expected = recomputed(runs, shas["r-4"], shas[WINNER], "data/generations/svamp_tuned.jsonl")
+    assert svamp["set"] == "svamp" and svamp["n"] == 8
     assert same_numbers(svamp, expected), (svamp, expected)
 
     text = tool(runs, "r-4", WINNER)
@@ -350,7 +351,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 @pytest.mark.slow
 def test_refuses_runs_that_answered_other_questions(runs):
     error = one_line_error(tool(runs, "main", OTHER_SLICE))
-    assert "answered different GSM8K questions" in error and "data.eval_offset 0 vs 4" in error, error
+    assert "answered different gsm8k questions" in error and "eval_sets.gsm8k.offset 0 vs 4" in error, error
 
 
 @pytest.mark.slow
@@ -362,14 +363,14 @@ def test_unknown_revision_is_one_line(runs):
 @pytest.mark.slow
 def test_an_experiment_whose_outputs_left_the_cache_is_one_line(runs, tmp_path):
     sha = experiment_shas(runs)["r-4"]
-    cached = cached_file(runs, sha, "data/generations_tuned.jsonl")
+    cached = cached_file(runs, sha, "data/generations/gsm8k_tuned.jsonl")
     aside = tmp_path / cached.name
     shutil.move(cached, aside)  # as after `dvc gc -w` while the experiment still exists
     try:
         error = one_line_error(tool(runs, "main", "r-4"))
     finally:
         shutil.move(aside, cached)
-    assert "r-4" in error and "data/generations_tuned.jsonl is not in the DVC cache" in error, error
+    assert "r-4" in error and "data/generations/gsm8k_tuned.jsonl is not in the DVC cache" in error, error
 
 
 def holm_by_hand(p_values: list[float]) -> list[float]:
@@ -428,7 +429,7 @@ def test_leaderboard_defaults_to_heads_experiments_and_leaves_out_the_incomparab
     assert "against HEAD" in markdown.splitlines()[0]
     assert all(f"| {name} |" in markdown for name in COMPARABLE), markdown
     left_out = markdown.split("Left out", 1)[1]
-    assert f"- {OTHER_SLICE}:" in left_out and "different GSM8K questions" in left_out, markdown
+    assert f"- {OTHER_SLICE}:" in left_out and "different gsm8k questions" in left_out, markdown
     assert png_is_drawn(tmp_path / "leaderboard.png")
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import yaml
 
-from conftest import readme_experiment_settings, shipped_params, shipped_params_text
+from conftest import apply_settings, is_sweep, readme_experiment_settings, shipped_params, shipped_params_text
 from qlora_gsm8k.config import Params
 from qlora_gsm8k.errors import UserError
 from qlora_gsm8k.params_file import load_params, params_as_dict, parse_params
@@ -45,7 +47,7 @@ def test_empty_params_are_the_defaults():
     ("raw", "needles"),
     [
         ({"lora": {"rank": 8}}, ["lora.rank", "allowed lora: r, alpha, dropout, target_modules"]),
-        ({"trian": {}}, ["trian", "allowed sections: model, data, prompt, peft, lora, quant, train, eval, svamp"]),
+        ({"trian": {}}, ["trian", "allowed sections: model, data, prompt, peft, lora, quant, train, eval, eval_sets"]),
         ({"eval": {"batchsize": 4}}, ["eval.batchsize", "batch_size"]),
         # YAML keys of mixed types (an int and a string) must still give the one-line error
         ({"lora": {1: 2, "rank": 8}}, ["unknown param lora.1", "allowed lora: r"]),
@@ -117,7 +119,6 @@ def test_section_must_be_a_mapping():
         ("train", "max_grad_norm", -1.0, "train.max_grad_norm must be >= 0"),
         ("train", "save_steps", 0, "train.save_steps must be > 0"),
         ("data", "train_size", 0, "data.train_size must be > 0"),
-        ("data", "eval_size", -1, "data.eval_size must be > 0"),
         ("data", "train_offset", -1, "data.train_offset must be >= 0"),
         ("eval", "batch_size", 0, "eval.batch_size must be > 0"),
         ("eval", "max_new_tokens", 0, "eval.max_new_tokens must be > 0"),
@@ -186,13 +187,21 @@ def test_optimizer_steps_count_as_the_trainer_does():
     assert optimizer_steps(1, TrainConfig(warmup_ratio=0.0)) == (1, 0)  # one real step: allowed
 
 
-@pytest.mark.parametrize("key", [("data", "config"), ("model", "name"), ("svamp", "source")])
+@pytest.mark.parametrize("key", ["data.config", "model.name", "eval_sets.svamp.source"])
 def test_string_params_are_bounded(key):
     """Each param is copied into dvc.lock and every experiment: a 1 MB string would bloat them all."""
-    section, name = key
-    parse_params({section: {name: "x" * 1024}})
-    with pytest.raises(UserError, match=rf"{section}\.{name} is 5,000 characters long; at most 1024"):
-        parse_params({section: {name: "x" * 5000}})
+    *sections, name = key.split(".")
+
+    def params(value: str) -> dict:
+        raw = tree = {"eval_sets": {"gsm8k": {"layout": "gsm8k"}}}
+        for section in sections:
+            tree = tree.setdefault(section, {})
+        tree[name] = value
+        return raw
+
+    parse_params(params("x" * 1024))
+    with pytest.raises(UserError, match=rf"{key} is 5,000 characters long; at most 1024"):
+        parse_params(params("x" * 5000))
 
 
 def test_prompt_system_is_text_or_null():
@@ -221,16 +230,10 @@ def test_every_readme_experiment_is_valid_params():
     experiments = readme_experiment_settings()
     assert any("peft.method=rslora" in e and "data.train_size=7473" in e for e in experiments)  # the preset
     for settings in experiments:
-        raw = _raw()
-        sweeps = []
-        for setting in settings:
-            key, value = setting.split("=", 1)
-            section, name = key.split(".", 1)
-            if "," in value and not value.startswith("["):
-                sweeps.append((section, name, value.split(",")))
-                continue
-            raw[section][name] = yaml.safe_load(value)
+        raw = apply_settings(_raw(), settings)
         parse_params(raw)
-        for section, name, values in sweeps:
-            for value in values:
-                parse_params({**raw, section: {**raw[section], name: yaml.safe_load(value)}})
+        for setting in settings:
+            key, values = setting.split("=", 1)
+            if is_sweep(values):
+                for value in values.split(","):
+                    parse_params(apply_settings(copy.deepcopy(raw), [f"{key}={value}"]))

@@ -9,11 +9,12 @@ import json
 
 import pytest
 
-from qlora_gsm8k.config import SvampConfig
+from qlora_gsm8k.config import EvalSetConfig
 from qlora_gsm8k.errors import UserError
+from qlora_gsm8k.eval_sets import load_eval_set
+from qlora_gsm8k.params_file import parse_params
 from qlora_gsm8k.rows import read_jsonl
 from qlora_gsm8k.scoring import reference_number
-from qlora_gsm8k.svamp import load_svamp
 
 ROWS = [
     {"question": "Ann has 3 apples and buys 4. How many now?", "answer": "3 + 4 = 7\n#### 7"},
@@ -155,6 +156,11 @@ def test_row_errors_say_how_to_fix_the_row(tmp_path):
         assert str(err.value).startswith(f"{path}:3: ") and all(p in str(err.value) for p in expected), err.value
 
 
+def load_svamp(source: str):
+    """A SVAMP-layout file read as the eval set `svamp` reads it."""
+    return load_eval_set("svamp", EvalSetConfig(layout="svamp", source=source), parse_params({}))
+
+
 SVAMP_ROWS = [
     {"ID": "chal-1", "Body": "Ann has 5 pens.", "Question": "How many?", "Equation": "5", "Answer": 5.0, "Type": "X"},
     {"ID": "chal-2", "Body": "", "Question": "Sum of 1,000 and 2?", "Equation": "", "Answer": " 1,002 ", "Type": "X"},
@@ -166,12 +172,12 @@ SVAMP_ROWS = [
 def test_svamp_as_a_windows_editor_or_a_spreadsheet_export_writes_it(tmp_path):
     pretty = codecs.BOM_UTF8 + json.dumps(SVAMP_ROWS, indent=4).replace("\n", "\r\n").encode()
     (tmp_path / "SVAMP.json").write_bytes(pretty)
-    rows, _ = load_svamp(SvampConfig(source=str(tmp_path / "SVAMP.json")))
+    rows, _ = load_svamp(str(tmp_path / "SVAMP.json"))
     assert [r.number for r in rows] == ["5", "1002", "2.5", "7"]  # numbers written as text, as scoring reads them
     assert rows[1].question == "Sum of 1,000 and 2?"
     lines = "\r\n\r\n".join(json.dumps(r) for r in SVAMP_ROWS).encode() + b"\r\n"
     (tmp_path / "svamp.jsonl").write_bytes(codecs.BOM_UTF8 + lines)
-    assert [r.number for r in load_svamp(SvampConfig(source=str(tmp_path / "svamp.jsonl")))[0]] == [
+    assert [r.number for r in load_svamp(str(tmp_path / "svamp.jsonl"))[0]] == [
         "5",
         "1002",
         "2.5",
@@ -195,7 +201,7 @@ def test_svamp_row_errors_name_the_line_the_row_starts_on_and_the_fix(change, ex
     rows = [SVAMP_ROWS[0], {**SVAMP_ROWS[3], **change}]
     (tmp_path / "SVAMP.json").write_text(json.dumps(rows, indent=4).replace("\n", "\r\n"))
     with pytest.raises(UserError) as err:
-        load_svamp(SvampConfig(source=str(tmp_path / "SVAMP.json")))
+        load_svamp(str(tmp_path / "SVAMP.json"))
     # indent=4: the first row takes lines 2-9, the second starts on line 10
     assert str(err.value).startswith(f"{tmp_path / 'SVAMP.json'}:10: ") and expected in str(err.value), err.value
 
@@ -204,7 +210,7 @@ def test_svamp_missing_keys_lists_the_keys_the_row_has(tmp_path):
     row = {k.lower(): v for k, v in SVAMP_ROWS[0].items()}
     (tmp_path / "SVAMP.json").write_text(json.dumps([row]))
     with pytest.raises(UserError) as err:
-        load_svamp(SvampConfig(source=str(tmp_path / "SVAMP.json")))
+        load_svamp(str(tmp_path / "SVAMP.json"))
     assert "SVAMP.json:1: missing Body, Question, Answer, Type; its keys: 'id', 'body'" in str(err.value)
     assert '{"Body": "…", "Question": "…", "Answer": 5, "Type": "Addition"}' in str(err.value)
 
@@ -212,4 +218,4 @@ def test_svamp_missing_keys_lists_the_keys_the_row_has(tmp_path):
 def test_svamp_utf16_is_refused_with_the_fix(tmp_path):
     (tmp_path / "SVAMP.json").write_bytes(json.dumps(SVAMP_ROWS).encode("utf-16"))
     with pytest.raises(UserError, match=r"SVAMP\.json:1: UTF-16 text .*save it as UTF-8"):
-        load_svamp(SvampConfig(source=str(tmp_path / "SVAMP.json")))
+        load_svamp(str(tmp_path / "SVAMP.json"))

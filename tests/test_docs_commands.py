@@ -15,8 +15,9 @@ matches `RUNNABLE` (then it runs): a command added to the docs cannot go unteste
 What the run changes, and nothing else:
 
 - The data and model paths: `PLACEHOLDERS` maps each path or name the docs print as a stand-in (`/path/to/gsm8k`,
-  `/models/TinyLlama-1.1B-Chat-v1.0`, `<name>`, `exp-a`, …) to the test's own: GSM8K-format rows and a SVAMP.json
-  written in code, the tiny model saved as a model directory, the names of experiments the earlier commands made.
+  `/models/TinyLlama-1.1B-Chat-v1.0`, `<name>`, `exp-a`, …) to the test's own: GSM8K-format rows, a SVAMP.json and
+  a plain eval set written in code, the tiny model saved as a model directory, the names of experiments the earlier
+  commands made.
   `.models/SmolLM2-135M-Instruct.Q4_1.gguf` becomes `tiny-llama` (tests/test_real_model.py runs that model).
 - Sizes: each clone's params.yaml is the shipped one with `REDUCED_SIZES` (fewer rows, shorter answers), so a
   pipeline run is mostly stage start-up; a command's own `-S` values still win.
@@ -91,9 +92,9 @@ SKIPPED: dict[tuple[str, str], str] = {
     (
         "README.md",
         "dvc exp run -S model.name=.models/SmolLM2-135M-Instruct.Q4_1.gguf -S data.train_size=7473 "
-        "-S data.eval_size=1319 -S peft.method=rslora "
+        "-S eval_sets.gsm8k.size=1319 -S peft.method=rslora "
         "-S 'lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]' -S train.epochs=3 "
-        "-S train.learning_rate=1e-3 -S train.micro_batch_size=32 -S svamp.size=1000",
+        "-S train.learning_rate=1e-3 -S train.micro_batch_size=32 -S eval_sets.svamp.size=1000",
     ): "the full-split GPU preset: 3 epochs of 7,473 rows and 1,319 answers of 256 tokens (hours on a CPU); "
     "tests/test_config.py checks that its params pass the params check; tests/test_gpu_preset.py runs "
     "bench/gpu_preset.sh, which runs it, shrunk",
@@ -114,6 +115,7 @@ PLACEHOLDERS = {
     "/data/gsm8k": "gsm8k_dir",
     "/path/to/SVAMP.json": "svamp_file",
     "/data/SVAMP.json": "svamp_file",
+    "/path/to/mine.jsonl": "plain_file",
     ".models/SmolLM2-135M-Instruct.Q4_1.gguf": "tiny_model_name",
     "/models/TinyLlama-1.1B-Chat-v1.0": "model_dir",
     "<name>": "queued_experiment",
@@ -126,14 +128,15 @@ UNKNOWN_PLACEHOLDER = re.compile(r"<[\w -]+>|/path/to/|…")
 
 # Each clone's params.yaml: the shipped one with these (sizes only; no path, no method, no learning rate).
 REDUCED_SIZES = {
-    "data": {"train_size": 24, "eval_size": 8},
+    "data": {"train_size": 24},
     "train": {"micro_batch_size": 8},
     "eval": {"max_new_tokens": 16, "merge_check_size": 4, "report_samples": 2},
-    "svamp": {"size": 4},
+    "eval_sets": {"gsm8k": {"size": 8}, "svamp": {"size": 4}},
 }
 # The local data the test writes: enough train rows for the largest slice a runnable command asks for (400).
 GSM8K_ROWS = {"train_rows": 420, "test_rows": 40}
 SVAMP_ROWS = 40
+PLAIN_ROWS = 60  # the README's own set asks for 50
 
 
 @dataclass(frozen=True)
@@ -376,17 +379,19 @@ class DocRunner:
 def sources(tmp_path_factory) -> dict[str, str]:
     """The test's local data and model: GSM8K-format rows, SVAMP.json, the tiny model saved as a directory."""
     from qlora_gsm8k.modeling import save_base
-    from qlora_gsm8k.synthetic import write_dataset_dir, write_svamp_file
+    from qlora_gsm8k.synthetic import write_dataset_dir, write_plain_file, write_svamp_file
     from qlora_gsm8k.tiny import build_tiny_llama
 
     root = tmp_path_factory.mktemp("docs-data")
     gsm8k = write_dataset_dir(root / "gsm8k", **GSM8K_ROWS)
     svamp = write_svamp_file(root / "SVAMP.json", count=SVAMP_ROWS)
+    plain = write_plain_file(root / "mine.jsonl", count=PLAIN_ROWS, seed=7)
     model, tokenizer = build_tiny_llama()
     save_base(model, tokenizer, root / "tiny-model")
     return {
         "gsm8k_dir": str(gsm8k),
         "svamp_file": str(svamp),
+        "plain_file": str(plain),
         "model_dir": str(root / "tiny-model"),
         "tiny_model_name": "tiny-llama",
     }

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT, TINY_PARAMS, dvc, git, run, stages_run, tool_env
+from qlora_gsm8k.synthetic import write_plain_file
 
 pytestmark = pytest.mark.slow
 
@@ -29,8 +30,9 @@ ORIGINAL_R = TINY_PARAMS["lora"]["r"]
 UP_TO_DATE = "Data and pipelines are up to date."
 TRAIN_CACHED = "Stage 'train' is cached - skipping run, checking out outputs"
 # Stages that read only the base model and the eval rows: nothing about LoRA or training may re-run them.
-BASE_ONLY = {"fetch", "base", "evaluate@base", "fetch_svamp", "evaluate_svamp@base"}
-AFTER_TRAIN = {"train", "merge", "evaluate@tuned", "evaluate_svamp@tuned", "compare"}
+BASE_ONLY = {"fetch", "base", "evaluate_base@gsm8k", "fetch_eval@gsm8k", "fetch_eval@svamp", "evaluate_base@svamp"}
+AFTER_TRAIN = {"train", "merge", "evaluate_tuned@gsm8k", "evaluate_tuned@svamp", "compare"}
+GSM8K_SIDE = {"fetch", "base", "train", "merge", "fetch_eval@gsm8k", "evaluate_base@gsm8k", "evaluate_tuned@gsm8k"}
 CREDENTIAL_KEYS = re.compile(
     r"password|secret|token|access_key|key_id|credential|sas_|connection_string|keyfile|private_key", re.I
 )
@@ -95,6 +97,8 @@ class Workflow:
         """Back to `main` as committed, outputs checked out from the cache."""
         git(self.project, "checkout", "-q", "-f", "main")
         git(self.project, "reset", "-q", "--hard", "HEAD")
+        # What a step added that main lacks (a third eval set's files) would change compare's directory deps.
+        git(self.project, "clean", "-fdq")
         dvc(self.project, "checkout", "-f")
 
     def exp_run(self, *args: str) -> str:
@@ -131,22 +135,41 @@ class Workflow:
     def svamp_size(self) -> str:
         def step():
             self.reset()
-            return self.exp_run("-S", "svamp.size=4")
+            return self.exp_run("-S", "eval_sets.svamp.size=4")
 
         return self.once("svamp_size", step)
 
     def svamp_off(self) -> dict:
         def step():
             self.reset()
-            out = self.exp_run("-S", "svamp.enabled=false")
+            out = self.exp_run("-S", "eval_sets.svamp.enabled=false")
             metrics = {
                 name: json.loads((self.project / "metrics" / name).read_text())
-                for name in ("svamp_base.json", "svamp_tuned.json", "svamp_compare.json")
+                for name in ("eval/svamp_base.json", "eval/svamp_tuned.json", "compare.json")
             }
             report = (self.project / "reports/comparison.md").read_text()
             return {"output": out, "metrics": metrics, "report": report}
 
         return self.once("svamp_off", step)
+
+    def own_set(self) -> dict:
+        """A third set from a local plain JSON Lines file, added from params alone as the README adds it."""
+
+        def step():
+            self.reset()
+            rows = write_plain_file(self.root / "mine.jsonl", count=20, seed=5)
+            out = self.exp_run("-S", f"+eval_sets.mine={{layout:plain,source:{rows},size:6}}")
+            metrics = {
+                f"{kind}/{name}": json.loads((self.project / "metrics" / kind / f"{name}.json").read_text())
+                for kind in ("eval", "perplexity")
+                for name in ("gsm8k_tuned", "svamp_tuned", "mine_base", "mine_tuned")
+            }
+            compare = json.loads((self.project / "metrics/compare.json").read_text())
+            report = (self.project / "reports/comparison.md").read_text()
+            status = set(json.loads(dvc(self.project, "status", "--json").stdout))
+            return {"output": out, "metrics": metrics, "compare": compare, "report": report, "status": status}
+
+        return self.once("own_set", step)
 
     def stale_after(self, key: str, value) -> set[str]:
         """The stages `dvc status` calls changed once params.yaml sets `key` to `value` (nothing runs)."""
@@ -155,8 +178,11 @@ class Workflow:
             self.reset()
             params_file = self.project / "params.yaml"
             params = yaml.safe_load(params_file.read_text())
-            section, name = key.split(".")
-            params[section][name] = value
+            *sections, name = key.split(".")
+            tree = params
+            for section in sections:
+                tree = tree[section]
+            tree[name] = value
             params_file.write_text(yaml.safe_dump(params, sort_keys=False))
             try:
                 return set(json.loads(dvc(self.project, "status", "--json").stdout))
@@ -273,25 +299,48 @@ def test_the_4bit_base_reruns_on_its_quant_settings_only(workflow):
     LoRA setting (the tuned side only) and quant.compute_dtype (the 4-bit base computes in eval.dtype) do not."""
     for key, value in (("quant.double_quant", True), ("quant.quant_type", "fp4")):
         stale = workflow.stale_after(key, value)
-        assert {"evaluate@base", "train", "merge"} <= stale, (key, stale)
+        assert {"evaluate_base@gsm8k", "train", "merge"} <= stale, (key, stale)
     for key, value in (("lora.r", ORIGINAL_R // 2), ("quant.compute_dtype", "bfloat16")):
         stale = workflow.stale_after(key, value)
-        assert "train" in stale and "evaluate@base" not in stale, (key, stale)
+        assert "train" in stale and "evaluate_base@gsm8k" not in stale, (key, stale)
+
+
+def test_one_sets_params_make_only_that_sets_stages_stale(workflow):
+    """Each set's stages list only their own entry of eval_sets: `dvc status` after editing SVAMP's names SVAMP's
+    fetch (its evaluations follow once the slice changed) and the stages that read every param, nothing of GSM8K's."""
+    assert workflow.stale_after("eval_sets.svamp.size", 5) == {"check_params", "fetch_eval@svamp", "compare"}
+    assert workflow.stale_after("eval_sets.gsm8k.offset", 3) == {"check_params", "fetch_eval@gsm8k", "compare"}
 
 
 def test_exp_run_svamp_size_reruns_only_the_svamp_side(workflow):
     ran = stages_run(workflow.svamp_size())
-    assert {"fetch_svamp", "evaluate_svamp@base", "evaluate_svamp@tuned", "compare"} <= ran, ran
-    assert not ran & {"fetch", "base", "train", "merge", "evaluate@base", "evaluate@tuned"}, ran
+    assert {"fetch_eval@svamp", "evaluate_base@svamp", "evaluate_tuned@svamp", "compare"} <= ran, ran
+    assert not ran & GSM8K_SIDE, ran
 
 
 def test_svamp_off_writes_empty_results_and_loads_no_model(workflow):
     off = workflow.svamp_off()
-    assert "SVAMP is off" in off["output"] and "SVAMP base:" not in off["output"], off["output"][-3000:]
-    assert off["metrics"]["svamp_base.json"] == {"svamp": {"base": {"examples": 0}}}
-    assert off["metrics"]["svamp_compare.json"] == {"svamp": {"paired": {"examples": 0}}}
-    assert "SVAMP is off" in off["report"]
-    assert "train" not in stages_run(off["output"])
+    assert "svamp is off" in off["output"] and "svamp base: imports" not in off["output"], off["output"][-3000:]
+    assert off["metrics"]["eval/svamp_base.json"] == {"svamp": {"base": {"examples": 0}}}
+    assert "svamp" not in off["metrics"]["compare.json"] and "gsm8k" in off["metrics"]["compare.json"]
+    assert "## svamp" not in off["report"] and "## gsm8k" in off["report"]
+    assert not stages_run(off["output"]) & GSM8K_SIDE
+
+
+def test_a_third_set_from_a_plain_file_runs_from_params_alone(workflow):
+    """`dvc exp run -S '+eval_sets.mine={…}'`: the set's three stages run, nothing of the other sets', and its
+    metrics have the same keys, nested the same way, as GSM8K's and SVAMP's."""
+    own = workflow.own_set()
+    ran = stages_run(own["output"])
+    assert ran == {"check_params", "fetch_eval@mine", "evaluate_base@mine", "evaluate_tuned@mine", "compare"}, ran
+    metrics = own["metrics"]
+    assert metrics["eval/mine_tuned"]["mine"]["tuned"]["examples"] == 6
+    layout = {name: set(metrics[f"eval/{name}_tuned"][name]["tuned"]) for name in ("gsm8k", "svamp", "mine")}
+    assert layout["gsm8k"] == layout["svamp"] == layout["mine"], layout
+    assert metrics["perplexity/mine_base"] == {"mine": {}} and "tuned" in metrics["perplexity/gsm8k_tuned"]["gsm8k"]
+    paired = {name: set(own["compare"][name]["paired"]) for name in ("gsm8k", "svamp", "mine")}
+    assert paired["gsm8k"] == paired["svamp"] == paired["mine"], paired
+    assert "## mine" in own["report"] and own["status"] == set()
 
 
 def test_exp_run_train_size_refetches_and_retrains_but_keeps_base(workflow):
@@ -324,13 +373,14 @@ def test_queued_sweep_runs_both_points_and_exp_show_lists_them(workflow):
         data = exps[name]
         rs.add(data["params"]["params.yaml"]["data"]["lora"]["r"])
         metrics = data["metrics"]
-        perplexity = metrics["metrics/perplexity_tuned.json"]["data"]["tuned"]["perplexity"]
+        perplexity = metrics["metrics/perplexity/gsm8k_tuned.json"]["data"]["gsm8k"]["tuned"]["perplexity"]
         assert math.isfinite(perplexity) and perplexity > 1
-        generate = metrics["metrics/generate_tuned.json"]["data"]["tuned"]
+        generate = metrics["metrics/eval/gsm8k_tuned.json"]["data"]["gsm8k"]["tuned"]
         assert {"exact_match_strict", "exact_match_flexible"} <= set(generate)
     assert rs == {4, 8}
     header = sweep["csv"].splitlines()[0].split(",")
-    assert "lora.r" in header and "tuned.perplexity" in header and "tuned.exact_match_strict" in header, header
+    assert "lora.r" in header and "gsm8k.tuned.perplexity" in header, header
+    assert "gsm8k.tuned.exact_match_strict" in header and "gsm8k.paired.mcnemar_p" in header, header
     assert "svamp.tuned.exact_match_flexible" in header and "svamp.paired.mcnemar_p" in header, header
     assert all(name in sweep["csv"] for name in names)
 
@@ -351,8 +401,8 @@ def test_peft_method_sweep_gives_one_row_per_method(workflow):
     assert set(rows) == {"ia3", "prompt"}, sweep["logs"]
     for method, metrics in rows.items():
         assert metrics["metrics/train.json"]["data"]["train"]["trainable_params"] > 0
-        assert math.isfinite(metrics["metrics/perplexity_tuned.json"]["data"]["tuned"]["perplexity"])
-        assert "mcnemar_p" in metrics["metrics/compare.json"]["data"]["paired"]
+        assert math.isfinite(metrics["metrics/perplexity/gsm8k_tuned.json"]["data"]["gsm8k"]["tuned"]["perplexity"])
+        assert "mcnemar_p" in metrics["metrics/compare.json"]["data"]["gsm8k"]["paired"]
         assert metrics["metrics/merge.json"]["data"]["merge"]["merged"] == (0 if method == "prompt" else 1)
     trainable = {m: rows[m]["metrics/train.json"]["data"]["train"]["trainable_params"] for m in rows}
     assert trainable["ia3"] != trainable["prompt"]
@@ -363,15 +413,16 @@ def test_metrics_params_and_plots_diff_across_branches(workflow):
     diffs = workflow.branches()
     assert diffs["params"] == {"params.yaml": {"lora.r": {"old": ORIGINAL_R, "new": 4, "diff": 4 - ORIGINAL_R}}}
     changed = flat_keys(diffs["metrics"])
-    assert "metrics/perplexity_tuned.json:tuned.perplexity" in changed, changed
-    assert "metrics/perplexity_base.json:base.perplexity" not in changed, "the base did not change"
-    assert "metrics/perplexity_base.json:base_4bit.perplexity" not in changed, "nor did its 4-bit weights"
-    assert "metrics/compare.json:delta.training_perplexity" in changed, changed
-    assert "metrics/compare.json:delta.quantization_perplexity" not in changed, changed
+    assert "metrics/perplexity/gsm8k_tuned.json:gsm8k.tuned.perplexity" in changed, changed
+    assert "metrics/perplexity/gsm8k_base.json:gsm8k.base.perplexity" not in changed, "the base did not change"
+    assert "metrics/perplexity/gsm8k_base.json:gsm8k.base_4bit.perplexity" not in changed, "nor its 4-bit weights"
+    assert "metrics/compare.json:gsm8k.delta.training_perplexity" in changed, changed
+    assert "metrics/compare.json:gsm8k.delta.quantization_perplexity" not in changed, changed
     every = flat_keys(diffs["metrics_all"])
     for key in ("tuned.exact_match_strict", "tuned.exact_match_flexible"):
         # The tiny random model scores 0 either way, so these show up (--all) without a change.
-        assert f"metrics/generate_tuned.json:{key}" in every, list(every)
+        assert f"metrics/eval/gsm8k_tuned.json:gsm8k.{key}" in every, list(every)
+        assert f"metrics/eval/svamp_tuned.json:svamp.{key}" in every, list(every)
     loss = diffs["plots"]["data"]["Training loss"][0]
     assert set(loss["revisions"]) == {"workspace", "main"}
     revs = {v["rev"] for v in loss["content"]["data"]["values"]}

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from qlora_gsm8k.errors import UserError
+from qlora_gsm8k.eval_rows import normalise_rows
 from qlora_gsm8k.evaluation import response_nll
 from qlora_gsm8k.generation import Generation, generate_answers
 from qlora_gsm8k.logits import kl_between, response_logits
@@ -18,6 +19,11 @@ from qlora_gsm8k.prompts import IGNORE_INDEX, encode_example, encode_prompt
 from qlora_gsm8k.rows import Example
 from qlora_gsm8k.scoring import repetition_rate, score_generations
 from qlora_gsm8k.tiny import build_tiny_llama
+
+
+def as_eval_rows(examples: list[Example]) -> list:
+    """GSM8K rows as the fetch_eval stage writes them: the reference number read from each answer."""
+    return normalise_rows("gsm8k", [e.to_json() for e in examples], "test rows")
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +194,7 @@ def test_random_model_hits_the_cap(model, tiny_tokenizer, rows):
 def test_chain_model_outputs_score_as_correct(chain_model, tiny_tokenizer):
     examples = [Example("q1", "x\n#### 272", 0), Example("q2", "x\n#### 27", 1)]
     gens = generate_answers(chain_model, tiny_tokenizer, [e.question for e in examples], 2, 10)
-    rows, summary = score_generations(examples, gens)
+    rows, summary = score_generations(as_eval_rows(examples), gens)
     assert [r["correct_strict"] for r in rows] == [True, False]
     assert summary["exact_match_strict"] == 0.5 and summary["hit_token_cap_rate"] == 0.0
 
@@ -209,7 +215,7 @@ def test_score_generations_summary():
         Generation("a b c d a b c d a b c d", new_tokens=12, hit_token_cap=True),  # no number, repeats
         Generation("#### 999\nso $1,000.", new_tokens=9, hit_token_cap=False),  # strict wrong, flexible right
     ]
-    rows, summary = score_generations(examples, gens)
+    rows, summary = score_generations(as_eval_rows(examples), gens)
     assert [r["index"] for r in rows] == [0, 1, 2, 3]
     assert [r["number_strict"] for r in rows] == ["10", None, None, "999"]
     assert [r["number_flexible"] for r in rows] == ["10", "20", None, "1000"]
@@ -232,7 +238,7 @@ def test_score_generations_summary():
 
 def test_score_generations_needs_one_generation_per_row():
     with pytest.raises(ValueError):
-        score_generations([Example("q", "#### 1", 0)], [])
+        score_generations(as_eval_rows([Example("q", "#### 1", 0)]), [])
 
 
 @pytest.mark.parametrize(
@@ -388,18 +394,18 @@ def test_evaluate_stage_writes_perplexity_and_generations_from_one_load(
     import dataclasses
     import json
 
+    from qlora_gsm8k.eval_rows import write_eval_rows
     from qlora_gsm8k.params_file import parse_params
-    from qlora_gsm8k.rows import write_jsonl
 
-    write_jsonl(rows[:4], tmp_path / "eval.jsonl")
+    write_eval_rows(as_eval_rows(rows[:4]), tmp_path / "eval.jsonl")
     (tmp_path / "params.yaml").write_text(
         "eval:\n  batch_size: 3\n  generation_batch_size: 3\n  max_new_tokens: 5\n  dtype: float32\n"
         "quant:\n  double_quant: true\n"
     )
     result = _stage(
-        "stages.evaluate", "--params", str(tmp_path / "params.yaml"), "--model", str(tiny_base_dir),
+        "stages.evaluate", "--params", str(tmp_path / "params.yaml"), "--set", "gsm8k", "--model", str(tiny_base_dir),
         "--eval", str(tmp_path / "eval.jsonl"), "--label", "base", "--perplexity-out", str(tmp_path / "ppl.json"),
-        "--generations-out", str(tmp_path / "gen.jsonl"), "--generation-metrics-out", str(tmp_path / "gen.json"),
+        "--generations-out", str(tmp_path / "gen.jsonl"), "--metrics-out", str(tmp_path / "gen.json"),
         "--info-out", str(tmp_path / "info.json"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -407,14 +413,14 @@ def test_evaluate_stage_writes_perplexity_and_generations_from_one_load(
     # text-mode pipes would show with their carriage returns turned into newlines).
     assert "%|" not in result.stdout + result.stderr
     assert "perplexity: 100% (2/2 batch)" in result.stderr and "generate: 100% (4/4 question)" in result.stderr
-    ppl = json.loads((tmp_path / "ppl.json").read_text())["base"]
+    ppl = json.loads((tmp_path / "ppl.json").read_text())["gsm8k"]["base"]
     expected = response_nll(model, tiny_tokenizer, rows[:4], batch_size=1)
     assert ppl["perplexity"] == pytest.approx(expected["perplexity"], rel=1e-6)
     assert ppl["tokens"] == expected["tokens"]
     # Metrics hold numbers only; how the model ran is recorded beside them.
     for metrics_file in ("ppl.json", "gen.json"):
-        values = next(iter(json.loads((tmp_path / metrics_file).read_text()).values())).values()
-        assert all(isinstance(v, (int, float)) for v in values), metrics_file
+        by_model = json.loads((tmp_path / metrics_file).read_text())["gsm8k"]
+        assert all(isinstance(v, (int, float)) for m in by_model.values() for v in m.values()), metrics_file
     info = json.loads((tmp_path / "info.json").read_text())
     assert info["precision"] == "float32"
     assert info["base_4bit"] == {"quant_type": "nf4", "double_quant": True, "dtype": "float32"}
@@ -422,7 +428,7 @@ def test_evaluate_stage_writes_perplexity_and_generations_from_one_load(
     # The base in 4-bit, with params' quant settings: what bitsandbytes' 4-bit model (training's) scores, and not
     # what the 16-bit base or the other double_quant setting scores. Measured apart on this model: 16-bit 1e-3
     # relative away, double_quant false 3.5e-5; two float32 computations of one model ~1e-7.
-    quantized = json.loads((tmp_path / "ppl.json").read_text())["base_4bit"]
+    quantized = json.loads((tmp_path / "ppl.json").read_text())["gsm8k"]["base_4bit"]
     assert math.isfinite(quantized["perplexity"]) and quantized["tokens"] == ppl["tokens"]
     quant = parse_params({"quant": {"double_quant": True}}).quant
     as_trained = response_nll(load_model(tiny_base_dir, torch.float32, quant=quant), tiny_tokenizer, rows[:4], 1)
@@ -436,7 +442,7 @@ def test_evaluate_stage_writes_perplexity_and_generations_from_one_load(
     assert [json.loads(line)["index"] for line in lines] == [e.index for e in rows[:4]]
     gens = generate_answers(model, tiny_tokenizer, [e.question for e in rows[:4]], 1, 5)
     assert [json.loads(line)["output"] for line in lines] == [g.text for g in gens]
-    summary = json.loads((tmp_path / "gen.json").read_text())["base"]
+    summary = json.loads((tmp_path / "gen.json").read_text())["gsm8k"]["base"]
     assert summary["examples"] == 4 and summary["hit_token_cap_rate"] == 1.0
 
 
@@ -480,5 +486,5 @@ def test_answers_are_cut_at_lm_eval_stop_strings(tiny_tokenizer):
     gen = _decode_answer(tiny_tokenizer, tokens, {tiny_tokenizer.eos_token_id})
     # scored 5 here as in lm-eval, not 7; a stop string counts as stopping, not as hitting the cap
     assert gen == Generation(text="#### 5", new_tokens=len(tokens), hit_token_cap=False)
-    rows, _ = score_generations([Example("q", "x\n#### 5", 0)], [gen])
+    rows, _ = score_generations(as_eval_rows([Example("q", "x\n#### 5", 0)]), [gen])
     assert rows[0]["correct_flexible"] and rows[0]["correct_strict"]

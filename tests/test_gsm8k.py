@@ -173,9 +173,11 @@ def test_take_slice_deterministic(examples):
 
 
 def test_take_slice_bounds(examples):
-    assert len(take_slice(examples, len(examples) - 5, 5, 0, "eval")) == 5
-    with pytest.raises(UserError, match=r"data\.eval_offset \+ data\.eval_size = 301 exceeds the 300 rows of the test"):
-        take_slice(examples, 296, 5, 0, "eval")
+    assert len(take_slice(examples, len(examples) - 5, 5, 0, "eval_sets.gsm8k")) == 5
+    with pytest.raises(
+        UserError, match=r"eval_sets\.gsm8k\.offset \+ eval_sets\.gsm8k\.size = 301 exceeds the 300 rows"
+    ):
+        take_slice(examples, 296, 5, 0, "eval_sets.gsm8k")
     with pytest.raises(UserError, match=r"data\.train_offset"):
         take_slice(examples, 0, 301, 0, "train")
 

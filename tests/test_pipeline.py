@@ -14,6 +14,22 @@ import yaml
 from conftest import REPO_ROOT, run, tool_env
 from tools.stage_deps import package_files_used, stage_script
 
+SETS = ("gsm8k", "svamp")
+MODELS = ("base", "tuned")
+
+
+@pytest.mark.slow
+def test_every_set_writes_the_same_metric_keys_nested_the_same_way(reproduced_project):
+    """One layout for every eval set: metrics/eval/<set>_<model>.json is {set: {model: {…}}} with the same keys."""
+    keys = {}
+    for name in SETS:
+        for model in MODELS:
+            (only,) = json.loads((reproduced_project / f"metrics/eval/{name}_{model}.json").read_text()).items()
+            assert only[0] == name and list(only[1]) == [model]
+            keys[name, model] = set(only[1][model])
+    assert len(set(map(frozenset, keys.values()))) == 1, keys
+    assert {"exact_match_strict", "exact_match_flexible", "examples"} <= keys["svamp", "tuned"]
+
 
 def pipeline_stages() -> dict[str, dict]:
     return yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
@@ -54,21 +70,11 @@ def _only_numbers(tree) -> bool:
 @pytest.mark.slow
 def test_repro_outputs_load_as_users_load_them(reproduced_project):
     project = reproduced_project
-    for path in ("data/train.jsonl", "data/eval.jsonl", "models/base", "models/adapter", "models/merged"):
+    for path in ("data/train.jsonl", "data/eval/gsm8k.jsonl", "models/base", "models/adapter", "models/merged"):
         assert (project / path).exists(), path
-    metric_files = sorted(p.name for p in (project / "metrics").glob("*.json"))
-    assert metric_files == [
-        "compare.json",
-        "generate_base.json",
-        "generate_tuned.json",
-        "merge.json",
-        "perplexity_base.json",
-        "perplexity_tuned.json",
-        "svamp_base.json",
-        "svamp_compare.json",
-        "svamp_tuned.json",
-        "train.json",
-    ]
+    metric_files = sorted(str(p.relative_to(project / "metrics")) for p in (project / "metrics").rglob("*.json"))
+    per_set = [f"{kind}/{name}_{model}.json" for kind in ("eval", "perplexity") for name in SETS for model in MODELS]
+    assert metric_files == sorted(["compare.json", "merge.json", "train.json", *per_set])
     assert (project / "models/merged/model.safetensors").is_file()
     assert (project / "models/adapter/adapter_model.safetensors").is_file()
     assert (project / "models/merged/chat_template.jinja").is_file() or "chat_template" in (
@@ -89,8 +95,8 @@ def test_repro_outputs_load_as_users_load_them(reproduced_project):
     # with the numbers of metrics/ added.
     evaluated = (project / "reports/model_card.md").read_text()
     assert evaluated.startswith(adapter_card.split("## Load")[0])
-    tuned = json.loads((project / "metrics/generate_tuned.json").read_text())["tuned"]
-    assert f"| {tuned['exact_match_strict']:.3f} |\n" in evaluated.split("GSM8K exact match, strict-match |")[1]
+    tuned = json.loads((project / "metrics/eval/gsm8k_tuned.json").read_text())["gsm8k"]["tuned"]
+    assert f"| {tuned['exact_match_strict']:.3f} |\n" in evaluated.split("gsm8k exact match, strict-match |")[1]
     # Load exactly as the README tells users to, from the repo root, offline, in a fresh interpreter.
     code = (
         "from peft import AutoPeftModelForCausalLM; from transformers import AutoModelForCausalLM;"
@@ -101,21 +107,12 @@ def test_repro_outputs_load_as_users_load_them(reproduced_project):
     result = run([sys.executable, "-c", code], cwd=project, env=tool_env())
     assert "PeftModelForCausalLM LlamaForCausalLM" in result.stdout
     source = json.loads((project / "data/source.json").read_text())
-    assert source["kind"] == "local" and source["train_rows"] == 48 and source["eval_rows"] == 12
+    assert source["kind"] == "local" and source["train_rows"] == 48
+    gsm8k_source = json.loads((project / "data/eval_source/gsm8k.json").read_text())
+    assert gsm8k_source["rows"] == 12 and gsm8k_source["eval_rows_in_train"] == 0
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {
-        "check_params",
-        "fetch",
-        "base",
-        "train",
-        "merge",
-        "evaluate@base",
-        "evaluate@tuned",
-        "fetch_svamp",
-        "evaluate_svamp@base",
-        "evaluate_svamp@tuned",
-        "compare",
-    }
+    per_set = {f"{stage}@{name}" for stage in ("fetch_eval", "evaluate_base", "evaluate_tuned") for name in SETS}
+    assert set(lock["stages"]) == {"check_params", "fetch", "base", "train", "merge", "compare"} | per_set
     # Numbers only in metrics files (settings sit in data/evaluated_*.json, models/adapter/training_run.json).
     for metrics_file in (project / "metrics").glob("*.json"):
         assert _only_numbers(json.loads(metrics_file.read_text())), metrics_file.name
@@ -124,10 +121,13 @@ def test_repro_outputs_load_as_users_load_them(reproduced_project):
     log = (project / ".repro-output.txt").read_text()
     assert "%|" not in log
     assert all(f"{what}: 100% (" in log for what in ("train", "perplexity", "generate")), log[-3000:]
-    svamp = json.loads((project / "metrics/svamp_compare.json").read_text())["svamp"]
+    compared = json.loads((project / "metrics/compare.json").read_text())
+    svamp = compared["svamp"]
     assert svamp["paired"]["examples"] == 8 and sum(t["examples"] for t in svamp["by_type"].values()) == 8
-    assert "## SVAMP" in (project / "reports/comparison.md").read_text()
-    for image in ("reports/plots/accuracy.png", "reports/plots/flips.png", "reports/plots/svamp_by_type.png",
+    assert compared["gsm8k"]["paired"]["examples"] == 12 and "by_type" not in compared["gsm8k"]
+    report = (project / "reports/comparison.md").read_text()
+    assert "## gsm8k" in report and "## svamp" in report and "| Addition |" in report
+    for image in ("reports/plots/accuracy.png", "reports/plots/flips.png", "reports/plots/by_type.png",
                   "dvclive/train/plots/images/loss.png"):  # fmt: skip
         assert (project / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
 
@@ -138,12 +138,12 @@ def test_base_in_4bit_sits_beside_base_and_tuned(reproduced_project):
     deltas it splits the change into, and the report's table. NF4 rounding moves the tiny model's perplexity by
     ~1e-3 relative; two float32 computations of one model agree to ~1e-7."""
     project = reproduced_project
-    scores = json.loads((project / "metrics/perplexity_base.json").read_text())
+    scores = json.loads((project / "metrics/perplexity/gsm8k_base.json").read_text())["gsm8k"]
     base, quantized = scores["base"], scores["base_4bit"]
     assert math.isfinite(quantized["perplexity"]) and quantized["tokens"] == base["tokens"] > 0
     assert quantized["perplexity"] != pytest.approx(base["perplexity"], rel=1e-4)
-    tuned = json.loads((project / "metrics/perplexity_tuned.json").read_text())["tuned"]
-    delta = json.loads((project / "metrics/compare.json").read_text())["delta"]
+    tuned = json.loads((project / "metrics/perplexity/gsm8k_tuned.json").read_text())["gsm8k"]["tuned"]
+    delta = json.loads((project / "metrics/compare.json").read_text())["gsm8k"]["delta"]
     assert delta["quantization_perplexity"] == pytest.approx(quantized["perplexity"] - base["perplexity"])
     assert delta["training_perplexity"] == pytest.approx(tuned["perplexity"] - quantized["perplexity"])
     report = (project / "reports/comparison.md").read_text()

@@ -190,7 +190,7 @@ def test_params_pin_hub_revisions_to_commit_hashes():
     params = shipped_params()
     assert re.fullmatch(COMMIT, params["model"]["revision"])
     assert re.fullmatch(COMMIT, params["data"]["revision"])
-    assert re.fullmatch(COMMIT, params["svamp"]["revision"])
+    assert re.fullmatch(COMMIT, params["eval_sets"]["svamp"]["revision"])
 
 
 def test_unpinned_hub_revisions_are_refused(tmp_path):
@@ -221,10 +221,11 @@ def test_outputs_record_provenance_and_hold_only_safetensors(reproduced_project,
     project = reproduced_project
     base = json.loads((project / "models/base/provenance.json").read_text())
     assert base["name"] == "tiny-llama" and base["kind"] == "tiny"
-    source = json.loads((project / "data/source.json").read_text())
-    assert source["kind"] == "local" and source["source"] == str(dataset_dir)
-    for name in ("train.jsonl", "test.jsonl"):
-        assert source["sha256"][name] == hashlib.sha256((dataset_dir / name).read_bytes()).hexdigest()
+    # The train split (fetch) and GSM8K's test split (fetch_eval@gsm8k): each the file read and its digest.
+    for record, name in (("data/source.json", "train.jsonl"), ("data/eval_source/gsm8k.json", "test.jsonl")):
+        source = json.loads((project / record).read_text())
+        assert source["kind"] == "local" and source["source"] == str(dataset_dir / name)
+        assert source["sha256"] == hashlib.sha256((dataset_dir / name).read_bytes()).hexdigest()
     for model in ("base", "adapter", "merged"):
         files = [p.name for p in (project / "models" / model).iterdir()]
         assert any(f.endswith(".safetensors") for f in files), model

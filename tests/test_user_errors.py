@@ -104,7 +104,8 @@ PARAM_CASES = {
     "dropout-one": ({"lora": {"dropout": 1.0}}, ["lora.dropout must be in [0, 1), got 1.0"]),
     "dropout-negative": ({"lora": {"dropout": -0.1}}, ["lora.dropout must be in [0, 1)"]),
     "train-size-zero": ({"data": {"train_size": 0}}, ["data.train_size must be > 0, got 0"]),
-    "eval-size-negative": ({"data": {"eval_size": -5}}, ["data.eval_size must be > 0, got -5"]),
+    "eval-size-negative": ({"eval_sets": {"gsm8k": {"size": -5}}}, ["eval_sets.gsm8k.size must be > 0, got -5"]),
+    "old-svamp-section": ({"svamp": {"size": 5}}, ["svamp moved to eval_sets.svamp", "README: migration"]),
     "micro-batch-zero": ({"train": {"micro_batch_size": 0}}, ["train.micro_batch_size must be > 0"]),
     "eval-batch-zero": ({"eval": {"batch_size": 0}}, ["eval.batch_size must be > 0"]),
     "generation-batch-zero": ({"eval": {"generation_batch_size": 0}}, ["eval.generation_batch_size must be > 0"]),
@@ -148,28 +149,27 @@ def test_slice_larger_than_split_fails_in_one_line(tmp_path, dataset_dir):
     # The synthetic split has 300 train and 150 test rows.
     for overrides, expected in (
         ({"data": {"train_size": 301}}, "data.train_offset + data.train_size = 301 exceeds the 300 rows"),
-        ({"data": {"eval_offset": 100, "eval_size": 60}}, "data.eval_offset + data.eval_size = 160 exceeds the 150"),
+        (
+            {"eval_sets": {"gsm8k": {"offset": 100, "size": 60}}},
+            "eval_sets.gsm8k.offset + eval_sets.gsm8k.size = 160 exceeds the 150",
+        ),
     ):
         params_file = _write_params(tmp_path, dataset_dir, overrides)
-        for stage in ("check_params", "fetch"):
-            if stage == "check_params":
-                result, seconds = _check_params(params_file, tmp_path)
-            else:
-                result, seconds = _stage("fetch", "--params", str(params_file), *_fetch_outs(tmp_path))
-            assert_one_line_error(result, seconds, expected)
-            assert not (tmp_path / "train.jsonl").exists()
+        result, seconds = _check_params(params_file, tmp_path)
+        assert_one_line_error(result, seconds, expected)
+        fetch = "fetch" if "data" in overrides else "fetch_eval"
+        result, seconds = _stage(fetch, "--params", str(params_file), *_fetch_outs(tmp_path, fetch))
+        assert_one_line_error(result, seconds, expected)
+        assert not any(tmp_path.glob("*.jsonl")) and not (tmp_path / "source.json").exists()
 
 
 def _all_stage_commands(project: Path) -> dict[str, list[str]]:
     """Every stage's command line as dvc.yaml runs it (foreach stages with their first item)."""
     commands = {}
     for name, stage in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].items():
-        if "foreach" in stage:
-            key, item = next(iter(stage["foreach"].items()))
-            cmd = stage["do"]["cmd"].replace("${item}", item).replace("${key}", key)
-        else:
-            cmd = stage["cmd"]
-        commands[name] = cmd.split()
+        # foreach stages go over eval_sets: the first entry, gsm8k, which is also eval.merge_check_set.
+        cmd = stage["do"]["cmd"] if "foreach" in stage else stage["cmd"]
+        commands[name] = cmd.replace("${key}", "gsm8k").replace("${eval.merge_check_set}", "gsm8k").split()
     return commands
 
 
@@ -210,15 +210,15 @@ def test_a_typo_on_the_command_line_is_refused_and_says_how_to_undo_it(project):
 # --- data: missing, unreadable, malformed, no '####' ------------------------------------------------------------
 
 
-def _fetch_outs(tmp_path: Path) -> list[str]:
-    return [
-        "--train-out",
-        str(tmp_path / "train.jsonl"),
-        "--eval-out",
-        str(tmp_path / "eval.jsonl"),
-        "--source-out",
-        str(tmp_path / "source.json"),
-    ]
+def _fetch_outs(tmp_path: Path, stage: str = "fetch") -> list[str]:
+    """The arguments of the stage that reads the train split (fetch) or GSM8K's test split (fetch_eval@gsm8k)."""
+    if stage == "fetch":
+        return ["--train-out", str(tmp_path / "train.jsonl"), "--source-out", str(tmp_path / "source.json")]
+    train = tmp_path / "train-slice" / "train.jsonl"
+    train.parent.mkdir(exist_ok=True)
+    train.write_text('{"question": "Not in any eval set?", "answer": "#### 1"}\n')
+    return ["--set", "gsm8k", "--train", str(train), "--out", str(tmp_path / "eval.jsonl"), "--source-out",
+            str(tmp_path / "source.json")]  # fmt: skip
 
 
 def _corrupt_copy(dataset_dir: Path, dest: Path, split: str, line_no: int, text: str) -> Path:
@@ -253,7 +253,7 @@ def _bad_sources(dataset_dir: Path, root: Path) -> dict[str, tuple[Path, list[st
     (utf16 / "test.jsonl").write_bytes((dataset_dir / "test.jsonl").read_text().encode("utf-16"))
     return {
         "missing-dir": (missing, [f"data.source '{missing}': no such local file or directory", "no-test/"]),
-        "missing-file": (no_test, [f"{no_test / 'test.jsonl'} does not exist"]),
+        "missing-file": (no_test, [f"data.source '{no_test / 'test.jsonl'}': no such local file or directory"]),
         "unreadable-file": (not_a_file, [f"cannot read {not_a_file / 'train.jsonl'}"]),
         "not-utf8": (not_utf8, [f"{not_utf8 / 'train.jsonl'}:", "not UTF-8 text"]),
         "malformed-jsonl": (malformed, [f"{malformed / 'train.jsonl'}:3: malformed JSON", "an unfinished row"]),
@@ -280,6 +280,10 @@ BAD_SOURCES = [
 ]
 
 
+# The cases whose fault is in the test split: GSM8K's eval set (source null: the training source) reads it.
+TEST_SPLIT_CASES = {"missing-file", "no-#### answer", "utf-16"}
+
+
 @pytest.mark.parametrize("case", BAD_SOURCES)
 @pytest.mark.parametrize("stage", ["check_params", "fetch"])
 def test_bad_data_source_fails_in_one_line(case, stage, bad_sources, dataset_dir, tmp_path):
@@ -288,7 +292,8 @@ def test_bad_data_source_fails_in_one_line(case, stage, bad_sources, dataset_dir
     if stage == "check_params":
         result, seconds = _check_params(params_file, tmp_path)
     else:
-        result, seconds = _stage("fetch", "--params", str(params_file), *_fetch_outs(tmp_path))
+        fetch = "fetch_eval" if case in TEST_SPLIT_CASES else "fetch"
+        result, seconds = _stage(fetch, "--params", str(params_file), *_fetch_outs(tmp_path, fetch))
     assert_one_line_error(result, seconds, *expected)
     assert not any(tmp_path.glob("*.jsonl")) and not (tmp_path / "source.json").exists()
 
@@ -335,7 +340,7 @@ def test_offline_first_run_names_every_unreachable_input_at_once(tmp_path, datas
     unreachable = {
         "model": {"name": "nobody/no-such-model"},
         "data": {"source": "nobody/no-such-data"},
-        "svamp": {"source": "nobody/no-such-svamp"},
+        "eval_sets": {"svamp": {"source": "nobody/no-such-svamp"}},
     }
     params_file = _write_params(tmp_path, dataset_dir, unreachable)
     result, seconds = _check_params(params_file, tmp_path)
@@ -344,12 +349,12 @@ def test_offline_first_run_names_every_unreachable_input_at_once(tmp_path, datas
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[0] == "error: 3 problems:", result.stderr
     assert "cannot load dataset 'nobody/no-such-data'" in lines[1] and "data.source" in lines[1]
-    assert "cannot load dataset 'nobody/no-such-svamp'" in lines[2] and "svamp.source" in lines[2]
+    assert "cannot load dataset 'nobody/no-such-svamp'" in lines[2] and "eval_sets.svamp.source" in lines[2]
     assert "cannot load model 'nobody/no-such-model'" in lines[3] and "model.name" in lines[3]
     assert lines[4].startswith("Offline? Point them at local files"), lines[4]
     assert lines[5] == (
         "  dvc exp run -S data.source=/path/to/gsm8k -S model.name=.models/SmolLM2-135M-Instruct.Q4_1.gguf "
-        "-S svamp.source=/path/to/SVAMP.json"
+        "-S eval_sets.svamp.source=/path/to/SVAMP.json"
     )
     assert len(lines) == 6, result.stderr
     assert max(map(len, lines)) < 400, "a line per input, not one line for all"
@@ -524,11 +529,11 @@ def test_eval_rows_beyond_the_context_are_refused_before_training(dataset, tmp_p
     if dataset == "gsm8k":
         rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
         (data / "test.jsonl").write_text("".join(json.dumps({**r, "question": long}) + "\n" for r in rows))
-        expected = "(GSM8K eval: question + reference answer; the longest needs"
+        expected = "(gsm8k: question + reference answer; the longest needs"
     else:
         rows = json.loads((data / "SVAMP.json").read_text())
         (data / "SVAMP.json").write_text(json.dumps([{**r, "Body": long} for r in rows]))
-        expected = "(SVAMP: prompt + eval.max_new_tokens="
+        expected = "(svamp: prompt + eval.max_new_tokens="
     result, seconds = _check_params(_write_params(tmp_path, data), tmp_path)
     assert_one_line_error(result, seconds, "eval rows do not fit the model's context of 2048 tokens", expected)
 
@@ -585,7 +590,7 @@ def _dvc_cases(dataset_dir: Path, root: Path) -> dict[str, tuple[dict, str]]:
         "compile-without-gpu": ({"train": {"compile": True}}, "train.compile is true but needs a CUDA GPU"),
         "unknown-key": ({"lora": {"rank": 8}}, "unknown param lora.rank"),
         "out-of-range": ({"train": {"learning_rate": 0}}, "train.learning_rate must be > 0"),
-        "wrong-type": ({"data": {"eval_size": "many"}}, "data.eval_size must be int"),
+        "wrong-type": ({"eval_sets": {"gsm8k": {"size": "many"}}}, "eval_sets.gsm8k.size must be int"),
         "slice-too-large": ({"data": {"train_size": 301}}, "exceeds the 300 rows"),
         "missing-source": ({"data": {"source": str(sources["missing-dir"][0])}}, "no such local file or directory"),
         "malformed-jsonl": ({"data": {"source": str(sources["malformed-jsonl"][0])}}, "train.jsonl:3: malformed JSON"),
@@ -784,23 +789,27 @@ def test_eval_rows_that_are_also_train_rows_are_refused_or_counted(tmp_path, dat
     leaked = [json.loads(line) for line in train_lines[:3]]
     leaked[0]["question"] = "  " + leaked[0]["question"].upper().replace(" ", "  ")
     (source / "test.jsonl").write_text("\n".join(test_lines + [json.dumps(r) for r in leaked]) + "\n")
-    params_file = _write_params(tmp_path, dataset_dir, {"data": {"source": str(source), "eval_size": 12}})
+    leaky = {"data": {"source": str(source)}, "eval_sets": {"gsm8k": {"size": 12}}}
+    params_file = _write_params(tmp_path, dataset_dir, leaky)
     result, seconds = _check_params(params_file, tmp_path)
     assert_one_line_error(
-        result, seconds, "3 of 12 eval questions are also in the train slice", "max_eval_overlap=0.25"
+        result, seconds, "3 of 12 gsm8k questions are also in the train slice", "max_eval_overlap=0.25"
     )
 
-    allowed = _write_params(
-        tmp_path, dataset_dir, {"data": {"source": str(source), "eval_size": 12, "max_eval_overlap": 0.25}}
-    )
+    allowed = _write_params(tmp_path, dataset_dir, merge_params(leaky, {"data": {"max_eval_overlap": 0.25}}))
     out = tmp_path / "fetched"
     result, _ = _stage(
-        "fetch", "--params", str(allowed), "--train-out", str(out / "train.jsonl"), "--eval-out",
-        str(out / "eval.jsonl"), "--source-out", str(out / "source.json"),
+        "fetch", "--params", str(allowed), "--train-out", str(out / "train.jsonl"), "--source-out",
+        str(out / "source.json"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "3 of 12 eval questions are in the train slice too" in result.stdout
-    assert json.loads((out / "source.json").read_text())["eval_rows_in_train"] == 3
+    result, _ = _stage(
+        "fetch_eval", "--params", str(allowed), "--set", "gsm8k", "--train", str(out / "train.jsonl"), "--out",
+        str(out / "gsm8k.jsonl"), "--source-out", str(out / "gsm8k_source.json"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "3 of 12 gsm8k questions are in the train slice too" in result.stdout
+    assert json.loads((out / "gsm8k_source.json").read_text())["eval_rows_in_train"] == 3
 
 
 def test_a_corrupt_model_file_is_refused_with_the_repair(tmp_path, tiny_base_dir):
@@ -816,13 +825,14 @@ def test_a_corrupt_model_file_is_refused_with_the_repair(tmp_path, tiny_base_dir
     data[-64:] = bytes(64)  # 64 bytes of the last tensor zeroed: still a valid safetensors file
     weights.write_bytes(bytes(data))
     (tmp_path / "svamp.jsonl").write_text(
-        json.dumps({"index": 0, "id": "1", "question": "1+1?", "number": "2", "type": "Addition"}) + "\n"
+        json.dumps({"index": 0, "question": "1+1?", "number": "2", "type": "Addition"}) + "\n"
     )
     (tmp_path / "params.yaml").write_text("eval:\n  dtype: float32\n  max_new_tokens: 2\n")
     result, seconds = _stage(
-        "evaluate_svamp", "--params", str(tmp_path / "params.yaml"), "--model", str(model_dir), "--label", "tuned",
-        "--eval", str(tmp_path / "svamp.jsonl"), "--generations-out", str(tmp_path / "gen.jsonl"),
-        "--metrics-out", str(tmp_path / "m.json"),
+        "evaluate", "--params", str(tmp_path / "params.yaml"), "--set", "svamp", "--model", str(model_dir),
+        "--label", "tuned", "--eval", str(tmp_path / "svamp.jsonl"), "--generations-out", str(tmp_path / "gen.jsonl"),
+        "--metrics-out", str(tmp_path / "m.json"), "--perplexity-out", str(tmp_path / "p.json"),
+        "--info-out", str(tmp_path / "i.json"),
     )  # fmt: skip
     assert_one_line_error(
         result, seconds, f"{weights} is not what its stage wrote", f"find .dvc/cache -samefile {weights} -delete",
@@ -861,15 +871,15 @@ def test_eval_rows_longer_than_the_context_are_refused_before_generating(tmp_pat
     """A 20,000-character question went straight into generation (8x the run time, a 6,552-token prompt against
     a 2,048 context): refused, counted, in seconds."""
     rows = [
-        {"question": "How many? " + "apples and pears " * 900, "answer": "#### 1"},
-        {"question": "1+1?", "answer": "#### 2"},
+        {"index": 0, "question": "How many? " + "apples and pears " * 900, "number": "1", "solution": "#### 1"},
+        {"index": 1, "question": "1+1?", "number": "2", "solution": "#### 2"},
     ]
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "params.yaml").write_text("eval:\n  dtype: float32\n  max_new_tokens: 4\n  batch_size: 2\n")
     result, seconds = _stage(
-        "evaluate", "--params", str(tmp_path / "params.yaml"), "--model", str(tiny_base_dir), "--label", "base",
-        "--eval", str(tmp_path / "eval.jsonl"), "--perplexity-out", str(tmp_path / "ppl.json"),
-        "--generations-out", str(tmp_path / "gen.jsonl"), "--generation-metrics-out", str(tmp_path / "gen.json"),
+        "evaluate", "--params", str(tmp_path / "params.yaml"), "--set", "gsm8k", "--model", str(tiny_base_dir),
+        "--label", "base", "--eval", str(tmp_path / "eval.jsonl"), "--perplexity-out", str(tmp_path / "ppl.json"),
+        "--generations-out", str(tmp_path / "gen.jsonl"), "--metrics-out", str(tmp_path / "gen.json"),
         "--info-out", str(tmp_path / "info.json"),
     )  # fmt: skip
     # The last line (transformers warns about the long row and loads with a progress bar before it)

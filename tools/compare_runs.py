@@ -8,7 +8,7 @@ the exact McNemar p and a paired bootstrap 95% interval of the accuracy differen
 whether a difference is real: at 1,319 questions, 8.49% vs 7.81% is p = 0.53.
 
     python tools/compare_runs.py main my-exp                  # B = my-exp against A = main, GSM8K
-    python tools/compare_runs.py main my-exp --set svamp --json
+    python tools/compare_runs.py main my-exp --set svamp --json   # any entry of eval_sets
     python tools/compare_runs.py --leaderboard                # HEAD's experiments against HEAD
     python tools/compare_runs.py --leaderboard exp-a exp-b exp-c --baseline main --out reports/leaderboard
 
@@ -35,6 +35,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: the package lives beside 
 
 from qlora_gsm8k.errors import USER_ERROR_EXIT_CODE, UserError, one_line  # noqa: E402
 from qlora_gsm8k.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from qlora_gsm8k.rows import final_number  # noqa: E402
 from qlora_gsm8k.runs import (  # noqa: E402
     DECODING_PARAMS,
     Question,
@@ -54,24 +55,32 @@ DEFAULT_OUT = "reports/leaderboard"
 ALPHA = 0.05
 
 
+# Runs made before the eval sets were entries of eval_sets kept GSM8K's and SVAMP's tuned answers in these stages.
+_STAGES_BEFORE_EVAL_SETS = {"gsm8k": "evaluate@tuned", "svamp": "evaluate_svamp@tuned"}
+
+
 @dataclass(frozen=True)
 class EvalSet:
     """Where a run keeps one eval set's tuned answers: the stage that wrote them (its command in dvc.lock names the
     files, so a rev whose dvc.yaml put them elsewhere is read right) and the params that pick its questions."""
 
     title: str
-    stage: str
-    slice_params: tuple[str, ...]
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stage that wrote the answers, newest layout first."""
+        old = _STAGES_BEFORE_EVAL_SETS.get(self.title)
+        return (f"evaluate_tuned@{self.title}", *([old] if old else []))
+
+    @property
+    def slice_params(self) -> tuple[str, ...]:
+        # data: the training source, which a set with `source: null` reads (and, before eval_sets, GSM8K's slice).
+        return (f"eval_sets.{self.title}", "data", self.title)
 
     def question(self, row: dict) -> Question:
-        # GSM8K rows carry the worked answer, SVAMP rows the bare number: either pins the reference down.
-        return Question(index=row["index"], text=row["question"], reference=str(row.get("answer", row.get("number"))))
-
-
-EVAL_SETS = {
-    "gsm8k": EvalSet("GSM8K", "evaluate@tuned", ("data",)),
-    "svamp": EvalSet("SVAMP", "evaluate_svamp@tuned", ("svamp",)),
-}
+        # The reference number (a run from before eval_sets kept GSM8K's worked answer, SVAMP's bare number).
+        reference = row.get("number") or final_number(row["answer"])
+        return Question(index=row["index"], text=row["question"], reference=str(reference))
 
 
 def _option(cmd: str, name: str) -> str:
@@ -97,14 +106,15 @@ class Run:
     def label(self) -> str:
         return self.name if self.sha.startswith(self.name) else f"{self.name} ({self.sha[:7]})"
 
-    def stage(self, stage: str) -> dict[str, Any]:
+    def stage(self, eval_set: EvalSet) -> dict[str, Any]:
         stages = self.lock.get("stages") or {}
-        if stage not in stages:
-            raise UserError(
-                f"{self.label} has no finished {stage} stage in its dvc.lock: that run did not get so far "
-                "(dvc exp run, or dvc repro and commit dvc.lock)"
-            )
-        return stages[stage]
+        for name in eval_set.stages:
+            if name in stages:
+                return stages[name]
+        raise UserError(
+            f"{self.label} has no finished {eval_set.stages[0]} stage in its dvc.lock: that run did not get so far "
+            "(dvc exp run, or dvc repro and commit dvc.lock), or has no eval set of that name"
+        )
 
     def output_text(self, path: str) -> str:
         if not self.fs.exists(path):
@@ -119,15 +129,18 @@ class Run:
 
     def answers(self, eval_set: EvalSet) -> tuple[list[Question], list[dict]]:
         """The questions of `eval_set` this run answered and its tuned model's scored answers (as written)."""
-        cmd = self.stage(eval_set.stage)["cmd"]
+        cmd = self.stage(eval_set)["cmd"]
         questions = [eval_set.question(r) for r in jsonl_rows(self.output_text(_option(cmd, "--eval")))]
         if not questions:
-            raise UserError(f"{self.label} answered no {eval_set.title} questions (svamp.enabled is false there?)")
+            raise UserError(
+                f"{self.label} answered no {eval_set.title} questions (eval_sets.{eval_set.title}.enabled is false "
+                "there?)"
+            )
         return questions, jsonl_rows(self.output_text(_option(cmd, "--generations-out")))
 
     def decoding(self, eval_set: EvalSet) -> dict[str, Any]:
         """The decoding params the answers were generated with, as dvc.lock recorded them for the stage."""
-        recorded = self.stage(eval_set.stage).get("params", {}).get("params.yaml", {})
+        recorded = self.stage(eval_set).get("params", {}).get("params.yaml", {})
         return under(DECODING_PARAMS, flatten_params(recorded))
 
 
@@ -364,7 +377,7 @@ def leaderboard(project: Project, names: list[str], baseline_name: str, eval_set
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("revs", nargs="*", metavar="REV", help="A B; with --leaderboard, the runs to rank")
-    parser.add_argument("--set", choices=sorted(EVAL_SETS), default="gsm8k", help="eval set (default gsm8k)")
+    parser.add_argument("--set", default="gsm8k", help="eval set: a name in eval_sets (default gsm8k)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     parser.add_argument("--leaderboard", action="store_true", help="rank runs against --baseline")
     parser.add_argument("--baseline", default="HEAD", help="leaderboard baseline (default HEAD, the current commit)")
@@ -374,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("name two runs, A and B (or use --leaderboard)")
     from dvc.exceptions import DvcException
 
-    eval_set = EVAL_SETS[args.set]
+    eval_set = EvalSet(args.set)
     try:
         project = Project()
         if args.leaderboard:
