@@ -8,8 +8,8 @@ import re
 
 import pandas as pd
 
-from .config import model_kind
 from .eval_rows import EvalRow
+from .model_sources import model_source
 from .paired import paired_comparison
 from .peft_methods import method_of
 
@@ -164,7 +164,8 @@ def run_context(params) -> list[str]:
     method = peft.method
     if "lora.r" in method_of(params).reads:
         method += f" r {lora.r}, alpha {lora.alpha}, on {', '.join(lora.target_modules)}"
-    revision = f" @ {params.model.revision[:12]}" if model_kind(params.model.name) == "hub" else ""
+    pinned = model_source(params.model).revision()
+    revision = f" @ {pinned[:12]}" if pinned else ""
     sets = ", ".join(
         f"{name} ({s.size} rows of `{s.source or data.source}` {s.split} from {s.offset})"
         for name, s in params.enabled_sets().items()

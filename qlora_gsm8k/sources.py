@@ -1,6 +1,6 @@
-"""Where the base model comes from, and the base stage's copy of it: a Hugging Face Hub id at a pinned
-revision, a local model directory, a local GGUF file (dequantized once), or the built-in tiny-llama.
-Every later stage reads the plain model directory this writes."""
+"""Loading a base model from where it comes from, and the base stage's copy of it: a Hugging Face Hub id at a pinned
+revision, a local model directory, a local GGUF file (dequantized once). Which of them a model.name is, and the
+built-in tiny-llama: model_sources. Every later stage reads the plain model directory this writes."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch
 
-from .config import TINY_LLAMA, ModelConfig, model_kind
+from .config import TINY_LLAMA, ModelConfig
 from .context import model_context
 from .errors import UserError
 from .hub import local_cache_only
 from .local_paths import missing_path_error
+from .model_sources import model_source
 from .modeling import check_target_modules, save_base, set_distinct_pad, skeleton_from_config
 from .prompts import end_of_turn_id
-from .tiny import build_tiny_llama, build_tiny_llama_config, build_tiny_tokenizer
 
 
 def _hub_error(cfg: ModelConfig, err: Exception) -> UserError:
@@ -43,7 +43,7 @@ def _hub_kwargs(cfg: ModelConfig) -> dict:
     return {"revision": cfg.revision, "token": hf_token(), "local_files_only": local_cache_only()}
 
 
-def _check_local_model_dir(name: str) -> Path:
+def checked_local_model_dir(name: str) -> Path:
     path = Path(name).expanduser()
     if not path.exists():
         raise missing_path_error("model.name", name)
@@ -81,22 +81,18 @@ def safetensors_header(path: Path) -> dict:
     return header
 
 
-def source_model_config(cfg: ModelConfig):
-    """The configured base's architecture config, without loading weights: a seconds-long check that the
-    model exists (offline too) and what its modules are called."""
+def config_from_dir(path: Path, name: str):
     from transformers import AutoConfig
 
-    kind = model_kind(cfg.name)
-    if kind == "tiny":
-        return build_tiny_llama_config(build_tiny_tokenizer())
-    if kind == "gguf":
-        return _read_gguf(_check_gguf_file(cfg.name), config_only=True)
-    if kind == "local":
-        path = _check_local_model_dir(cfg.name)
-        try:
-            return AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-        except (OSError, ValueError) as err:
-            raise UserError(f"cannot read the config of model {cfg.name!r}: {err}".splitlines()[0]) from None
+    try:
+        return AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read the config of model {name!r}: {err}".splitlines()[0]) from None
+
+
+def hub_config(cfg: ModelConfig):
+    from transformers import AutoConfig
+
     try:
         return AutoConfig.from_pretrained(cfg.name, trust_remote_code=False, **_hub_kwargs(cfg))
     except OSError as err:
@@ -108,7 +104,7 @@ def source_model_config(cfg: ModelConfig):
 def check_model_source(cfg: ModelConfig, target_modules: list[str]) -> int | None:
     """The model can be found (locally or in the Hub cache when offline) and has lora.target_modules.
     Returns its context length (max_position_embeddings), when its config names one."""
-    config = source_model_config(cfg)
+    config = model_source(cfg).config()
     try:
         skeleton = skeleton_from_config(config)
     except ValueError as err:
@@ -122,11 +118,9 @@ def check_model_source(cfg: ModelConfig, target_modules: list[str]) -> int | Non
 _SOURCE_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
 
 
-def source_model_dir(cfg: ModelConfig) -> Path:
-    """The configured base on local disk: the directory itself, or the Hub snapshot at the pinned revision
-    (downloaded once into the Hugging Face cache; from the cache alone when the Hub is unreachable)."""
-    if model_kind(cfg.name) == "local":
-        return _check_local_model_dir(cfg.name)
+def hub_snapshot(cfg: ModelConfig) -> Path:
+    """The Hub model's files at the pinned revision (downloaded once into the Hugging Face cache; from the cache
+    alone when the Hub is unreachable)."""
     from huggingface_hub import snapshot_download
 
     try:
@@ -141,27 +135,19 @@ def source_model_dir(cfg: ModelConfig) -> Path:
     return path
 
 
-def materialise_base(cfg: ModelConfig, out_dir: Path) -> int:
-    """Write the base to out_dir as every later stage reads it; returns its parameter count.
+def copy_model_dir(src: Path, name: str, out_dir: Path) -> int:
+    """Write the model directory `src` to out_dir as every later stage reads it; returns its parameter count.
 
     The weight files are copied as they are, not loaded and saved again: the same tensors, at the cost of a
     file copy instead of a 2.2 GB load and save (TinyLlama). Only the tokenizer and the configs are
     rewritten, to give the tokenizer a pad token distinct from EOS."""
-    kind = model_kind(cfg.name)
-    if kind == "tiny":
-        model, tokenizer = build_tiny_llama()
-        save_base(model, tokenizer, out_dir)
-        return sum(p.numel() for p in model.parameters())
-    if kind == "gguf":
-        return materialise_gguf(_check_gguf_file(cfg.name), out_dir)
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-    src = source_model_dir(cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
         config = AutoConfig.from_pretrained(str(src), trust_remote_code=False)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load model from {cfg.name!r}: {err}".splitlines()[0]) from None
+        raise UserError(f"cannot load model from {name!r}: {err}".splitlines()[0]) from None
     try:
         generation = GenerationConfig.from_pretrained(str(src))
     except OSError:  # no generation_config.json: what from_pretrained of the model would derive
@@ -185,7 +171,7 @@ def safetensors_parameter_count(files: list[Path]) -> int:
     return total
 
 
-def _check_gguf_file(name: str) -> Path:
+def checked_gguf_file(name: str) -> Path:
     path = Path(name).expanduser()
     if not path.exists():
         raise missing_path_error("model.name", name)
@@ -204,7 +190,7 @@ def _gguf_error(path: Path, err: Exception) -> UserError:
 _GGUF_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
 
 
-def _read_gguf(path: Path, config_only: bool = False):
+def read_gguf(path: Path, config_only: bool = False):
     """A GGUF file's model, dequantized to bfloat16 (the dtype such models ship in); or only its config."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -237,21 +223,19 @@ def gguf_tokenizer(path: Path):
     return tokenizer
 
 
-def source_tokenizer(cfg: ModelConfig):
-    """The configured base's tokenizer as the base stage will save it, without its weights (a Hub model's
-    tokenizer files alone are downloaded): what check_params measures training rows with."""
+def tokenizer_from_dir(path: Path, name: str):
     from transformers import AutoTokenizer
 
-    kind = model_kind(cfg.name)
-    if kind == "tiny":
-        return build_tiny_tokenizer()
-    if kind == "gguf":
-        return gguf_tokenizer(_check_gguf_file(cfg.name))
-    if kind == "local":
-        try:
-            return AutoTokenizer.from_pretrained(str(_check_local_model_dir(cfg.name)), trust_remote_code=False)
-        except (OSError, ValueError) as err:
-            raise UserError(f"cannot load the tokenizer of model {cfg.name!r}: {err}".splitlines()[0]) from None
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the tokenizer of model {name!r}: {err}".splitlines()[0]) from None
+
+
+def hub_tokenizer(cfg: ModelConfig):
+    """The Hub model's tokenizer files alone, not its weights."""
+    from transformers import AutoTokenizer
+
     try:
         return AutoTokenizer.from_pretrained(cfg.name, trust_remote_code=False, **_hub_kwargs(cfg))
     except OSError as err:
@@ -263,7 +247,7 @@ def materialise_gguf(path: Path, out_dir: Path) -> int:
     the EOS gguf_tokenizer takes from the chat template. transformers flags a GGUF-loaded model as quantized;
     the flag goes before saving, the weights are plain."""
     tokenizer = gguf_tokenizer(path)
-    model = _read_gguf(path)
+    model = read_gguf(path)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

@@ -27,14 +27,15 @@ import sys
 from pathlib import Path
 
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
-from qlora_gsm8k.config import Params, model_kind
+from qlora_gsm8k.config import Params
 from qlora_gsm8k.context import check_fits_context
 from qlora_gsm8k.errors import UserError, UserErrors, stage_main
 from qlora_gsm8k.eval_rows import solution_examples
 from qlora_gsm8k.eval_sets import fetch_eval_set, source_of
 from qlora_gsm8k.gsm8k import load_train_split, take_slice
-from qlora_gsm8k.io import atomic_write_text, file_sha256, read_json, write_json
+from qlora_gsm8k.io import atomic_write_text, read_json, write_json
 from qlora_gsm8k.local_paths import looks_like_path
+from qlora_gsm8k.model_sources import model_source
 from qlora_gsm8k.peft_methods import check_method, method_of
 from qlora_gsm8k.rows import Example
 
@@ -44,7 +45,7 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 def check_revisions(params: Params) -> None:
     """A branch or tag can move; a commit hash cannot. Hub sources must be pinned to one."""
     pinned = []
-    if model_kind(params.model.name) == "hub":
+    if model_source(params.model).needs_pinned_revision:
         pinned.append(("model.revision", params.model.revision, params.model.name))
     if not looks_like_path(params.data.source):
         pinned.append(("data.revision", params.data.revision, params.data.source))
@@ -68,19 +69,11 @@ def check_train_data(params: Params) -> list[Example]:
 
 
 def model_check_key(params: Params) -> dict:
-    """Everything the model check depends on: a Hub revision is a commit (immutable); a local directory is
-    identified by its config.json, which names the architecture and so the module names."""
-    cfg = params.model
-    key = {"name": cfg.name, "kind": model_kind(cfg.name), "target_modules": method_of(params).adapted_modules(params)}
-    if key["kind"] == "hub":
-        key["revision"] = cfg.revision
-    elif key["kind"] == "local":
-        config = Path(cfg.name).expanduser() / "config.json"
-        key["config_sha256"] = file_sha256(config) if config.is_file() else None
-    elif key["kind"] == "gguf":
-        path = Path(cfg.name).expanduser()
-        key["gguf_sha256"] = file_sha256(path) if path.is_file() else None
-    return key
+    """Everything the model check depends on: the model's name, what identifies its weights (a Hub commit, a local
+    directory's config.json, a GGUF file) and the modules the adapter targets."""
+    source = model_source(params.model)
+    targets = method_of(params).adapted_modules(params)
+    return {"name": params.model.name, "kind": source.kind, "target_modules": targets, **source.identity()}
 
 
 def check_model(params: Params, record: dict) -> None:
@@ -131,9 +124,8 @@ def measure_lengths(params: Params, train: list[Example], eval_sets: dict[str, l
     measured = record.get("lengths") or {}
     if measured.get("key") != key:
         from qlora_gsm8k.prompts import ChatFormat, encode_examples, encode_prompt
-        from qlora_gsm8k.sources import source_tokenizer
 
-        tokenizer = source_tokenizer(params.model)
+        tokenizer = model_source(params.model).tokenizer()
         # Lengths are what is measured here, against the model's context: no warning per over-long row.
         tokenizer.model_max_length = sys.maxsize
         chat = ChatFormat.of(tokenizer, params.prompt.system)

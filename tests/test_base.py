@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from qlora_gsm8k.config import ModelConfig
+from qlora_gsm8k.model_sources import model_source
 from qlora_gsm8k.modeling import load_model, load_tokenizer
-from qlora_gsm8k.sources import materialise_base, source_tokenizer
 from qlora_gsm8k.tiny import build_tiny_llama
 
 
@@ -30,7 +31,7 @@ def test_local_base_is_copied_byte_for_byte_with_a_distinct_pad(tmp_path):
     out = tmp_path / "base"
     out.mkdir()
 
-    n_params = materialise_base(ModelConfig(name=str(src)), out)
+    n_params = model_source(ModelConfig(name=str(src))).materialise(out)
 
     assert n_params == sum(p.numel() for p in model.parameters())
     for shard in shards:
@@ -89,10 +90,25 @@ def test_a_local_model_with_only_a_sentencepiece_tokenizer_model_loads(tmp_path)
     )
     assert not (src / "tokenizer.json").exists()
 
-    loaded = source_tokenizer(ModelConfig(name=str(src)))
+    loaded = model_source(ModelConfig(name=str(src))).tokenizer()
 
     text = "A baker packs 12 boxes with 6 rolls in each box."
     ids = loaded(text, add_special_tokens=False)["input_ids"]
     assert len(ids) > 5 and loaded.unk_token_id not in ids
     assert loaded.decode(ids) == text
     assert loaded.eos_token_id == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "pinned"),
+    [("tiny-llama", "tiny", False), ("m.gguf", "gguf", False), ("./m", "local", False), ("org/model", "hub", True)],
+)
+def test_each_model_source_kind_is_one_type(tmp_path, name, kind, pinned):
+    """The four kinds of model.name, each one type: what identifies it, and whether it needs a pinned revision."""
+    from qlora_gsm8k.model_sources import model_source
+
+    cfg = ModelConfig(name=name, revision="0" * 40)
+    source = model_source(cfg)
+    assert source.kind == kind and source.needs_pinned_revision is pinned
+    assert source.revision() == ("0" * 40 if pinned else None)
+    assert set(source.identity()) <= {"revision", "gguf_sha256", "config_sha256"}

@@ -7,7 +7,7 @@ import pytest
 from qlora_gsm8k.config import ModelConfig, model_kind
 from qlora_gsm8k.errors import UserError
 from qlora_gsm8k.local_paths import looks_like_path, missing_path_error
-from qlora_gsm8k.sources import source_model_dir
+from qlora_gsm8k.model_sources import LocalDirSource, model_source
 
 
 @pytest.mark.parametrize(
@@ -48,6 +48,8 @@ def test_the_model_source_is_local_and_missing_not_a_hub_failure(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models" / "smollm2").mkdir(parents=True)
     assert model_kind("models/smollm") == "local"
+    source = model_source(ModelConfig(name="models/smollm"))
+    assert isinstance(source, LocalDirSource)
     with pytest.raises(UserError) as err:
-        source_model_dir(ModelConfig(name="models/smollm"))
+        source.config()
     assert "no such local file or directory" in str(err.value) and "Hugging Face Hub" not in str(err.value)

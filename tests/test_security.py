@@ -139,7 +139,8 @@ class _Payload:
 
 
 def test_pickled_weights_are_refused_and_never_unpickled(tmp_path, tiny_base_dir):
-    from qlora_gsm8k.sources import check_model_source, materialise_base
+    from qlora_gsm8k.model_sources import model_source
+    from qlora_gsm8k.sources import check_model_source
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()
@@ -149,7 +150,7 @@ def test_pickled_weights_are_refused_and_never_unpickled(tmp_path, tiny_base_dir
     (model_dir / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
     cfg = ModelConfig(name=str(model_dir))
     (tmp_path / "out").mkdir()
-    for load in (lambda c: materialise_base(c, tmp_path / "out"), lambda c: check_model_source(c, ["q_proj"])):
+    for load in (lambda c: model_source(c).materialise(tmp_path / "out"), lambda c: check_model_source(c, ["q_proj"])):
         with pytest.raises(UserError, match=r"has no \*\.safetensors weights; only safetensors are loaded"):
             load(cfg)
     assert not marker.exists()
@@ -206,11 +207,11 @@ def test_unpinned_hub_revisions_are_refused(tmp_path):
 
 
 def test_base_provenance_records_the_revision_or_the_file_hashes(tiny_base_dir):
-    from stages.base import provenance
+    from qlora_gsm8k.model_sources import model_source
 
-    hub = provenance(ModelConfig(name="org/model", revision="a" * 40))
+    hub = model_source(ModelConfig(name="org/model", revision="a" * 40)).provenance()
     assert hub == {"name": "org/model", "revision": "a" * 40, "kind": "hub"}
-    local = provenance(ModelConfig(name=str(tiny_base_dir)))
+    local = model_source(ModelConfig(name=str(tiny_base_dir))).provenance()
     assert local["kind"] == "local" and local["revision"] is None
     weights = tiny_base_dir / "model.safetensors"
     assert local["sha256"]["model.safetensors"] == hashlib.sha256(weights.read_bytes()).hexdigest()
