@@ -442,6 +442,7 @@ def run_evaluation(
     """Our evaluator on the adapter as bench/quality.py runs it: `dequantized`, merged into the dequantized NF4
     weights (the merge stage's default, what the pipeline evaluates and ships; its merge check is recorded), or
     `adapter`, on the 4-bit base it was trained on (slower to generate with)."""
+    from qlora_gsm8k.eval_rows import normalise_rows, solution_examples
     from qlora_gsm8k.evaluation import evaluate_model
     from qlora_gsm8k.merging import load_with_adapter, merge_adapter
 
@@ -455,7 +456,10 @@ def run_evaluation(
     else:
         model, _, check = merge_adapter(base_dir, adapter, test[: params.eval.merge_check_size], params)
     start = time.perf_counter()
-    perplexity, rows, summary = evaluate_model(model, tokenizer, test, params)
+    eval_rows = normalise_rows("gsm8k", [e.to_json() for e in test], setup["test_file"])
+    solutions = solution_examples(eval_rows)
+    scored, rows, summary = evaluate_model(model, tokenizer, eval_rows, solutions, params, "tuned", "")
+    perplexity = scored["tuned"]
     seconds = time.perf_counter() - start
     with open(out / "generations.jsonl", "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)

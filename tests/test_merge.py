@@ -17,6 +17,7 @@ import yaml
 
 from conftest import shipped_params, train_tiny_adapter
 from float_checks import FLOAT32_KL_BOUND, FLOAT32_MIN_TOP1, assert_same_next_tokens
+from qlora_gsm8k.eval_rows import normalise_rows, write_eval_rows
 from qlora_gsm8k.merging import dequantized_weights, load_with_adapter, merge_adapter
 from qlora_gsm8k.modeling import load_model
 from qlora_gsm8k.params_file import parse_params
@@ -201,6 +202,9 @@ def _run_merge_stage(tmp_path, tiny_base_dir, adapter_dir, dataset_dir, **eval_p
         params.setdefault(section, {}).update(values)
     params["eval"].update(eval_params)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    # The stage reads a fetched eval slice (fetch_eval's normalised rows), not the raw GSM8K file
+    raw_rows = [json.loads(line) for line in (dataset_dir / "test.jsonl").read_text().splitlines()]
+    write_eval_rows(normalise_rows("gsm8k", raw_rows, "test.jsonl"), tmp_path / "eval.jsonl")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     cmd = [
@@ -214,7 +218,7 @@ def _run_merge_stage(tmp_path, tiny_base_dir, adapter_dir, dataset_dir, **eval_p
         "--adapter",
         str(adapter_dir),
         "--eval",
-        str(dataset_dir / "test.jsonl"),
+        str(tmp_path / "eval.jsonl"),
         "--out",
         str(tmp_path / "merged"),
         "--metrics-out",

@@ -16,11 +16,21 @@ import yaml
 from conftest import REPO_ROOT, TINY_PARAMS, merge_params, run, shipped_params, tool_env, train_tiny_adapter
 from float_checks import FLOAT32_KL_BOUND, FLOAT32_MIN_TOP1
 from qlora_gsm8k.errors import UserError
+from qlora_gsm8k.eval_rows import normalise_rows, solution_examples, write_eval_rows
 from qlora_gsm8k.evaluation import evaluate_model
 from qlora_gsm8k.merging import merge_adapter, save_merged
 from qlora_gsm8k.modeling import load_for_eval
 from qlora_gsm8k.params_file import parse_params
 from qlora_gsm8k.peft_methods import check_method
+
+
+def _evaluated(model, tokenizer, examples, params) -> tuple[dict, list[dict], dict]:
+    """evaluate_model on GSM8K-format examples as the evaluate stage runs it: normalised rows, perplexity over their
+    worked solutions (the tuned model's, so no 4-bit base pass)."""
+    rows = normalise_rows("gsm8k", [e.to_json() for e in examples], "test.jsonl")
+    perplexity, records, summary = evaluate_model(model, tokenizer, rows, solution_examples(rows), params, "tuned", "")
+    return perplexity["tuned"], records, summary
+
 
 METHODS = ("lora", "dora", "rslora", "ia3", "prompt", "prefix")
 # Learning rates at which each method moves in a handful of steps (a method's usual range: IA3 and the
@@ -125,11 +135,11 @@ def test_each_method_trains_merges_and_evaluates(method, trained, tiny_base_dir,
     else:
         assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
     model, tokenizer, _ = load_for_eval(out, "float32")
-    perplexity, rows, summary = evaluate_model(model, tokenizer, eval_rows, params)
+    perplexity, rows, summary = _evaluated(model, tokenizer, eval_rows, params)
     assert math.isfinite(perplexity["perplexity"]) and perplexity["tokens"] > 0
     assert summary["examples"] == 4 and all(isinstance(r["output"], str) for r in rows)
     # The loaded model scores the eval rows as the merge check's model did: the same response perplexity
-    reference, _, _ = evaluate_model(merged, tokenizer, eval_rows, params)
+    reference, _, _ = _evaluated(merged, tokenizer, eval_rows, params)
     assert perplexity["perplexity"] == pytest.approx(reference["perplexity"], rel=1e-5)
 
 
@@ -148,7 +158,9 @@ def test_prompt_tuning_adapter_dir_runs_through_the_merge_and_evaluate_stages(
     shutil.copytree(adapter, tmp_path / "adapter")
     base = tmp_path / "base"
     shutil.copytree(tiny_base_dir, base)
-    (tmp_path / "eval.jsonl").write_text((dataset_dir / "test.jsonl").read_text())
+    # fetch_eval's normalised rows, as the merge and evaluate stages read them
+    raw_rows = [json.loads(line) for line in (dataset_dir / "test.jsonl").read_text().splitlines()]
+    write_eval_rows(normalise_rows("gsm8k", raw_rows, "test.jsonl"), tmp_path / "eval.jsonl")
 
     def stage(name, *args):
         cmd = [sys.executable, "-m", f"stages.{name}", "--params", str(tmp_path / "params.yaml"), *args]
@@ -164,11 +176,12 @@ def test_prompt_tuning_adapter_dir_runs_through_the_merge_and_evaluate_stages(
     assert merged_config["base_model_name_or_path"] == str(tmp_path / "merged")
     assert "AutoPeftModelForCausalLM" in (tmp_path / "merged/README.md").read_text()
     stage(
-        "evaluate", "--model", str(tmp_path / "merged"), "--label", "tuned", "--eval", str(tmp_path / "eval.jsonl"),
-        "--perplexity-out", str(tmp_path / "ppl.json"), "--generations-out", str(tmp_path / "gen.jsonl"),
-        "--generation-metrics-out", str(tmp_path / "gen.json"), "--info-out", str(tmp_path / "info.json"),
+        "evaluate", "--set", "gsm8k", "--model", str(tmp_path / "merged"), "--label", "tuned",
+        "--eval", str(tmp_path / "eval.jsonl"), "--perplexity-out", str(tmp_path / "ppl.json"),
+        "--generations-out", str(tmp_path / "gen.jsonl"), "--metrics-out", str(tmp_path / "gen.json"),
+        "--info-out", str(tmp_path / "info.json"),
     )  # fmt: skip
-    assert math.isfinite(json.loads((tmp_path / "ppl.json").read_text())["tuned"]["perplexity"])
+    assert math.isfinite(json.loads((tmp_path / "ppl.json").read_text())["gsm8k"]["tuned"]["perplexity"])
 
 
 @pytest.mark.slow
@@ -185,5 +198,5 @@ def test_ia3_merges_and_evaluates_in_bf16(trained, tiny_base_dir, examples):
     merged, tokenizer, check = merge_adapter(tiny_base_dir, adapter, examples[100:102], params)
     assert check["merged"] == 1 and math.isfinite(check["kl_merged_vs_4bit_adapter"])
     assert {p.dtype for p in merged.parameters()} == {torch.bfloat16}
-    perplexity, _, summary = evaluate_model(merged, tokenizer, examples[100:102], params)
+    perplexity, _, summary = _evaluated(merged, tokenizer, examples[100:102], params)
     assert math.isfinite(perplexity["perplexity"]) and summary["examples"] == 2
