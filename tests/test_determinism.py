@@ -45,6 +45,11 @@ def _recorded_outputs(project) -> dict[str, str]:
     return hashes
 
 
+def _metric_files(project) -> list[str]:
+    """Every metrics file, per-set subdirectories included, relative to metrics/."""
+    return sorted(str(p.relative_to(project / "metrics")) for p in (project / "metrics").rglob("*.json"))
+
+
 def test_timing_keys_are_the_only_ones_ignored():
     metrics = {"train_loss": 1.5, "seconds": 3.2, "nested": {"tokens_per_second": 10.0, "steps": 4}}
     assert _without_timing(metrics) == {"train_loss": 1.5, "nested": {"steps": 4}}
@@ -60,9 +65,8 @@ def second_run(tmp_path_factory, dataset_dir):
 
 @pytest.mark.slow
 def test_two_runs_give_identical_metrics_except_timing(reproduced_project, second_run):
-    first = sorted(p.name for p in (reproduced_project / "metrics").glob("*.json"))
-    second = sorted(p.name for p in (second_run / "metrics").glob("*.json"))
-    assert first == second and "train.json" in first
+    first, second = _metric_files(reproduced_project), _metric_files(second_run)
+    assert first == second and {"train.json", "eval/gsm8k_tuned.json", "perplexity/gsm8k_base.json"} <= set(first)
     for name in first:
         a = json.loads((reproduced_project / "metrics" / name).read_text())
         b = json.loads((second_run / "metrics" / name).read_text())
@@ -76,6 +80,6 @@ def test_two_runs_give_identical_metrics_except_timing(reproduced_project, secon
 def test_two_runs_give_identical_outputs(reproduced_project, second_run):
     first, second = _recorded_outputs(reproduced_project), _recorded_outputs(second_run)
     assert first.keys() == second.keys()
-    assert {"models/adapter", "models/merged", "data/generations_tuned.jsonl"} <= first.keys()
+    assert {"models/adapter", "models/merged", "data/generations/gsm8k_tuned.jsonl"} <= first.keys()
     differing = sorted(path for path in first if first[path] != second[path])
     assert differing == [], f"outputs differ between two runs with the same params and seed: {differing}"

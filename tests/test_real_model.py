@@ -22,7 +22,9 @@ GGUF = Path(os.environ.get("QLORA_SMOLLM2_GGUF", REPO_ROOT / ".models" / "SmolLM
 # Held-out rows of the synthetic GSM8K-format set; answers short enough for CPU training.
 REAL_PARAMS = {
     "model": {"name": str(GGUF)},
-    "data": {"train_size": 24, "eval_size": 8},
+    "data": {"train_size": 24},
+    # GSM8K's held-out slice only: SVAMP would add two CPU generations without testing anything more here
+    "eval_sets": {"gsm8k": {"size": 8}, "svamp": {"enabled": False}},
     "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
     "train": {"micro_batch_size": 4, "epochs": 2.0, "learning_rate": 1e-3, "max_length": 384, "save_steps": 100},
     "eval": {
@@ -70,8 +72,8 @@ def test_gguf_base_is_a_plain_model_with_the_right_eos(smollm2_project):
 
 @pytest.mark.slow
 def test_tuned_model_has_lower_response_perplexity_than_the_base(smollm2_project):
-    base = _metrics(smollm2_project, "perplexity_base")["base"]
-    tuned = _metrics(smollm2_project, "perplexity_tuned")["tuned"]
+    base = _metrics(smollm2_project, "perplexity/gsm8k_base")["gsm8k"]["base"]
+    tuned = _metrics(smollm2_project, "perplexity/gsm8k_tuned")["gsm8k"]["tuned"]
     assert base["tokens"] == tuned["tokens"] > 100  # the same held-out response tokens
     assert tuned["perplexity"] < 0.8 * base["perplexity"], (base["perplexity"], tuned["perplexity"])
 
@@ -80,13 +82,13 @@ def test_tuned_model_has_lower_response_perplexity_than_the_base(smollm2_project
 def test_quantization_cost_and_training_gain_read_apart(smollm2_project):
     """The base in 4-bit sits between base and tuned: on a real model NF4 rounding costs perplexity before any
     training (2.70 -> 3.08 here on CPU), and training moves the tuned model from there (-> 1.31)."""
-    scores = _metrics(smollm2_project, "perplexity_base")
+    scores = _metrics(smollm2_project, "perplexity/gsm8k_base")["gsm8k"]
     base, quantized = scores["base"], scores["base_4bit"]
-    tuned = _metrics(smollm2_project, "perplexity_tuned")["tuned"]
+    tuned = _metrics(smollm2_project, "perplexity/gsm8k_tuned")["gsm8k"]["tuned"]
     assert quantized["tokens"] == base["tokens"] == tuned["tokens"]
     assert quantized["perplexity"] > 1.05 * base["perplexity"], (base["perplexity"], quantized["perplexity"])
     assert tuned["perplexity"] < 0.8 * quantized["perplexity"], (quantized["perplexity"], tuned["perplexity"])
-    delta = _metrics(smollm2_project, "compare")["delta"]
+    delta = _metrics(smollm2_project, "compare")["gsm8k"]["delta"]
     assert delta["quantization_perplexity"] + delta["training_perplexity"] == pytest.approx(delta["perplexity"])
 
 
@@ -104,14 +106,14 @@ def test_merged_model_is_the_trained_model(smollm2_project):
 
 @pytest.mark.slow
 def test_merge_into_the_original_weights_is_caught(smollm2_project):
+    from qlora_gsm8k.eval_rows import read_eval_rows, solution_examples
     from qlora_gsm8k.merging import MergeCheckError, check_merge, merge_adapter
     from qlora_gsm8k.params_file import load_params
-    from qlora_gsm8k.rows import read_jsonl
 
     project = smollm2_project
     params = load_params(project / "params.yaml")
     params = dataclasses.replace(params, eval=dataclasses.replace(params.eval, merge_into="original"))
-    rows = read_jsonl(project / "data" / "eval.jsonl")[: params.eval.merge_check_size]
+    rows = solution_examples(read_eval_rows(project / "data" / "eval" / "gsm8k.jsonl"))[: params.eval.merge_check_size]
     _, _, metrics = merge_adapter(project / "models" / "base", project / "models" / "adapter", rows, params)
     # the same adapter merged into the dequantized weights agreed on >= 99% (test above); here clearly less
     assert metrics["top1_agreement_decided"] < params.eval.merge_min_top1_agreement
@@ -121,16 +123,15 @@ def test_merge_into_the_original_weights_is_caught(smollm2_project):
 
 @pytest.mark.slow
 def test_generation_stops_and_is_scored(smollm2_project):
-    rows = [
-        json.loads(line) for line in (smollm2_project / "data" / "generations_tuned.jsonl").read_text().splitlines()
-    ]
+    generations = smollm2_project / "data" / "generations" / "gsm8k_tuned.jsonl"
+    rows = [json.loads(line) for line in generations.read_text().splitlines()]
     assert len(rows) == 8
     # eval.max_new_tokens is 12, shorter than these answers: an answer either stopped (EOS or a stop string) within
     # the cap or used exactly all 12 tokens, and the summary counts the capped ones
     cap = REAL_PARAMS["eval"]["max_new_tokens"]
     assert all(r["new_tokens"] == cap if r["hit_token_cap"] else 0 < r["new_tokens"] <= cap for r in rows), rows
-    summary = _metrics(smollm2_project, "generate_tuned")
+    summary = _metrics(smollm2_project, "eval/gsm8k_tuned")["gsm8k"]
     assert summary["tuned"]["hit_token_cap_rate"] == pytest.approx(sum(r["hit_token_cap"] for r in rows) / len(rows))
     assert all("<|im_end|>" not in r["output"] and "Question:" not in r["output"] for r in rows)
     compare = _metrics(smollm2_project, "compare")
-    assert "paired" in compare
+    assert "paired" in compare["gsm8k"]
