@@ -2,7 +2,7 @@
 # The README's sweep on a real model: learning rates queued with `dvc exp run --queue`, run by tools/run_queue.py,
 # ranked by `tools/compare_runs.py --leaderboard` against one of them (issue 29 item 3), in a fresh git repository
 # made from this working tree. Writes to OUT: sweep.log (every command and its output), exp_show.md,
-# leaderboard/leaderboard.{md,png}, versions.txt.
+# leaderboard/leaderboard.{md,png}, queue.txt (`dvc queue status` and each experiment's log), versions.txt.
 #
 #   bash bench/gpu_sweep.sh OUT MODEL GSM8K_DIR [-S KEY=VALUE ...]
 #
@@ -22,9 +22,16 @@ mkdir -p "$out"
 out=$(realpath "$out")
 ensure_dvc "$root"
 work=$(fresh_repo "$root")
-trap 'rm -rf "$work"' EXIT
-cd "$work"
 IFS=, read -r -a rates <<<"${SWEEP_LRS:-2e-4,5e-4,1e-3}"
+cd "$work"
+# What the queue did, into OUT, however the script ends: the first GPU attempt, cut by an outer `timeout`, ended with
+# both experiments unfinished and nothing to say why. SWEEP_TIMEOUT (seconds) stops the queue from inside instead.
+record_queue() {
+  { dvc queue status; for rate in "${rates[@]}"; do echo "== dvc queue logs lr-$rate"; dvc queue logs "lr-$rate"; done; } \
+    >"$out/queue.txt" 2>&1 || true
+  dvc queue stop --kill >/dev/null 2>&1 || true  # no worker left running in a removed repository
+}
+trap 'record_queue; rm -rf "$work"' EXIT
 recipe=(-S "model.name=$model" -S "data.source=$data" -S eval_sets.svamp.enabled=false
   -S "data.train_size=${SWEEP_TRAIN_ROWS:-2000}" -S "eval_sets.gsm8k.size=${SWEEP_EVAL:-1319}" -S peft.method=rslora
   -S 'lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]' -S train.micro_batch_size=32
@@ -39,7 +46,7 @@ for rate in "${rates[@]}"; do
   run dvc exp run --queue --name "lr-$rate" "${recipe[@]}" -S "train.learning_rate=$rate"
 done
 set +e
-run python tools/run_queue.py -j 1
+run python tools/run_queue.py -j 1 ${SWEEP_TIMEOUT:+--timeout "$SWEEP_TIMEOUT"}
 status=$?
 dvc exp show --md --drop '.*' --keep 'Experiment|^train\.learning_rate$|^gsm8k\.tuned\.exact_match_(flexible|strict)$|^gsm8k\.paired\.mcnemar_p$' \
   >"$out/exp_show.md" 2>>"$out/sweep.log"
