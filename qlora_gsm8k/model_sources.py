@@ -122,14 +122,14 @@ class LocalDirSource(ModelSource):
         return checked_local_model_dir(self.cfg.name)
 
     def config(self):
-        from .sources import config_from_dir
+        from .sources import read_from_dir
 
-        return config_from_dir(self.directory(), self.cfg.name)
+        return read_from_dir("config", self.directory(), self.cfg.name)
 
     def tokenizer(self):
-        from .sources import tokenizer_from_dir
+        from .sources import read_from_dir
 
-        return tokenizer_from_dir(self.directory(), self.cfg.name)
+        return read_from_dir("tokenizer", self.directory(), self.cfg.name)
 
     def materialise(self, out_dir: Path) -> int:
         from .sources import copy_model_dir

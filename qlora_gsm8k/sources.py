@@ -81,13 +81,15 @@ def safetensors_header(path: Path) -> dict:
     return header
 
 
-def config_from_dir(path: Path, name: str):
-    from transformers import AutoConfig
+def read_from_dir(what: str, path: Path, name: str):
+    """The `what` ("config" or "tokenizer") of the model directory `path`, `name` as model.name gave it; never code."""
+    from transformers import AutoConfig, AutoTokenizer
 
+    auto = {"config": AutoConfig, "tokenizer": AutoTokenizer}[what]
     try:
-        return AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        return auto.from_pretrained(str(path), trust_remote_code=False)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot read the config of model {name!r}: {err}".splitlines()[0]) from None
+        raise UserError(f"cannot read the {what} of model {name!r}: {err}".splitlines()[0]) from None
 
 
 def hub_config(cfg: ModelConfig):
@@ -221,15 +223,6 @@ def gguf_tokenizer(path: Path):
         print(f"{path.name}: its metadata names EOS {tokenizer.eos_token!r}; using {token!r}, which ends chat turns")
         tokenizer.eos_token = token
     return tokenizer
-
-
-def tokenizer_from_dir(path: Path, name: str):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load the tokenizer of model {name!r}: {err}".splitlines()[0]) from None
 
 
 def hub_tokenizer(cfg: ModelConfig):
