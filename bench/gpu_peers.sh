@@ -36,6 +36,12 @@ prepare() {
   mkdir -p "$kit/whl" "$kit/unsloth-pins" .bench/peers-smol-a .bench/peers-smol-b
   cp .whl2/*.whl "$kit/whl/"
   cp .whl2/unsloth-pins/*.whl "$kit/unsloth-pins/"
+  # PEERS_NO_UNSLOTH=1: a kit without Unsloth and what only it needs (~9 MiB), for calls that run ours and TRL only
+  # (the pipeline's rl stage included) when the GGUF and a grown working tree no longer fit two calls beside it.
+  if [ "${PEERS_NO_UNSLOTH:-0}" = 1 ]; then
+    rm -f "$kit"/whl/unsloth*.whl "$kit"/whl/hf_transfer-*.whl "$kit"/whl/tyro-*.whl "$kit"/whl/msgspec-*.whl \
+      "$kit"/whl/structlog-*.whl "$kit"/unsloth-pins/*.whl
+  fi
   # From .whl only what these runs import: gguf (transformers reads the GGUF), liger-kernel (ours, trl-tuned),
   # pydantic and its needs (unsloth); dvc and dvclive stay behind.
   for name in gguf liger_kernel pydantic pydantic_core annotated_types typing_inspection; do
@@ -89,8 +95,10 @@ setup_machine() {
     echo "installing the kit into /tmp/site, /tmp/site-unsloth, /tmp/gpusite"
     rm -rf /tmp/site /tmp/site-unsloth /tmp/gpusite /tmp/peers-data
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$kit"/whl/*.whl
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-unsloth \
-      "$kit"/unsloth-pins/*.whl
+    if compgen -G "$kit/unsloth-pins/*.whl" >/dev/null; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-unsloth \
+        "$kit"/unsloth-pins/*.whl
+    fi
     mkdir -p /tmp/gpusite /tmp/peers-data
     python3 -c "import sys, tarfile; [tarfile.open(f).extractall(d, filter='data') for f, d in zip(sys.argv[1::2], sys.argv[2::2])]" \
       "$kit/gpusite.tar.xz" /tmp/gpusite "$kit/gsm8k.tar.xz" /tmp/peers-data
@@ -106,7 +114,15 @@ setup_machine() {
   for part in a b; do
     if [ -f ".bench/peers-smol-$part/part" ]; then cp ".bench/peers-smol-$part/part" "/tmp/smol/part-$part"; fi
   done
-  python3 -c "from importlib.metadata import version as v; import torch; print('torch', torch.__version__, torch.cuda.get_device_name(), *(f'{p} {v(p)}' for p in ('transformers', 'peft', 'bitsandbytes', 'trl', 'datasets', 'liger-kernel', 'unsloth')))"
+  python3 -c "
+from importlib.metadata import PackageNotFoundError, version
+import torch
+def v(p):
+    try:
+        return version(p)
+    except PackageNotFoundError:
+        return 'not installed'
+print('torch', torch.__version__, torch.cuda.get_device_name(), *(f'{p} {v(p)}' for p in ('transformers', 'peft', 'bitsandbytes', 'trl', 'datasets', 'liger-kernel', 'unsloth')))"
   echo "setup done at $(elapsed) s"
 }
 

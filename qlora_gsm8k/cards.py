@@ -91,6 +91,19 @@ def _recipe(params: Params, compute_dtype: str | None = None) -> list[str]:
     ]
 
 
+def _rl_lines(rl: dict | None) -> list[str]:
+    """`rl`: the rl params the rl stage ran with (RL_RECIPE beside its adapter), None where there was no RL."""
+    if not rl:
+        return []
+    return [
+        f"- Then GRPO (TRL's GRPOTrainer) on the SFT adapter: {rl['steps']} steps of {rl['questions_per_step']} train "
+        f"questions × {rl['group_size']} sampled completions (temperature {rl['temperature']}, at most "
+        f"{rl['max_completion_length']} tokens), from {rl['questions']} questions; reward: the strict '#### N' answer "
+        f"(1) plus {rl['format_reward']} for stopping right after it; KL weight {rl['kl_beta']} towards the SFT "
+        f"adapter; lr {rl['learning_rate']}, seed {rl['seed']}"
+    ]
+
+
 def _numbers(title: str, metrics: dict, keys: list[str]) -> list[str]:
     # No timings: the same params and seed must give byte-identical model directories (tests/test_determinism.py).
     shown = [f"| {k} | {metrics[k]:.6g} |" for k in keys if isinstance(metrics.get(k), (int, float))]
@@ -122,6 +135,8 @@ def _load_lines(shown_as: str, base_dir: Path) -> list[str]:
 # Cards are written before evaluation runs, and a stage never rewrites another's output: the compare stage writes
 # the adapter's card with the evaluation added as its own output instead.
 EVALUATED_CARD = "reports/model_card.md"
+# Written by the rl stage beside its adapter: the rl params it ran with, which the merged model's card states.
+RL_RECIPE = "rl_recipe.json"
 EVALUATION_POINTER = (
     f"Evaluation against the base (exact match on every eval set, perplexity, paired flips) runs after this card is "
     f"written: the compare stage writes this card with the results added to `{EVALUATED_CARD}`; the numbers alone are "
@@ -157,8 +172,10 @@ def write_merged_card(
     merge_metrics: dict,
     dtype: str,
     compute_dtype: str | None = None,
+    rl_recipe: dict | None = None,
 ) -> None:
-    """`dtype`: the merged weights'; `compute_dtype`: what training computed in (the adapter's training_run.json)."""
+    """`dtype`: the merged weights'; `compute_dtype`: what training computed in (the adapter's training_run.json);
+    `rl_recipe`: the rl params of an RL adapter (RL_RECIPE), None for an SFT adapter."""
     what = (
         f"A standalone {dtype} model: the qlora-gsm8k adapter merged into its base, {_base_line(base_dir)}, "
         f"merged into the base's {params.eval.merge_into} weights."
@@ -182,6 +199,7 @@ def write_merged_card(
         what,
         "",
         *_recipe(params, compute_dtype),
+        *_rl_lines(rl_recipe),
         "",
         *_numbers(
             "Merge check: the merged model against the 4-bit model as trained",

@@ -73,7 +73,14 @@ def discard_finished_runs(checkpoint_root: Path) -> None:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def training_callbacks(live_dir: Path | None, resume_from: str | None) -> list:
+TRAINING_CURVES = ("loss", "learning_rate", "grad_norm", "epoch")
+
+
+def training_callbacks(
+    live_dir: Path | None, resume_from: str | None, curves: tuple[str, ...] = TRAINING_CURVES
+) -> list:
+    """Checkpoint completion markers, and DVCLive curves of the logged keys in `curves` under live_dir (a key's '/'
+    becomes '_', so each curve is one file)."""
     from transformers import TrainerCallback
 
     class CheckpointComplete(TrainerCallback):
@@ -118,9 +125,9 @@ def training_callbacks(live_dir: Path | None, resume_from: str | None) -> list:
             if not state.is_world_process_zero or not logs or "loss" not in logs:
                 return
             self.live.step = state.global_step
-            for key in ("loss", "learning_rate", "grad_norm", "epoch"):
+            for key in curves:
                 if isinstance(logs.get(key), (int, float)):
-                    self.live.log_metric(key, logs[key])
+                    self.live.log_metric(key.replace("/", "_"), logs[key])
             self.live.make_summary()
 
         def on_train_end(self, args, state, control, **kwargs):

@@ -267,6 +267,63 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class RLConfig:
+    """GRPO after SFT (the rl stage, TRL's GRPOTrainer): the SFT adapter trained on, on the 4-bit base, with the GSM8K
+    answer as reward (qlora_gsm8k.rewards). Off by default: the rl stage then writes a marker and loads nothing, and
+    merge takes the SFT adapter."""
+
+    enabled: bool = False
+    # Questions from the train slice (data/train.jsonl, so never in an eval slice), from `offset` on.
+    questions: int = 256
+    offset: int = 0
+    steps: int = 50
+    # Completions sampled per question (GRPO's group; the advantage is a completion's reward against its group's).
+    group_size: int = 8
+    questions_per_step: int = 8
+    # Completions per forward/backward pass; the step's questions_per_step x group_size are accumulated over passes.
+    micro_batch_size: int = 32
+    learning_rate: float = 1e-5
+    # KL penalty towards the SFT adapter (TRL keeps a frozen copy of it as the reference); 0: no reference pass.
+    kl_beta: float = 0.04
+    max_completion_length: int = 256
+    temperature: float = 1.0
+    # Added to the answer reward (1 for a correct '#### N' answer) when the completion ends with its '#### N' line
+    # and stops there (the end-of-turn token): the format evaluation's strict match reads, and stopping.
+    format_reward: float = 0.1
+    seed: int = 42
+    save_steps: int = 25
+
+    def validate(self) -> None:
+        for key in ("questions", "steps", "group_size", "questions_per_step", "micro_batch_size"):
+            check_positive(f"rl.{key}", getattr(self, key))
+        check_non_negative("rl.offset", self.offset)
+        check_non_negative("rl.kl_beta", self.kl_beta)
+        check_non_negative("rl.format_reward", self.format_reward)
+        check_positive("rl.save_steps", self.save_steps)
+        if self.group_size < 2:
+            raise UserError(
+                f"rl.group_size must be >= 2 (GRPO compares completions within a group), got {self.group_size}"
+            )
+        if not self.learning_rate > 0:
+            raise UserError(f"rl.learning_rate must be > 0, got {self.learning_rate}")
+        if not self.temperature > 0:
+            raise UserError(f"rl.temperature must be > 0 (GRPO samples), got {self.temperature}")
+        if self.max_completion_length < 8:
+            raise UserError(f"rl.max_completion_length must be >= 8, got {self.max_completion_length}")
+        completions = self.questions_per_step * self.group_size
+        if completions % self.micro_batch_size:
+            raise UserError(
+                f"rl.questions_per_step x rl.group_size = {completions} completions a step must be a multiple of "
+                f"rl.micro_batch_size={self.micro_batch_size}"
+            )
+        if self.micro_batch_size % self.group_size and self.group_size % self.micro_batch_size:
+            raise UserError(
+                f"rl.micro_batch_size={self.micro_batch_size} and rl.group_size={self.group_size}: one must divide "
+                "the other (TRL splits a step's completions into passes by group)"
+            )
+
+
+@dataclass(frozen=True)
 class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -277,6 +334,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     eval_sets: dict[str, EvalSetConfig] = field(default_factory=default_eval_sets)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     def enabled_sets(self) -> dict[str, EvalSetConfig]:
         return {name: cfg for name, cfg in self.eval_sets.items() if cfg.enabled}

@@ -5,13 +5,13 @@ stage never depends on it."""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
 
+from .completions import Generation, decode_answer
 from .context import check_fits_context, model_context
 from .progress import progress
-from .prompts import STOP_STRINGS, ChatFormat, cut_at_stop_strings, encode_prompt, stop_token_ids
+from .prompts import STOP_STRINGS, ChatFormat, encode_prompt, stop_token_ids
 from .rows import Example
 from .scoring import score_generations
 
@@ -23,13 +23,6 @@ def batches(items: list, size: int) -> list[list]:
 def longest_first(rows: list, length) -> list[int]:
     """Indices sorted longest first: batches of similar length waste little padding."""
     return sorted(range(len(rows)), key=lambda i: -length(rows[i]))
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    new_tokens: int
-    hit_token_cap: bool
 
 
 def greedy_config(tokenizer, stop_ids: list[int], max_new_tokens: int):
@@ -62,15 +55,6 @@ def _without_model_generation_defaults(model):
         yield
     finally:
         inner.generation_config = saved
-
-
-def _decode_answer(tokenizer, tokens: list[int], stop_ids: set[int]) -> Generation:
-    """Cut at the first stop id, then at the first stop string, as lm-eval does before it scores."""
-    end = next((i for i, t in enumerate(tokens) if t in stop_ids), None)
-    kept = tokens if end is None else tokens[:end]
-    text, stopped_by_string = cut_at_stop_strings(tokenizer.decode(kept, skip_special_tokens=True))
-    stopped = end is not None or stopped_by_string
-    return Generation(text=text.strip(), new_tokens=len(kept) + int(end is not None), hit_token_cap=not stopped)
 
 
 @torch.no_grad()
@@ -111,7 +95,7 @@ def generate_answers(
             new = out[:, width:].cpu()
             for row, i in enumerate(batch_idx):
                 # A row that stopped is padded after its stop; one that never stopped holds no padding.
-                results[i] = _decode_answer(tokenizer, new[row].tolist(), stop_set)
+                results[i] = decode_answer(tokenizer, new[row].tolist(), stop_set)
             shown.update(len(batch_idx))
     return results
 

@@ -75,6 +75,13 @@ def load_with_adapter(base_dir: Path, adapter_dir: Path, dtype_name: str, quant=
     return adapter_in_dtype(PeftModel.from_pretrained(model, str(adapter_dir)), resolve_dtype(dtype_name))
 
 
+def trained_adapter(sft_adapter: Path, rl_output: Path) -> Path:
+    """The adapter to merge: the rl stage's where it trained one (rl.enabled), else the SFT adapter (the rl stage then
+    wrote only a marker). Read from the rl stage's output, not from params: merge re-runs when that output changes,
+    and an rl.* edit while RL is off changes nothing here."""
+    return rl_output if (rl_output / "adapter_config.json").is_file() else sft_adapter
+
+
 def merge_adapter(base_dir: Path, adapter_dir: Path, examples: list[Example], params: Params):
     """Merge the adapter as `eval.merge_into` says and check the merge on `examples`.
     Returns (merged model in eval.merged_dtype, tokenizer, merge-check metrics).

@@ -97,9 +97,9 @@ def quiet_library_bars() -> None:
         datasets.disable_progress_bars()
 
 
-def use_progress_lines(trainer) -> None:
-    """Outside a terminal, the Trainer reports a line every EVERY_PERCENT of its steps (with the last logged loss)
-    instead of printing every log dict (its PrinterCallback, what it falls back to with disable_tqdm)."""
+def use_progress_lines(trainer, desc: str = "train", shown: tuple[str, ...] = ("loss",)) -> None:
+    """Outside a terminal, the Trainer reports a line every EVERY_PERCENT of its steps (with the last logged values of
+    `shown`) instead of printing every log dict (its PrinterCallback, what it falls back to with disable_tqdm)."""
     if interactive():
         return
     from transformers import TrainerCallback
@@ -110,11 +110,14 @@ def use_progress_lines(trainer) -> None:
 
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
-                self.bar = LineProgress(total=state.max_steps, initial=state.global_step, desc="train", unit="step")
+                self.bar = LineProgress(total=state.max_steps, initial=state.global_step, desc=desc, unit="step")
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if self.bar is not None and logs and "loss" in logs:
-                self.bar.set_postfix_str(f"loss {float(logs['loss']):.4g}", refresh=False)
+            values = [
+                f"{key} {float(logs[key]):.4g}" for key in shown if isinstance((logs or {}).get(key), (int, float))
+            ]
+            if self.bar is not None and values:
+                self.bar.set_postfix_str(", ".join(values), refresh=False)
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.bar is not None:

@@ -13,7 +13,7 @@ from .datafiles import read_records
 from .errors import UserError
 
 # GSM8K's layout: the worked solution, then "#### <number>". Only whether a row has that line is checked here;
-# scoring.reference_number reads the number (the same pattern as lm-eval's strict-match, which reads outputs).
+# answers.reference_number reads the number (the same pattern as lm-eval's strict-match, which reads outputs).
 _FINAL_LINE = re.compile(r"#### (\-?[0-9\.\,]+)")
 _CALCULATOR_ANNOTATION = re.compile(r"<<[^>]*>>")
 

@@ -1,43 +1,11 @@
-"""Answer scoring as lm-evaluation-harness scores gsm8k: the number read from an output (strict-match,
-flexible-extract), the reference's number, exact match, and the health of the outputs. Only the evaluation stages
-and compare import this, so a scoring fix re-runs those and nothing upstream."""
+"""Answer scoring as lm-evaluation-harness scores gsm8k: exact match of the number each output answers with (read by
+answers.py: strict-match, flexible-extract) against the reference's, and the health of the outputs. Only the
+evaluation stages and compare import this, so a scoring fix re-runs those and nothing upstream."""
 
 from __future__ import annotations
 
-import re
-
-from .rows import final_number, normalize_number
-
-# lm-evaluation-harness gsm8k: strict-match takes the first "#### number";
-# flexible-extract takes the last number-looking span of the output.
-_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
-_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
-
-
-def extract_strict(output: str) -> str | None:
-    match = _STRICT.search(output)
-    if not match:
-        return None
-    # '#### ,' or '#### .' holds no number: treat it like a missing answer, never as the number "".
-    return normalize_number(match.group(1)) or None
-
-
-def extract_flexible(output: str) -> str | None:
-    matches = _FLEXIBLE.findall(output)
-    if not matches:
-        return None
-    last = next(group for group in matches[-1] if group)
-    normalized = normalize_number(last)
-    return normalized or None
-
-
-def reference_number(answer: str) -> str:
-    """A GSM8K answer's reference number (rows.final_number; kept here for scoring's readers)."""
-    return final_number(answer)
-
-
-def is_correct(predicted: str | None, reference: str) -> bool:
-    return predicted is not None and predicted == reference
+from .answers import extract_flexible, extract_strict, is_correct
+from .rows import normalize_number
 
 
 def repetition_rate(text: str, n: int = 4) -> float:

@@ -25,6 +25,7 @@ from .cards import adapter_base_reference, name_adapter_base
 from .checkpoints import FINISHED_MARKER, last_checkpoint, run_fingerprint, training_callbacks
 from .config import Params, TrainConfig
 from .errors import UserError
+from .frozen_base import freeze_base
 from .io import atomic_write_text, record_weight_digests
 from .modeling import (
     check_target_modules,
@@ -41,28 +42,6 @@ from .prompts import ChatFormat, Collator, encode_examples, stop_token_ids
 from .rows import Example
 from .step_graphs import StaticShapeCollator, graphed_steps_for
 from .trainer import EncodedDataset, mean_logged_loss, schedule_arguments, trainer_class
-
-
-def freeze_base(model, compute_dtype: torch.dtype, gradient_checkpointing: bool, upcast_fp32: bool | None = None):
-    """Freeze every base weight before LoRA is added.
-
-    peft's prepare_model_for_kbit_training also casts the 16-bit weights left unquantized (embeddings, norms,
-    lm_head) to float32. With float16 compute that is needed (float16 norms overflow); with bfloat16 it only
-    makes the residual stream float32 and adds a cast per op under autocast, so it is skipped (None = that
-    rule; the benchmark sets it to compare both)."""
-    from peft import prepare_model_for_kbit_training
-
-    if upcast_fp32 is None:
-        upcast_fp32 = compute_dtype != torch.bfloat16
-    if upcast_fp32:
-        return prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    for param in model.parameters():
-        param.requires_grad_(False)
-    return model
 
 
 def train_oom_message(cfg: TrainConfig) -> str:

@@ -5,12 +5,12 @@ KL and top-1 agreement over held-out response tokens. A merge that fails the che
 import math
 from pathlib import Path
 
-from qlora_gsm8k.cards import write_merged_card
+from qlora_gsm8k.cards import RL_RECIPE, write_merged_card
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.eval_rows import read_eval_rows, solution_examples
 from qlora_gsm8k.io import atomic_directory, read_json, write_json
-from qlora_gsm8k.merging import check_merge, merge_adapter, merge_check_summary, save_merged
+from qlora_gsm8k.merging import check_merge, merge_adapter, merge_check_summary, save_merged, trained_adapter
 from qlora_gsm8k.peft_methods import check_method
 
 
@@ -18,21 +18,25 @@ from qlora_gsm8k.peft_methods import check_method
 def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--base", required=True)
-    parser.add_argument("--adapter", required=True)
+    parser.add_argument("--adapter", required=True, help="the SFT adapter (the train stage's output)")
+    parser.add_argument("--rl-adapter", required=True, help="the rl stage's output: its adapter when rl.enabled")
     parser.add_argument("--eval", required=True, help="held-out rows with worked solutions (eval.merge_check_set)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--metrics-out", required=True)
     args, params = parse_stage_args(parser, check_method)
     examples = solution_examples(read_eval_rows(args.eval))[: params.eval.merge_check_size]
-    merged, tokenizer, metrics = merge_adapter(Path(args.base), Path(args.adapter), examples, params)
+    adapter = trained_adapter(Path(args.adapter), Path(args.rl_adapter))
+    merged, tokenizer, metrics = merge_adapter(Path(args.base), adapter, examples, params)
     check_merge(metrics, params)
     with atomic_directory(args.out) as tmp:
         save_merged(merged, tokenizer, tmp, args.out)
         dtype = str(merged.dtype).removeprefix("torch.")
         # The train stage records it beside the adapter; an adapter trained elsewhere may not say.
-        run = Path(args.adapter) / "training_run.json"
+        run = adapter / "training_run.json"
         trained_in = read_json(run).get("compute_dtype") if run.is_file() else None
-        write_merged_card(tmp, args.out, Path(args.base), params, metrics, dtype, trained_in)
+        recipe = adapter / RL_RECIPE
+        rl_recipe = read_json(recipe) if recipe.is_file() else None
+        write_merged_card(tmp, args.out, Path(args.base), params, metrics, dtype, trained_in, rl_recipe)
     kl = metrics["kl_merged_vs_4bit_adapter"]
     # `dvc metrics diff` prints 4 decimals, so a KL of 3e-7 reads 0.0 on both sides; its -log10 (6.5) reads, and
     # a change of merge mode or dtype shows as a change of digits. An exact merge (KL 0) is capped at 30.

@@ -17,15 +17,24 @@ SETS = ("gsm8k", "svamp")
 FETCH_EVAL = {f"fetch_eval@{name}" for name in SETS}
 EVALUATE_BASE = {f"evaluate_base@{name}" for name in SETS}
 EVALUATE = EVALUATE_BASE | {f"evaluate_tuned@{name}" for name in SETS}
-EVERY_STAGE = {"check_params", "fetch", "base", "train", "merge", "compare"} | FETCH_EVAL | EVALUATE
+EVERY_STAGE = {"check_params", "fetch", "base", "train", "rl", "merge", "compare"} | FETCH_EVAL | EVALUATE
 
 # file -> the stages `dvc status` must call changed once that file is edited (and no others).
 DIRTY_AFTER_EDIT = {
     # Answer scoring (lm-eval's strict/flexible extraction, exact match): the evaluation stages only (compare reads
     # the scored rows they wrote).
     "qlora_gsm8k/scoring.py": EVALUATE,
-    # Greedy generation: what the evaluation stages run; never merge.
+    # Greedy generation: what the evaluation stages run; never merge, never RL (which samples through TRL).
     "qlora_gsm8k/generation.py": EVALUATE,
+    # How an output is read: the number it answers with, and where a completion is cut. Evaluation scores with them
+    # and RL is rewarded by them, so both re-run; nothing else does.
+    "qlora_gsm8k/answers.py": EVALUATE | {"rl"},
+    "qlora_gsm8k/completions.py": EVALUATE | {"rl"},
+    # The RL reward and the GRPO run: the rl stage alone.
+    "qlora_gsm8k/rewards.py": {"rl"},
+    "qlora_gsm8k/reinforcement.py": {"rl"},
+    # The frozen 4-bit base both SFT and RL train on.
+    "qlora_gsm8k/frozen_base.py": {"train", "rl"},
     # Perplexity and the evaluation of one set: every evaluation stage.
     "qlora_gsm8k/evaluation.py": EVALUATE,
     # The merge check's logit comparison (perplexity reads logits at the same positions).
@@ -33,7 +42,7 @@ DIRTY_AFTER_EDIT = {
     "qlora_gsm8k/merging.py": {"merge"},
     # The PEFT method table: what checks, trains, merges or describes an adapter; never fetch, base or the base's
     # evaluation.
-    "qlora_gsm8k/peft_methods.py": {"check_params", "train", "merge", "compare"},
+    "qlora_gsm8k/peft_methods.py": {"check_params", "train", "rl", "merge", "compare"},
     "qlora_gsm8k/training.py": {"train"},
     # GSM8K as the training source (slices, the overlap check): what reads the source or checks a set against it.
     "qlora_gsm8k/gsm8k.py": {"check_params", "fetch"} | FETCH_EVAL,
@@ -62,8 +71,10 @@ def _deps_by_file() -> dict[str, set[str]]:
 
 def test_the_table_keeps_the_issue_promises():
     """Issue 28: a scoring edit re-runs only evaluation stages and compare; a PEFT-method-table edit never re-runs
-    fetch, base or evaluate@base; a generation edit never re-runs merge."""
+    fetch, base or evaluate@base; a generation edit never re-runs merge. Issue 33: a scoring or generation edit
+    never re-runs RL, which is training."""
     assert DIRTY_AFTER_EDIT["qlora_gsm8k/scoring.py"] <= EVALUATE | {"compare"}
+    assert "rl" not in DIRTY_AFTER_EDIT["qlora_gsm8k/generation.py"]
     assert not DIRTY_AFTER_EDIT["qlora_gsm8k/peft_methods.py"] & ({"fetch", "base"} | EVALUATE_BASE)
     assert "merge" not in DIRTY_AFTER_EDIT["qlora_gsm8k/generation.py"]
 

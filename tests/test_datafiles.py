@@ -9,12 +9,12 @@ import json
 
 import pytest
 
+from qlora_gsm8k.answers import reference_number
 from qlora_gsm8k.config import EvalSetConfig
 from qlora_gsm8k.errors import UserError
 from qlora_gsm8k.eval_sets import load_eval_set
 from qlora_gsm8k.params_file import parse_params
 from qlora_gsm8k.rows import read_jsonl
-from qlora_gsm8k.scoring import reference_number
 
 ROWS = [
     {"question": "Ann has 3 apples and buys 4. How many now?", "answer": "3 + 4 = 7\n#### 7"},

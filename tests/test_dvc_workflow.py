@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import REPO_ROOT, TINY_PARAMS, dvc, git, run, stages_run, tool_env
@@ -33,6 +34,15 @@ TRAIN_CACHED = "Stage 'train' is cached - skipping run, checking out outputs"
 BASE_ONLY = {"fetch", "base", "evaluate_base@gsm8k", "fetch_eval@gsm8k", "fetch_eval@svamp", "evaluate_base@svamp"}
 AFTER_TRAIN = {"train", "merge", "evaluate_tuned@gsm8k", "evaluate_tuned@svamp", "compare"}
 GSM8K_SIDE = {"fetch", "base", "train", "merge", "fetch_eval@gsm8k", "evaluate_base@gsm8k", "evaluate_tuned@gsm8k"}
+# GRPO small enough for 2 CPU cores: 2 steps of 2 questions x 2 completions of at most 12 tokens.
+TINY_RL = (
+    "rl.questions=8",
+    "rl.steps=2",
+    "rl.group_size=2",
+    "rl.questions_per_step=2",
+    "rl.micro_batch_size=2",
+    "rl.max_completion_length=12",
+)
 CREDENTIAL_KEYS = re.compile(
     r"password|secret|token|access_key|key_id|credential|sas_|connection_string|keyfile|private_key", re.I
 )
@@ -171,6 +181,36 @@ class Workflow:
 
         return self.once("own_set", step)
 
+    def rl_on(self) -> dict:
+        """Two GRPO steps on the tiny pipeline, as the README turns RL on (issue 33)."""
+
+        def step():
+            self.reset()
+            out = self.exp_run("-S", "rl.enabled=true", *(a for s in TINY_RL for a in ("-S", s)))
+            from safetensors.torch import load_file
+
+            rl = load_file(self.project / "models/rl_adapter/adapter_model.safetensors")
+            sft = load_file(self.project / "models/adapter/adapter_model.safetensors")
+            return {
+                "output": out,
+                "metrics": json.loads((self.project / "metrics/rl.json").read_text()),
+                "merge": json.loads((self.project / "metrics/merge.json").read_text()),
+                "merged_card": (self.project / "models/merged/README.md").read_text(),
+                "dtypes": {t.dtype for t in rl.values()},
+                "moved": max((rl[k] - sft[k]).abs().max().item() for k in sft),
+                "same_keys": set(rl) == set(sft),
+                "curves": sorted(p.name for p in (self.project / "dvclive/rl/plots/metrics").glob("*.tsv")),
+            }
+
+        return self.once("rl_on", step)
+
+    def rl_param_while_off(self) -> str:
+        def step():
+            self.reset()
+            return self.exp_run("-S", "rl.steps=3")
+
+        return self.once("rl_param_while_off", step)
+
     def stale_after(self, key: str, value) -> set[str]:
         """The stages `dvc status` calls changed once params.yaml sets `key` to `value` (nothing runs)."""
 
@@ -285,6 +325,33 @@ def test_noop_repro_runs_nothing_within_3s_of_dvc_startup(reproduced_project):
     # Best of three on a shared 2-core box; measured ~0.7 s over start-up (bench/DVC_NOOP.md).
     overhead = min(noop) - min(startup)
     assert overhead <= 3.0, f"no-op dvc repro took {min(noop):.2f} s, dvc start-up {min(startup):.2f} s"
+
+
+# --- rl (issue 33) -------------------------------------------------------------------------------------------
+def test_rl_is_off_by_default_and_merge_takes_the_sft_adapter(reproduced_project):
+    project = reproduced_project
+    assert json.loads((project / "metrics/rl.json").read_text()) == {"rl": {"enabled": False}}
+    assert sorted(p.name for p in (project / "models/rl_adapter").iterdir()) == ["rl_disabled.json"]
+    assert "GRPO" not in (project / "models/merged/README.md").read_text()
+
+
+def test_rl_on_trains_grpo_steps_and_merge_takes_its_float32_adapter(workflow):
+    run = workflow.rl_on()
+    ran = stages_run(run["output"])
+    assert ran == {"rl", "merge", "evaluate_tuned@gsm8k", "evaluate_tuned@svamp", "compare"}, ran
+    metrics = run["metrics"]["rl"]
+    assert metrics["enabled"] is True and metrics["steps"] == 2 and metrics["completions_per_step"] == 4
+    # TRL would have trained bf16 adapter weights on a 4-bit base; ours stay float32, the same tensors as SFT's, moved.
+    assert run["dtypes"] == {torch.float32} and run["same_keys"] and run["moved"] > 0
+    assert "Then GRPO (TRL's GRPOTrainer) on the SFT adapter: 2 steps" in run["merged_card"]
+    assert run["merge"]["merge"]["merged"] == 1
+    assert {"reward.tsv", "rewards_answer_mean.tsv", "kl.tsv", "completions_mean_length.tsv"} <= set(run["curves"])
+
+
+def test_rl_params_while_rl_is_off_rerun_only_the_marker(workflow):
+    """rl.* while RL is off: the rl stage re-runs (it reads them) and writes the same marker, so merge and everything
+    after it stay as they were."""
+    assert stages_run(workflow.rl_param_while_off()) == {"rl"}
 
 
 # --- exp run -S scoping --------------------------------------------------------------------------------------

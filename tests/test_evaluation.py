@@ -480,10 +480,10 @@ def test_a_models_generation_config_cannot_change_greedy_decoding(chain_model, t
 
 
 def test_answers_are_cut_at_lm_eval_stop_strings(tiny_tokenizer):
-    from qlora_gsm8k.generation import _decode_answer
+    from qlora_gsm8k.completions import decode_answer
 
     tokens = tiny_tokenizer("#### 5\n\nQuestion: and 7", add_special_tokens=False)["input_ids"]
-    gen = _decode_answer(tiny_tokenizer, tokens, {tiny_tokenizer.eos_token_id})
+    gen = decode_answer(tiny_tokenizer, tokens, {tiny_tokenizer.eos_token_id})
     # scored 5 here as in lm-eval, not 7; a stop string counts as stopping, not as hitting the cap
     assert gen == Generation(text="#### 5", new_tokens=len(tokens), hit_token_cap=False)
     rows, _ = score_generations(as_eval_rows([Example("q", "x\n#### 5", 0)]), [gen])

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from qlora_gsm8k.answers import extract_flexible, extract_strict, is_correct, reference_number
 from qlora_gsm8k.errors import UserError
 from qlora_gsm8k.gsm8k import take_slice
-from qlora_gsm8k.rows import clean_answer, has_final_number, parse_rows, read_jsonl, write_jsonl
-from qlora_gsm8k.scoring import extract_flexible, extract_strict, is_correct, normalize_number, reference_number
+from qlora_gsm8k.rows import clean_answer, has_final_number, normalize_number, parse_rows, read_jsonl, write_jsonl
 from qlora_gsm8k.synthetic import make_rows
 
 # (model output, strict-match number, flexible-extract number)
