@@ -274,7 +274,7 @@ class RLConfig:
 
     enabled: bool = False
     # Questions from the train slice (data/train.jsonl, so never in an eval slice), from `offset` on.
-    questions: int = 256
+    questions: int = 128
     offset: int = 0
     steps: int = 50
     # Completions sampled per question (GRPO's group; the advantage is a completion's reward against its group's).
@@ -347,6 +347,7 @@ class Params:
         for name, eval_set in self.eval_sets.items():
             eval_set.validate(name)
         self._validate_merge_check_set()
+        self._validate_rl_questions()
         steps, warmup = optimizer_steps(self.data.train_size, self.train)
         if steps <= warmup:
             # The HF Trainer's first step runs at learning rate 0 during warmup: LoRA's B would stay all zero and
@@ -356,6 +357,15 @@ class Params:
                 f"{self.train.warmup_ratio}): the adapter would not learn. Raise data.train_size "
                 f"({self.data.train_size}) or train.epochs ({self.train.epochs}), lower train.micro_batch_size or "
                 "train.grad_accum, or set train.warmup_ratio=0"
+            )
+
+    def _validate_rl_questions(self) -> None:
+        rl = self.rl
+        if rl.enabled and rl.offset + rl.questions > self.data.train_size:
+            raise UserError(
+                f"rl.questions={rl.questions} from rl.offset={rl.offset} need {rl.offset + rl.questions} train rows; "
+                f"data.train_size={self.data.train_size}: lower rl.questions or raise data.train_size (RL samples "
+                "the train slice, which no eval set overlaps)"
             )
 
     def _validate_merge_check_set(self) -> None:

@@ -132,6 +132,15 @@ REDUCED_SIZES = {
     "train": {"micro_batch_size": 8},
     "eval": {"max_new_tokens": 16, "merge_check_size": 4, "report_samples": 2},
     "eval_sets": {"gsm8k": {"size": 8}, "svamp": {"size": 4}},
+    # GRPO, where a command turns it on: 2 steps of 2 questions x 2 completions of at most 12 tokens.
+    "rl": {
+        "questions": 8,
+        "steps": 2,
+        "group_size": 2,
+        "questions_per_step": 2,
+        "micro_batch_size": 2,
+        "max_completion_length": 12,
+    },
 }
 # The local data the test writes: enough train rows for the largest slice a runnable command asks for (400).
 GSM8K_ROWS = {"train_rows": 420, "test_rows": 40}

@@ -338,7 +338,8 @@ def test_rl_is_off_by_default_and_merge_takes_the_sft_adapter(reproduced_project
 def test_rl_on_trains_grpo_steps_and_merge_takes_its_float32_adapter(workflow):
     run = workflow.rl_on()
     ran = stages_run(run["output"])
-    assert ran == {"rl", "merge", "evaluate_tuned@gsm8k", "evaluate_tuned@svamp", "compare"}, ran
+    # check_params reads every param; nothing before the rl stage (fetch, base, train, the base evaluations) runs.
+    assert ran == {"check_params", "rl", "merge", "evaluate_tuned@gsm8k", "evaluate_tuned@svamp", "compare"}, ran
     metrics = run["metrics"]["rl"]
     assert metrics["enabled"] is True and metrics["steps"] == 2 and metrics["completions_per_step"] == 4
     # TRL would have trained bf16 adapter weights on a 4-bit base; ours stay float32, the same tensors as SFT's, moved.
@@ -351,7 +352,7 @@ def test_rl_on_trains_grpo_steps_and_merge_takes_its_float32_adapter(workflow):
 def test_rl_params_while_rl_is_off_rerun_only_the_marker(workflow):
     """rl.* while RL is off: the rl stage re-runs (it reads them) and writes the same marker, so merge and everything
     after it stay as they were."""
-    assert stages_run(workflow.rl_param_while_off()) == {"rl"}
+    assert stages_run(workflow.rl_param_while_off()) == {"check_params", "rl"}
 
 
 # --- exp run -S scoping --------------------------------------------------------------------------------------
