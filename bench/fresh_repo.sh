@@ -5,7 +5,11 @@
 ensure_dvc() {
   export DVC_NO_ANALYTICS=1
   if ! python3 -c "import dvc, dvclive" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site-dvc "$1"/.whl/*.whl
+    # Installed by an earlier call on the same warm machine: a later call need not carry .whl again.
+    [ -f /tmp/site-dvc/.installed ] || {
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site-dvc "$1"/.whl/*.whl &&
+        touch /tmp/site-dvc/.installed
+    }
     export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}/tmp/site-dvc" PATH="/tmp/site-dvc/bin:$PATH"
   fi
 }

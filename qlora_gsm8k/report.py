@@ -62,6 +62,7 @@ def compare_metrics(table: pd.DataFrame, perplexity: dict) -> dict:
     paired["strict_flips_wrong_to_right"] = strict["flips_wrong_to_right"]
     paired["strict_flips_right_to_wrong"] = strict["flips_right_to_wrong"]
     paired["strict_mcnemar_p"] = strict["mcnemar_p"]
+    paired["strict_accuracy_diff"] = strict["accuracy_diff"]
     paired["examples"] = len(table)
     result = {"paired": paired}
     if perplexity:
@@ -95,6 +96,17 @@ def by_type(table: pd.DataFrame) -> dict[str, dict]:
             **{k: paired[k] for k in ("flips_wrong_to_right", "flips_right_to_wrong", "mcnemar_p")},
         }
     return breakdown
+
+
+def sft_vs_tuned(eval_rows: list[EvalRow], sft: list[dict], tuned: list[dict]) -> dict:
+    """SFT alone against SFT + RL (the tuned model when the rl stage trained) on the same questions: both accuracies
+    and the paired statistics, flexible and strict."""
+    table = generations_table(eval_rows, base=sft, tuned=tuned)
+    return {
+        "sft_exact_match_flexible": float(table.base_correct.mean()),
+        "sft_exact_match_strict": float(table.base_correct_strict.mean()),
+        **compare_metrics(table, {})["paired"],
+    }
 
 
 def set_metrics(table: pd.DataFrame, perplexity: dict) -> dict:
@@ -244,6 +256,7 @@ def set_section(name: str, table, metrics: dict, perplexity: dict, samples: int,
         "",
         *perplexity_line(perplexity, merge_into),
         *by_type_table(metrics.get("by_type", {})),
+        *sft_line(metrics.get("sft_vs_tuned")),
     ]
     for title, rows in (
         ("Wrong → right", table[table.flip == "wrong_to_right"]),
@@ -262,6 +275,22 @@ def set_section(name: str, table, metrics: dict, perplexity: dict, samples: int,
                 *("**Tuned**", "", _block(row.tuned_output), ""),
             ]
     return lines
+
+
+def sft_line(paired: dict | None) -> list[str]:
+    """The RL step alone: SFT against SFT + RL (tuned), when the rl stage trained."""
+    if not paired:
+        return []
+    strict, flexible = paired["sft_exact_match_strict"], paired["sft_exact_match_flexible"]
+    return [
+        f"**SFT alone → SFT + RL (tuned)**, the same questions: strict {strict:.3f} → "
+        f"{strict + paired['strict_accuracy_diff']:.3f}, flexible {flexible:.3f} → "
+        f"{flexible + paired['accuracy_diff']:.3f}; "
+        f"flips (flexible) {paired['flips_wrong_to_right']} wrong→right, {paired['flips_right_to_wrong']} right→wrong, "
+        f"McNemar p = {paired['mcnemar_p']:.3g} (strict: {paired['strict_flips_wrong_to_right']} / "
+        f"{paired['strict_flips_right_to_wrong']}, p = {paired['strict_mcnemar_p']:.3g}).",
+        "",
+    ]
 
 
 def by_type_table(breakdown: dict[str, dict]) -> list[str]:

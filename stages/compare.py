@@ -20,20 +20,29 @@ from qlora_gsm8k.report import (
     markdown_report,
     run_context,
     set_metrics,
+    sft_vs_tuned,
     table_csv,
 )
 from qlora_gsm8k.rows import read_json_lines
 
 
 def compare_set(name: str, args) -> tuple:
-    """(generations table, metrics, perplexity by model) of one set, from the files its stages wrote."""
-    files = {model: f"{name}_{model}" for model in ("base", "tuned")}
-    generations = {m: read_json_lines(Path(args.generations_dir) / f"{f}.jsonl") for m, f in files.items()}
-    table = generations_table(read_eval_rows(Path(args.eval_dir) / f"{name}.jsonl"), **generations, name=name)
+    """(generations table, metrics, perplexity by model) of one set, from the files its stages wrote; where RL ran,
+    SFT alone (the tuned stage's *_sft files) against SFT + RL as well."""
+    directory = Path(args.generations_dir)
+    eval_rows = read_eval_rows(Path(args.eval_dir) / f"{name}.jsonl")
+    generations = {m: read_json_lines(directory / f"{name}_{m}.jsonl") for m in ("base", "tuned")}
+    table = generations_table(eval_rows, **generations, name=name)
     perplexity = {}
-    for stem in files.values():
-        perplexity.update(read_json(Path(args.perplexity_dir) / f"{stem}.json").get(name, {}))
-    return table, set_metrics(table, perplexity), perplexity
+    for model in ("base", "tuned", "sft"):
+        scored = Path(args.perplexity_dir) / f"{name}_{model}.json"
+        if scored.is_file():
+            perplexity.update(read_json(scored).get(name, {}))
+    metrics = set_metrics(table, perplexity)
+    sft = directory / f"{name}_sft.jsonl"
+    if sft.is_file() and sft.stat().st_size:
+        metrics["sft_vs_tuned"] = sft_vs_tuned(eval_rows, read_json_lines(sft), generations["tuned"])
+    return table, metrics, perplexity
 
 
 @stage_main
@@ -70,6 +79,12 @@ def main() -> None:
             f"{name}: {paired['flips_wrong_to_right']} wrong→right, {paired['flips_right_to_wrong']} right→wrong, "
             f"McNemar p={paired['mcnemar_p']:.3g}"
         )
+        if "sft_vs_tuned" in metrics:
+            rl = metrics["sft_vs_tuned"]
+            print(
+                f"{name}, SFT alone → SFT + RL: {rl['flips_wrong_to_right']} wrong→right, "
+                f"{rl['flips_right_to_wrong']} right→wrong, McNemar p={rl['mcnemar_p']:.3g}"
+            )
 
 
 if __name__ == "__main__":

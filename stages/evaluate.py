@@ -4,6 +4,7 @@ The base's run also scores the base quantized to 4-bit, what training starts fro
 training's gain read apart. A set that is off (empty slice) writes empty outputs and loads no model."""
 
 import time
+from pathlib import Path
 
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
@@ -24,6 +25,34 @@ def write_outputs(args, rows: list[dict], summary: dict, perplexity: dict, info:
     write_json(args.info_out, info)
 
 
+def write_sft_outputs(args, result: tuple | None) -> None:
+    """The SFT-alone outputs, empty when there is nothing to write (no RL, or a set that is off)."""
+    if not args.sft_generations_out:
+        return
+    rows, summary, perplexity = result or ([], {}, {})
+    write_json_lines(args.sft_generations_out, rows)
+    write_json(args.sft_metrics_out, {args.set: {"sft": summary}} if summary else {})
+    write_json(args.sft_perplexity_out, {args.set: perplexity} if perplexity else {})
+
+
+def evaluate_sft(args, params, eval_rows) -> tuple | None:
+    """SFT alone on the same rows, where the merge stage saved it (RL ran); None where it did not."""
+    if not args.sft_model or not (Path(args.sft_model) / "config.json").is_file():
+        return None
+    from qlora_gsm8k.evaluation import evaluate_model
+    from qlora_gsm8k.modeling import load_for_eval
+
+    model, tokenizer, _ = load_for_eval(args.sft_model, params.eval.dtype)
+    perplexity, rows, summary = evaluate_model(
+        model, tokenizer, eval_rows, solution_examples(eval_rows), params, "sft", args.sft_model
+    )
+    print(
+        f"{args.set} sft: exact match strict {summary['exact_match_strict']:.3f}, flexible "
+        f"{summary['exact_match_flexible']:.3f} over {len(rows)} questions (SFT alone, beside SFT + RL)"
+    )
+    return rows, summary, perplexity
+
+
 @stage_main
 def main() -> None:
     parser = stage_parser(__doc__)
@@ -35,11 +64,17 @@ def main() -> None:
     parser.add_argument("--metrics-out", required=True, help="exact match and health (JSON)")
     parser.add_argument("--perplexity-out", required=True, help="perplexity metrics, empty for sets without solutions")
     parser.add_argument("--info-out", required=True, help="how the model was run: precision, device (JSON)")
+    sft = parser.add_argument_group("SFT alone, beside SFT + RL (the tuned side, when the rl stage trained)")
+    sft.add_argument("--sft-model", help="the SFT adapter merged alone; absent when RL did not run")
+    sft.add_argument("--sft-generations-out", help="JSONL, its scored outputs (empty without RL)")
+    sft.add_argument("--sft-metrics-out", help="its exact match and health (JSON, empty without RL)")
+    sft.add_argument("--sft-perplexity-out", help="its perplexity (JSON, empty without RL)")
     args, params = parse_stage_args(parser)
     eval_rows = read_eval_rows(args.eval)
     if not eval_rows:
         atomic_write_text(args.generations_out, "")
         write_outputs(args, [], {"examples": 0}, {}, {"model": None})
+        write_sft_outputs(args, None)
         print(f"{args.set} is off: nothing to evaluate, no model loaded")
         return
     # torch and the model code: only when there is something to answer.
@@ -56,7 +91,12 @@ def main() -> None:
     if "base_4bit" in perplexity:
         quant = params.quant
         info["base_4bit"] = {"quant_type": quant.quant_type, "double_quant": quant.double_quant, "dtype": precision}
+    sft = None
+    if args.sft_generations_out:
+        del model  # one model in memory at a time
+        sft = evaluate_sft(args, params, eval_rows)
     write_outputs(args, rows, summary, perplexity, info)
+    write_sft_outputs(args, sft)
     print(
         f"{args.set} {args.label}: exact match strict {summary['exact_match_strict']:.3f}, "
         f"flexible {summary['exact_match_flexible']:.3f} over {len(rows)} questions"

@@ -10,8 +10,32 @@ from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.eval_rows import read_eval_rows, solution_examples
 from qlora_gsm8k.io import atomic_directory, read_json, write_json
-from qlora_gsm8k.merging import check_merge, merge_adapter, merge_check_summary, save_merged, trained_adapter
+from qlora_gsm8k.merging import (
+    check_merge,
+    merge_adapter,
+    merge_check_summary,
+    save_merged,
+    trained_adapter,
+)
 from qlora_gsm8k.peft_methods import check_method
+
+# The SFT merge's check, recorded beside the RL merge's when RL ran.
+SFT_CHECK_KEYS = ("kl_merged_vs_4bit_adapter", "top1_agreement_decided", "decided_tokens")
+
+
+def merge_and_save(base: Path, adapter: Path, examples, params, out_dir: Path, shown_as: str) -> dict:
+    """Merge `adapter`, check it (a failed check raises before anything is saved), save it with its card."""
+    merged, tokenizer, metrics = merge_adapter(base, adapter, examples, params)
+    check_merge(metrics, params)
+    save_merged(merged, tokenizer, out_dir, shown_as)
+    dtype = str(merged.dtype).removeprefix("torch.")
+    # The train and rl stages record it beside the adapter; an adapter trained elsewhere may not say.
+    run = adapter / "training_run.json"
+    trained_in = read_json(run).get("compute_dtype") if run.is_file() else None
+    recipe = adapter / RL_RECIPE
+    rl_recipe = read_json(recipe) if recipe.is_file() else None
+    write_merged_card(out_dir, shown_as, base, params, metrics, dtype, trained_in, rl_recipe)
+    return metrics
 
 
 @stage_main
@@ -22,21 +46,20 @@ def main() -> None:
     parser.add_argument("--rl-adapter", required=True, help="the rl stage's output: its adapter when rl.enabled")
     parser.add_argument("--eval", required=True, help="held-out rows with worked solutions (eval.merge_check_set)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--sft-out", required=True, help="inside --out: the SFT adapter merged alone, when RL ran")
     parser.add_argument("--metrics-out", required=True)
     args, params = parse_stage_args(parser, check_method)
     examples = solution_examples(read_eval_rows(args.eval))[: params.eval.merge_check_size]
-    adapter = trained_adapter(Path(args.adapter), Path(args.rl_adapter))
-    merged, tokenizer, metrics = merge_adapter(Path(args.base), adapter, examples, params)
-    check_merge(metrics, params)
+    sft_adapter = Path(args.adapter)
+    adapter = trained_adapter(sft_adapter, Path(args.rl_adapter))
     with atomic_directory(args.out) as tmp:
-        save_merged(merged, tokenizer, tmp, args.out)
-        dtype = str(merged.dtype).removeprefix("torch.")
-        # The train stage records it beside the adapter; an adapter trained elsewhere may not say.
-        run = adapter / "training_run.json"
-        trained_in = read_json(run).get("compute_dtype") if run.is_file() else None
-        recipe = adapter / RL_RECIPE
-        rl_recipe = read_json(recipe) if recipe.is_file() else None
-        write_merged_card(tmp, args.out, Path(args.base), params, metrics, dtype, trained_in, rl_recipe)
+        metrics = merge_and_save(Path(args.base), adapter, examples, params, tmp, args.out)
+        if adapter != sft_adapter:
+            # SFT alone as well, in sft/: the tuned evaluations answer with both, so compare pairs SFT against
+            # SFT + RL on the same questions in the same run.
+            inside = Path(args.sft_out).relative_to(args.out)
+            sft = merge_and_save(Path(args.base), sft_adapter, examples, params, tmp / inside, args.sft_out)
+            metrics.update({f"sft_{k}": sft[k] for k in SFT_CHECK_KEYS})
     kl = metrics["kl_merged_vs_4bit_adapter"]
     # `dvc metrics diff` prints 4 decimals, so a KL of 3e-7 reads 0.0 on both sides; its -log10 (6.5) reads, and
     # a change of merge mode or dtype shows as a change of digits. An exact merge (KL 0) is capped at 30.

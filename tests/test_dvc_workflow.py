@@ -200,6 +200,9 @@ class Workflow:
                 "moved": max((rl[k] - sft[k]).abs().max().item() for k in sft),
                 "same_keys": set(rl) == set(sft),
                 "curves": sorted(p.name for p in (self.project / "dvclive/rl/plots/metrics").glob("*.tsv")),
+                "compare": json.loads((self.project / "metrics/compare.json").read_text()),
+                "sft_rows": (self.project / "data/generations/gsm8k_sft.jsonl").read_text().splitlines(),
+                "report": (self.project / "reports/comparison.md").read_text(),
             }
 
         return self.once("rl_on", step)
@@ -333,6 +336,11 @@ def test_rl_is_off_by_default_and_merge_takes_the_sft_adapter(reproduced_project
     assert json.loads((project / "metrics/rl.json").read_text()) == {"rl": {"enabled": False}}
     assert sorted(p.name for p in (project / "models/rl_adapter").iterdir()) == ["rl_disabled.json"]
     assert "GRPO" not in (project / "models/merged/README.md").read_text()
+    # No SFT-alone model or answers beside the tuned ones, and nothing about them in compare.
+    assert not (project / "models/merged/sft").exists()
+    assert (project / "data/generations/gsm8k_sft.jsonl").read_text() == ""
+    assert json.loads((project / "metrics/eval/gsm8k_sft.json").read_text()) == {}
+    assert "sft_vs_tuned" not in json.loads((project / "metrics/compare.json").read_text())["gsm8k"]
 
 
 def test_rl_on_trains_grpo_steps_and_merge_takes_its_float32_adapter(workflow):
@@ -347,6 +355,12 @@ def test_rl_on_trains_grpo_steps_and_merge_takes_its_float32_adapter(workflow):
     assert "Then GRPO (TRL's GRPOTrainer) on the SFT adapter: 2 steps" in run["merged_card"]
     assert run["merge"]["merge"]["merged"] == 1
     assert {"reward.tsv", "rewards_answer_mean.tsv", "kl.tsv", "completions_mean_length.tsv"} <= set(run["curves"])
+    # SFT alone answered the same questions in the same run, and compare pairs it with SFT + RL.
+    assert len(run["sft_rows"]) == TINY_PARAMS["eval_sets"]["gsm8k"]["size"]
+    paired = run["compare"]["gsm8k"]["sft_vs_tuned"]
+    assert paired["examples"] == len(run["sft_rows"]) and 0.0 <= paired["mcnemar_p"] <= 1.0
+    assert "**SFT alone → SFT + RL (tuned)**" in run["report"]
+    assert "sft_kl_merged_vs_4bit_adapter" in run["merge"]["merge"]
 
 
 def test_rl_params_while_rl_is_off_rerun_only_the_marker(workflow):
