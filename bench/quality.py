@@ -37,6 +37,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from qlora_gsm8k.comparison import generations_table, set_metrics  # noqa: E402
 from qlora_gsm8k.config import EvalSetConfig  # noqa: E402
 from qlora_gsm8k.eval_rows import normalise_rows, solution_examples  # noqa: E402
 from qlora_gsm8k.eval_sets import load_eval_set  # noqa: E402
@@ -47,7 +48,6 @@ from qlora_gsm8k.merging import load_with_adapter, merge_adapter  # noqa: E402
 from qlora_gsm8k.modeling import load_for_eval, load_tokenizer, resolve_dtype  # noqa: E402
 from qlora_gsm8k.paired import paired_comparison  # noqa: E402
 from qlora_gsm8k.params_file import parse_params  # noqa: E402
-from qlora_gsm8k.report import generations_table, set_metrics  # noqa: E402
 from qlora_gsm8k.rows import read_jsonl  # noqa: E402
 from qlora_gsm8k.sources import materialise_gguf  # noqa: E402
 from qlora_gsm8k.training import train_adapter  # noqa: E402

@@ -236,8 +236,8 @@ def _rate(values) -> str:
 
 
 def evaluation_lines(sets: dict, params: Params) -> list[str]:
-    """The compare stage's numbers as a model card section: `sets` is name -> (report.generations_table's table,
-    report.set_metrics' metrics, perplexity by model), every enabled set; base and tuned side by side, then each
+    """The compare stage's numbers as a model card section: `sets` is name -> (comparison.generations_table's table,
+    comparison.set_metrics' metrics, perplexity by model), every enabled set; base and tuned side by side, then each
     set's paired test."""
     cfg = params.eval
     rows, paired_lines = [], []

@@ -8,21 +8,20 @@ import pandas as pd
 
 from qlora_gsm8k.cards import evaluated_card, evaluation_lines
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
+from qlora_gsm8k.comparison import (
+    accuracy_plot_rows,
+    flips_plot_rows,
+    generations_table,
+    set_metrics,
+    sft_vs_tuned,
+    table_csv,
+)
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.eval_rows import read_eval_rows
 from qlora_gsm8k.io import atomic_write_text, read_json, write_json
 from qlora_gsm8k.peft_methods import check_method
 from qlora_gsm8k.plots import accuracy_png, by_type_png, flips_png
-from qlora_gsm8k.report import (
-    accuracy_plot_rows,
-    flips_plot_rows,
-    generations_table,
-    markdown_report,
-    run_context,
-    set_metrics,
-    sft_vs_tuned,
-    table_csv,
-)
+from qlora_gsm8k.report import markdown_report, run_context
 from qlora_gsm8k.rows import read_json_lines
 
 

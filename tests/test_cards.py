@@ -14,9 +14,9 @@ from qlora_gsm8k.cards import (
     write_adapter_card,
     write_merged_card,
 )
+from qlora_gsm8k.comparison import generations_table, set_metrics
 from qlora_gsm8k.eval_rows import EvalRow
 from qlora_gsm8k.params_file import parse_params
-from qlora_gsm8k.report import generations_table, set_metrics
 
 TRAIN_METRICS = {"train_loss": 1.25, "final_loss": 1.0, "steps": 3, "examples": 24, "compute_dtype": "float32"}
 

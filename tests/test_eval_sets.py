@@ -12,13 +12,13 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT, run, tool_env
+from qlora_gsm8k.comparison import generations_table, set_metrics
 from qlora_gsm8k.config import EvalSetConfig
 from qlora_gsm8k.errors import UserError
 from qlora_gsm8k.eval_rows import EvalRow, normalise_rows, read_eval_rows, write_eval_rows
 from qlora_gsm8k.eval_sets import fetch_eval_set, load_eval_set
 from qlora_gsm8k.generation import Generation
 from qlora_gsm8k.params_file import parse_params
-from qlora_gsm8k.report import generations_table, set_metrics
 from qlora_gsm8k.rows import Example
 from qlora_gsm8k.scoring import score_generations
 from qlora_gsm8k.synthetic import make_svamp_rows

@@ -13,18 +13,18 @@ import pandas as pd
 import pytest
 
 from conftest import imported_modules
-from qlora_gsm8k.eval_rows import EvalRow, write_eval_rows
-from qlora_gsm8k.generation import Generation
-from qlora_gsm8k.paired import mcnemar_exact_p
-from qlora_gsm8k.report import (
+from qlora_gsm8k.comparison import (
     accuracy_plot_rows,
     compare_metrics,
     flips_plot_rows,
     generations_table,
-    markdown_report,
     set_metrics,
     table_csv,
 )
+from qlora_gsm8k.eval_rows import EvalRow, write_eval_rows
+from qlora_gsm8k.generation import Generation
+from qlora_gsm8k.paired import mcnemar_exact_p
+from qlora_gsm8k.report import markdown_report
 from qlora_gsm8k.rows import read_json_lines
 from qlora_gsm8k.scoring import score_generations
 
