@@ -43,18 +43,18 @@ def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--base", required=True)
     parser.add_argument("--adapter", required=True, help="the SFT adapter (the train stage's output)")
-    parser.add_argument("--rl-adapter", required=True, help="the rl stage's output: its adapter when rl.enabled")
+    parser.add_argument("--rl-adapter", help="the rl stage's output: merged instead of --adapter when it holds one")
     parser.add_argument("--eval", required=True, help="held-out rows with worked solutions (eval.merge_check_set)")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--sft-out", required=True, help="inside --out: the SFT adapter merged alone, when RL ran")
+    parser.add_argument("--sft-out", help="inside --out: where the SFT adapter goes merged alone as well, when RL ran")
     parser.add_argument("--metrics-out", required=True)
     args, params = parse_stage_args(parser, check_method)
     examples = solution_examples(read_eval_rows(args.eval))[: params.eval.merge_check_size]
     sft_adapter = Path(args.adapter)
-    adapter = trained_adapter(sft_adapter, Path(args.rl_adapter))
+    adapter = trained_adapter(sft_adapter, Path(args.rl_adapter)) if args.rl_adapter else sft_adapter
     with atomic_directory(args.out) as tmp:
         metrics = merge_and_save(Path(args.base), adapter, examples, params, tmp, args.out)
-        if adapter != sft_adapter:
+        if adapter != sft_adapter and args.sft_out:
             # SFT alone as well, in sft/: the tuned evaluations answer with both, so compare pairs SFT against
             # SFT + RL on the same questions in the same run.
             inside = Path(args.sft_out).relative_to(args.out)
