@@ -43,7 +43,7 @@ RL_CURVES = (
     "learning_rate",
     "grad_norm",
 )
-# Methods whose adapter TRL can copy as the frozen reference and train further; the others learn tokens, not weights.
+# Methods whose adapter TRL copies as the frozen reference (its "ref" adapter) and trains further; tried on LoRA only.
 RL_METHODS = ("lora", "rslora", "dora")
 _FINGERPRINT_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl")
 
@@ -51,8 +51,8 @@ _FINGERPRINT_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accel
 def check_rl_method(params: Params) -> None:
     if params.rl.enabled and params.peft.method not in RL_METHODS:
         raise UserError(
-            f"rl.enabled needs an adapter of the LoRA family (peft.method {', '.join(RL_METHODS)}); "
-            f"peft.method={params.peft.method} learns tokens, not weights"
+            f"rl.enabled continues the SFT adapter under GRPO, which here takes the LoRA family only (peft.method "
+            f"{', '.join(RL_METHODS)}); peft.method={params.peft.method} is not one of them"
         )
 
 

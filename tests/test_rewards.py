@@ -100,3 +100,24 @@ def test_rl_questions_come_from_the_train_slice_and_say_when_it_is_short():
 def test_rl_params_are_refused_with_the_key_named(settings, message):
     with pytest.raises(UserError, match=message):
         RLConfig(**settings).validate()
+
+
+def test_rl_refuses_methods_that_learn_tokens_with_one_line():
+    import dataclasses
+
+    from qlora_gsm8k.config import Params, PeftMethodConfig
+    from qlora_gsm8k.reinforcement import check_rl_method
+
+    on = Params(rl=RLConfig(enabled=True, questions=8))
+    check_rl_method(on)  # lora, the default
+    check_rl_method(dataclasses.replace(on, peft=PeftMethodConfig(method="ia3"), rl=RLConfig(enabled=False)))
+    with pytest.raises(UserError, match="peft.method=ia3 is not one of them"):
+        check_rl_method(dataclasses.replace(on, peft=PeftMethodConfig(method="ia3")))
+
+
+def test_rl_questions_beyond_the_train_slice_fail_the_params_check():
+    from qlora_gsm8k.config import DataConfig, Params
+
+    Params(data=DataConfig(train_size=200), rl=RLConfig(enabled=False, questions=500)).validate()  # off: not read
+    with pytest.raises(UserError, match=r"rl.questions=150 from rl.offset=60 need 210 train rows; data.train_size=200"):
+        Params(data=DataConfig(train_size=200), rl=RLConfig(enabled=True, questions=150, offset=60)).validate()
