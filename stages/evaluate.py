@@ -3,15 +3,12 @@ row's reference number, and, for sets whose rows carry worked solutions (GSM8K),
 The base's run also scores the base quantized to 4-bit, what training starts from, so quantization's cost and
 training's gain read apart. A set that is off (empty slice) writes empty outputs and loads no model."""
 
-import time
-
+from qlora_gsm8k import startup
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.eval_rows import read_eval_rows, solution_examples
 from qlora_gsm8k.io import atomic_write_text, write_json
 from qlora_gsm8k.rows import write_json_lines
-
-STARTED = time.perf_counter()
 
 
 def write_outputs(args, rows: list[dict], summary: dict, perplexity: dict, info: dict) -> None:
@@ -35,6 +32,7 @@ def main() -> None:
     parser.add_argument("--metrics-out", required=True, help="exact match and health (JSON)")
     parser.add_argument("--perplexity-out", required=True, help="perplexity metrics, empty for sets without solutions")
     parser.add_argument("--info-out", required=True, help="how the model was run: precision, device (JSON)")
+    startup.report_at_first_work()
     args, params = parse_stage_args(parser)
     eval_rows = read_eval_rows(args.eval)
     if not eval_rows:
@@ -48,7 +46,7 @@ def main() -> None:
 
     model, tokenizer, precision = load_for_eval(args.model, params.eval.dtype)
     # Each (set, model) is a stage of its own: what its start-up costs shows here, per stage.
-    print(f"{args.set} {args.label}: imports and model load took {time.perf_counter() - STARTED:.1f} s")
+    startup.first_work()
     info = {"model": args.model, "precision": precision, "device": str(model.device)}
     perplexity, rows, summary = evaluate_model(
         model, tokenizer, eval_rows, solution_examples(eval_rows), params, args.label, args.model

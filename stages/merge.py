@@ -5,6 +5,7 @@ KL and top-1 agreement over held-out response tokens. A merge that fails the che
 import math
 from pathlib import Path
 
+from qlora_gsm8k import startup
 from qlora_gsm8k.cards import write_merged_card
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
@@ -22,6 +23,7 @@ def main() -> None:
     parser.add_argument("--eval", required=True, help="held-out rows with worked solutions (eval.merge_check_set)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--metrics-out", required=True)
+    startup.report_at_first_work()
     args, params = parse_stage_args(parser, check_method)
     examples = solution_examples(read_eval_rows(args.eval))[: params.eval.merge_check_size]
     merged, tokenizer, metrics = merge_adapter(Path(args.base), Path(args.adapter), examples, params)

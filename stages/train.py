@@ -9,6 +9,7 @@ import contextlib
 import sys
 from pathlib import Path
 
+from qlora_gsm8k import startup
 from qlora_gsm8k.cards import write_adapter_card
 from qlora_gsm8k.checkpoints import discard_finished_runs
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--metrics-out", required=True)
     parser.add_argument("--live-dir", required=True, help="DVCLive log directory")
     parser.add_argument("--checkpoints", required=True, help="kept across interrupted runs, for resume")
+    startup.report_at_first_work()
     args, params = parse_stage_args(parser, check_method)
     if params.train.num_gpus > 1 and not launched():
         relaunch(params.train.num_gpus, "stages.train", sys.argv[1:])
