@@ -11,7 +11,7 @@ import torch
 
 from .config import QuantConfig
 from .errors import UserError
-from .startup import cuda_ready, phase, verified_weights
+from .startup import check_weights_alongside, cuda_ready, phase, verified_weights
 
 
 def device() -> torch.device:
@@ -91,7 +91,8 @@ def load_model(path: str | Path, dtype: torch.dtype, quant: QuantConfig | None =
     with phase("imports"):
         from transformers import AutoModelForCausalLM
 
-    verified_weights(path)
+    # Hashed while the model loads, if the stage did not start it earlier.
+    check_weights_alongside(path)
     cuda_ready()
     configure_attention_backends(cudnn_attention)
     kwargs = {}
@@ -109,6 +110,8 @@ def load_model(path: str | Path, dtype: torch.dtype, quant: QuantConfig | None =
         )
         if quant is not None:
             keep_4bit_layers_in_compute_dtype(model)
+    # Returned, and so used, only once its files are what their stage wrote.
+    verified_weights(path)
     return model
 
 
@@ -117,9 +120,11 @@ def load_adapter(model, adapter_dir: str | Path):
     with phase("imports"):
         from peft import PeftModel
 
-    verified_weights(adapter_dir)
+    check_weights_alongside(adapter_dir)
     with phase("model load"):
-        return PeftModel.from_pretrained(model, str(adapter_dir))
+        adapted = PeftModel.from_pretrained(model, str(adapter_dir))
+    verified_weights(adapter_dir)
+    return adapted
 
 
 def keep_4bit_layers_in_compute_dtype(model) -> None:

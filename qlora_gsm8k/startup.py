@@ -5,14 +5,21 @@
 Every stage that loads a model is a process of its own and pays this before it does anything: on an H100 about 12 s
 of each, eight times per `dvc repro`. The phases are what the main thread spent; `imports` is what is left of the
 total once the others are taken out (the interpreter, the imports, reading params and rows: the last two take
-milliseconds). Torch-free, so a stage can start its clock before the heavy imports."""
+milliseconds). Torch-free, so a stage can start its clock before the heavy imports.
+
+Two phases need not wait for the others: hashing the weights (hashlib and file reads release the GIL) and starting
+CUDA (the driver's work) run in threads beside the imports and the load, started as soon as the stage knows its model
+directories; the main thread waits for each only where it needs the result, and the model is returned, and so used,
+only once its weights are verified. The line then says how long each thread ran beside the rest: `weight check 0.0 s
+(2.0 s alongside)` is 2 s of hashing the main thread never waited for."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .io import verify_weight_digests
@@ -59,9 +66,58 @@ def phase(name: str) -> Iterator[None]:
             _inner[-1] += elapsed
 
 
+class _Alongside(threading.Thread):
+    """Work run beside the main thread; wait() returns its result or raises its error there."""
+
+    def __init__(self, name: str, work: Callable[[], object]):
+        super().__init__(name=name, daemon=True)
+        self.work, self.result, self.error, self.seconds = work, None, None, None
+
+    def run(self) -> None:
+        start = time.perf_counter()
+        try:
+            self.result = self.work()
+        except BaseException as err:  # re-raised in the main thread by wait()
+            self.error = err
+        finally:
+            self.seconds = time.perf_counter() - start
+
+    def wait(self):
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+# Every thread started, by the phase it stands for; weight checks not yet waited for, by resolved directory.
+_threads: dict[str, list[_Alongside]] = {}
+_pending_checks: dict[Path, _Alongside] = {}
+
+
+def _start(name: str, work: Callable[[], object]) -> _Alongside:
+    thread = _Alongside(name, work)
+    _threads.setdefault(name, []).append(thread)
+    thread.start()
+    return thread
+
+
+def check_weights_alongside(*directories: str | Path) -> None:
+    """Start hashing each model directory's weights in a thread of its own, once per directory until it is waited
+    for; a directory without a digest record (not written by a stage, or absent) is nothing to check."""
+    for directory in directories:
+        key = Path(directory).resolve()
+        if key not in _pending_checks:
+            _pending_checks[key] = _start("weight check", lambda directory=directory: verify_weight_digests(directory))
+
+
 def verified_weights(directory: str | Path) -> None:
-    """Raise a UserError unless `directory`'s weights are what their stage wrote (io.verify_weight_digests)."""
+    """Raise a UserError unless `directory`'s weights are what their stage wrote (io.verify_weight_digests): the
+    check started alongside, waited for, then the synchronous one, which hashes only files written since (io keeps
+    what this process verified, by file state)."""
     with phase("weight check"):
+        pending = _pending_checks.pop(Path(directory).resolve(), None)
+        if pending is not None:
+            pending.wait()
         verify_weight_digests(directory)
 
 
@@ -80,15 +136,26 @@ def _create_cuda_context() -> bool:
     return True
 
 
-_cuda: dict[str, bool] = {}
+_cuda: dict[str, object] = {}
+
+
+def start_cuda_alongside() -> None:
+    """Create the CUDA context in a thread while the stage goes on importing transformers and peft. torch is imported
+    here, on the main thread, first: two threads importing it at once would only wait for each other. Only once
+    CUDA_VISIBLE_DEVICES is final (distributed.pin_to_one_gpu)."""
+    if "thread" not in _cuda:
+        import torch  # noqa: F401
+
+        _cuda["thread"] = _start("cuda", _create_cuda_context)
 
 
 def cuda_ready() -> None:
-    """CUDA started (a no-op without a GPU), its time counted as the cuda phase. Only once CUDA_VISIBLE_DEVICES is
-    final (distributed.pin_to_one_gpu)."""
+    """CUDA started (a no-op without a GPU), its wait counted as the cuda phase; started here if the stage did not
+    start it alongside."""
     if "gpu" not in _cuda:
         with phase("cuda"):
-            _cuda["gpu"] = _create_cuda_context()
+            thread = _cuda.get("thread")
+            _cuda["gpu"] = thread.wait() if thread is not None else _create_cuda_context()
 
 
 def report_at_first_work() -> None:
@@ -102,7 +169,13 @@ def startup_line(until: str = "to first work") -> str:
     phases = {name: _spent[name] for name in sorted(_spent, key=_place) if name != "imports"}
     parts = [f"imports {total - sum(phases.values()):.1f} s"]
     for name, seconds in phases.items():
-        parts.append("cuda: no GPU" if name == "cuda" and not _cuda.get("gpu") else f"{name} {seconds:.1f} s")
+        if name == "cuda" and not _cuda.get("gpu"):
+            parts.append("cuda: no GPU")
+            continue
+        threads = _threads.get(name, [])
+        ran = [t.seconds for t in threads if t.seconds is not None]
+        alongside = f" ({sum(ran):.1f} s alongside{', still running' if len(ran) < len(threads) else ''})"
+        parts.append(f"{name} {seconds:.1f} s{alongside if threads else ''}")
     return f"start-up: {', '.join(parts)} ({total:.1f} s {until})"
 
 

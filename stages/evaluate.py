@@ -3,6 +3,8 @@ row's reference number, and, for sets whose rows carry worked solutions (GSM8K),
 The base's run also scores the base quantized to 4-bit, what training starts from, so quantization's cost and
 training's gain read apart. A set that is off (empty slice) writes empty outputs and loads no model."""
 
+from pathlib import Path
+
 from qlora_gsm8k import startup
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
@@ -40,7 +42,9 @@ def main() -> None:
         write_outputs(args, [], {"examples": 0}, {}, {"model": None})
         print(f"{args.set} is off: nothing to evaluate, no model loaded")
         return
-    # torch and the model code: only when there is something to answer.
+    # The weights hash and CUDA starts while torch and the model code import: only when there is something to answer.
+    startup.check_weights_alongside(args.model, Path(args.model) / "adapter")
+    startup.start_cuda_alongside()
     from qlora_gsm8k.evaluation import evaluate_model
     from qlora_gsm8k.modeling import load_for_eval
 

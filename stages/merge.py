@@ -11,7 +11,6 @@ from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.eval_rows import read_eval_rows, solution_examples
 from qlora_gsm8k.io import atomic_directory, read_json, write_json
-from qlora_gsm8k.merging import check_merge, merge_adapter, merge_check_summary, save_merged
 from qlora_gsm8k.peft_methods import check_method
 
 
@@ -26,6 +25,11 @@ def main() -> None:
     startup.report_at_first_work()
     args, params = parse_stage_args(parser, check_method)
     examples = solution_examples(read_eval_rows(args.eval))[: params.eval.merge_check_size]
+    # The weights hash and CUDA starts while torch, transformers and peft import.
+    startup.check_weights_alongside(args.base, args.adapter)
+    startup.start_cuda_alongside()
+    from qlora_gsm8k.merging import check_merge, merge_adapter, merge_check_summary, save_merged
+
     merged, tokenizer, metrics = merge_adapter(Path(args.base), Path(args.adapter), examples, params)
     check_merge(metrics, params)
     with atomic_directory(args.out) as tmp:
