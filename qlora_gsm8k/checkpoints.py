@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .config import Params
 from .distributed import is_main_process
-from .io import atomic_write_text, file_sha256
+from .io import atomic_write_text, verified_or_hashed_sha256
 from .params_file import params_as_dict
 from .prompts import Encoded
 
@@ -39,7 +39,7 @@ def run_fingerprint(params: Params, encoded: list[Encoded], base_dir: Path) -> s
     digest.update(json.dumps({k: cfg[k] for k in ("peft", "lora", "quant", "train")}, sort_keys=True).encode())
     digest.update(json.dumps([[e.input_ids, e.labels] for e in encoded]).encode())
     for file in sorted(p for p in base_dir.iterdir() if p.is_file()):
-        digest.update(f"{file.name}:{file_sha256(file)}".encode())
+        digest.update(f"{file.name}:{verified_or_hashed_sha256(file)}".encode())
     for package in _FINGERPRINT_PACKAGES:
         try:
             digest.update(f"{package}=={metadata.version(package)}".encode())

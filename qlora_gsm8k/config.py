@@ -266,6 +266,10 @@ class EvalConfig:
         check_non_negative("eval.report_samples", self.report_samples)
 
 
+# The methods whose adapter the rl stage continues (TRL copies it as the frozen "ref" adapter); run on LoRA (tests).
+RL_METHODS = ("lora", "rslora", "dora")
+
+
 @dataclass(frozen=True)
 class RLConfig:
     """GRPO after SFT (the rl stage, TRL's GRPOTrainer): the SFT adapter trained on, on the 4-bit base, with the GSM8K
@@ -347,7 +351,7 @@ class Params:
         for name, eval_set in self.eval_sets.items():
             eval_set.validate(name)
         self._validate_merge_check_set()
-        self._validate_rl_questions()
+        self._validate_rl()
         steps, warmup = optimizer_steps(self.data.train_size, self.train)
         if steps <= warmup:
             # The HF Trainer's first step runs at learning rate 0 during warmup: LoRA's B would stay all zero and
@@ -359,8 +363,13 @@ class Params:
                 "train.grad_accum, or set train.warmup_ratio=0"
             )
 
-    def _validate_rl_questions(self) -> None:
+    def _validate_rl(self) -> None:
         rl = self.rl
+        if rl.enabled and self.peft.method not in RL_METHODS:
+            raise UserError(
+                f"rl.enabled continues the SFT adapter under GRPO, which here takes the LoRA family only (peft.method "
+                f"{', '.join(RL_METHODS)}); peft.method={self.peft.method} is not one of them"
+            )
         if rl.enabled and rl.offset + rl.questions > self.data.train_size:
             raise UserError(
                 f"rl.questions={rl.questions} from rl.offset={rl.offset} need {rl.offset + rl.questions} train rows; "

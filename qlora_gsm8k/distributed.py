@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 
-import torch
-
 from .errors import UserError
 
 
@@ -31,6 +29,8 @@ def pin_to_one_gpu() -> None:
 def launch_command(num_processes: int, module: str, argv: list[str]) -> list[str]:
     """`accelerate launch` (DDP over NCCL) on a machine with enough GPUs; without GPUs (CI, laptops) the
     same torchrun launcher accelerate uses underneath, with gloo, so the multi-process path stays tested."""
+    import torch  # here, not at import: the train stage starts its weight check and CUDA before torch imports
+
     if torch.cuda.is_available():
         if torch.cuda.device_count() < num_processes:
             raise UserError(

@@ -20,12 +20,21 @@ import torch
 from .cards import name_adapter_base
 from .config import Params
 from .errors import UserError
-from .io import record_weight_digests, verify_weight_digests
+from .io import record_weight_digests
 from .logits import decided_agreement, kl_between, response_logits
-from .modeling import dequantized_weights, load_model, load_tokenizer, quant_in_dtype, replace_weights, resolve_dtype
+from .modeling import (
+    dequantized_weights,
+    load_adapter,
+    load_model,
+    load_tokenizer,
+    quant_in_dtype,
+    replace_weights,
+    resolve_dtype,
+)
 from .peft_methods import method_of
 from .prompts import ChatFormat
 from .rows import Example
+from .startup import first_work, phase
 
 
 class MergeCheckError(UserError):
@@ -66,20 +75,10 @@ def adapter_in_dtype(model, dtype: torch.dtype):
 def load_with_adapter(base_dir: Path, adapter_dir: Path, dtype_name: str, quant=None, base_weights=None):
     """The base (16-bit, or 4-bit with `quant`) with the adapter on top; `base_weights` (name -> tensor)
     replace the base's linear weights first (the dequantized NF4 weights)."""
-    from peft import PeftModel
-
     model = load_model(base_dir, dtype=resolve_dtype(dtype_name), quant=quant)
     if base_weights:
         replace_weights(model, base_weights)
-    verify_weight_digests(adapter_dir)
-    return adapter_in_dtype(PeftModel.from_pretrained(model, str(adapter_dir)), resolve_dtype(dtype_name))
-
-
-def trained_adapter(sft_adapter: Path, rl_output: Path) -> Path:
-    """The adapter to merge: the rl stage's where it trained one (rl.enabled), else the SFT adapter (the rl stage then
-    wrote only a marker). Read from the rl stage's output, not from params: merge re-runs when that output changes,
-    and an rl.* edit while RL is off changes nothing here."""
-    return rl_output if (rl_output / "adapter_config.json").is_file() else sft_adapter
+    return adapter_in_dtype(load_adapter(model, adapter_dir), resolve_dtype(dtype_name))
 
 
 def merge_adapter(base_dir: Path, adapter_dir: Path, examples: list[Example], params: Params):
@@ -90,8 +89,6 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, examples: list[Example], pa
     produced), and with the unmerged adapter on the same 16-bit weights (the merge arithmetic alone).
     Teacher-forced over response tokens, without decoding: the top-1 agreement is what greedy decoding
     follows, per token."""
-    from peft import PeftModel
-
     cfg = params.eval
     tokenizer = load_tokenizer(adapter_dir)
     save_dtype = merged_dtype(cfg)
@@ -104,10 +101,11 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, examples: list[Example], pa
     # Prompt and prefix tuning learn tokens, not weight deltas: nothing to merge. The adapter is kept on the same
     # 16-bit weights a merge would use (save_merged writes both).
     mergeable = method_of(params).mergeable
-    base_weights = dequantized_weights(base_4bit) if cfg.merge_into == "dequantized" else None
-    verify_weight_digests(adapter_dir)
-    adapter_4bit = adapter_in_dtype(PeftModel.from_pretrained(base_4bit, str(adapter_dir)), check_dtype)
+    with phase("set-up"):
+        base_weights = dequantized_weights(base_4bit) if cfg.merge_into == "dequantized" else None
+    adapter_4bit = adapter_in_dtype(load_adapter(base_4bit, adapter_dir), check_dtype)
     chat = ChatFormat.of(tokenizer, params.prompt.system)
+    first_work()
     logits_4bit = response_logits(adapter_4bit, tokenizer, examples, cfg.batch_size, chat)
     with adapter_4bit.disable_adapter():
         logits_untrained = response_logits(adapter_4bit, tokenizer, examples, cfg.batch_size, chat)

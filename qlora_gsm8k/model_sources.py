@@ -67,9 +67,11 @@ class TinySource(ModelSource):
 
     def materialise(self, out_dir: Path) -> int:
         from .modeling import save_base
+        from .startup import first_work
         from .tiny import build_tiny_llama
 
         model, tokenizer = build_tiny_llama()
+        first_work()
         save_base(model, tokenizer, out_dir)
         return sum(p.numel() for p in model.parameters())
 

@@ -11,7 +11,7 @@ import torch
 
 from .config import QuantConfig
 from .errors import UserError
-from .io import verify_weight_digests
+from .startup import check_weights_alongside, cuda_ready, phase, verified_weights
 
 
 def device() -> torch.device:
@@ -63,9 +63,10 @@ def save_base(model, tokenizer, out_dir: str | Path) -> None:
 
 
 def load_tokenizer(path: str | Path, padding_side: str = "right"):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    with phase("imports"):
+        from transformers import AutoTokenizer
+    with phase("model load"):
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     # transformers ignores (and warns about) this space clean-up for BPE tokenizers; off, decoding is exact.
     tokenizer.clean_up_tokenization_spaces = False
     ensure_distinct_pad(tokenizer)
@@ -87,25 +88,44 @@ def quantization_config(quant: QuantConfig):
 def load_model(path: str | Path, dtype: torch.dtype, quant: QuantConfig | None = None, cudnn_attention: bool = False):
     """Load a saved model: 16-bit (or fp32) when `quant` is None, else bitsandbytes 4-bit. `cudnn_attention`: see
     configure_attention_backends (the benchmark's lever; off everywhere else)."""
-    from transformers import AutoModelForCausalLM
+    with phase("imports"):
+        from transformers import AutoModelForCausalLM
 
-    verify_weight_digests(path)
+    # Hashed while the model loads, if the stage did not start it earlier.
+    check_weights_alongside(path)
+    cuda_ready()
     configure_attention_backends(cudnn_attention)
     kwargs = {}
     if quant is not None:
         kwargs["quantization_config"] = quantization_config(quant)
         dtype = resolve_dtype(quant.compute_dtype)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path),
-        dtype=dtype,
-        device_map={"": device()},
-        use_safetensors=True,
-        trust_remote_code=False,
-        **kwargs,
-    )
-    if quant is not None:
-        keep_4bit_layers_in_compute_dtype(model)
+    with phase("model load"):
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path),
+            dtype=dtype,
+            device_map={"": device()},
+            use_safetensors=True,
+            trust_remote_code=False,
+            **kwargs,
+        )
+        if quant is not None:
+            keep_4bit_layers_in_compute_dtype(model)
+    # Returned, and so used, only once its files are what their stage wrote.
+    verified_weights(path)
     return model
+
+
+def load_adapter(model, adapter_dir: str | Path, trainable: bool = False):
+    """`model` with the saved adapter at `adapter_dir` on top, its weights checked like the base's; `trainable`: to
+    train further (the rl stage)."""
+    with phase("imports"):
+        from peft import PeftModel
+
+    check_weights_alongside(adapter_dir)
+    with phase("model load"):
+        adapted = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    verified_weights(adapter_dir)
+    return adapted
 
 
 def keep_4bit_layers_in_compute_dtype(model) -> None:
@@ -158,7 +178,8 @@ def dequantize_base_into(model, path: str | Path, quant: QuantConfig) -> None:
 
 def skeleton_from_config(config):
     """A model's architecture on the meta device: module names without memory or weights."""
-    from transformers import AutoModelForCausalLM
+    with phase("imports"):
+        from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
@@ -172,10 +193,7 @@ def load_for_eval(path: str | Path, dtype_name: str):
     model = load_model(path, dtype=dtype)
     unmerged = Path(path) / "adapter"
     if (unmerged / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        verify_weight_digests(unmerged)
-        model = PeftModel.from_pretrained(model, str(unmerged))
+        model = load_adapter(model, unmerged)
     return model, load_tokenizer(path), str(dtype).removeprefix("torch.")
 
 

@@ -20,13 +20,14 @@ from .checkpoints import FINISHED_MARKER, last_checkpoint, training_callbacks
 from .config import Params, RLConfig
 from .errors import UserError
 from .frozen_base import freeze_base
-from .io import atomic_write_text, file_sha256, record_weight_digests, verify_weight_digests
-from .modeling import device, load_model, load_tokenizer, resolve_dtype, saved_generation_config
+from .io import atomic_write_text, file_sha256, record_weight_digests
+from .modeling import device, load_adapter, load_model, load_tokenizer, resolve_dtype, saved_generation_config
 from .params_file import params_as_dict
 from .progress import interactive, use_progress_lines
 from .prompts import ChatFormat, prompt_text, stop_token_ids
 from .rewards import Gsm8kRewards
 from .rows import Example, final_number
+from .startup import first_work
 
 # What GRPOTrainer logs each step that is worth a curve: the reward and each of its terms (rewards/answer/mean is the
 # accuracy of the sampled completions), the KL to the SFT adapter, the completions' length and how many hit the cap.
@@ -43,17 +44,7 @@ RL_CURVES = (
     "learning_rate",
     "grad_norm",
 )
-# Methods whose adapter TRL copies as the frozen reference (its "ref" adapter) and trains further; tried on LoRA only.
-RL_METHODS = ("lora", "rslora", "dora")
 _FINGERPRINT_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl")
-
-
-def check_rl_method(params: Params) -> None:
-    if params.rl.enabled and params.peft.method not in RL_METHODS:
-        raise UserError(
-            f"rl.enabled continues the SFT adapter under GRPO, which here takes the LoRA family only (peft.method "
-            f"{', '.join(RL_METHODS)}); peft.method={params.peft.method} is not one of them"
-        )
 
 
 def rl_questions(cfg: RLConfig, train_examples: list[Example]) -> list[Example]:
@@ -85,12 +76,9 @@ def prompt_rows(tokenizer, examples: list[Example], chat: ChatFormat) -> list[di
 
 def policy_model(params: Params, base_dir: Path, adapter_dir: Path, compute_dtype: torch.dtype, stop_ids: list[int]):
     """The frozen 4-bit base with the SFT adapter on top, trainable; sampling stops at the ids evaluation stops at."""
-    from peft import PeftModel
-
     model = load_model(base_dir, dtype=compute_dtype, quant=params.quant)
     model = freeze_base(model, compute_dtype, gradient_checkpointing=False)
-    verify_weight_digests(adapter_dir)
-    model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    model = load_adapter(model, adapter_dir, trainable=True)
     model.generation_config.eos_token_id = stop_ids
     return model
 
@@ -235,6 +223,7 @@ def train_rl(
         callbacks=training_callbacks(live_dir, resume_from, RL_CURVES),
     )
     keep_float32(model)  # before train() builds the optimizer over these parameters
+    first_work()
     use_progress_lines(trainer, "rl", ("reward", "rewards/answer/mean", "kl"))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

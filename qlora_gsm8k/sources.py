@@ -21,6 +21,7 @@ from .local_paths import missing_path_error
 from .model_sources import model_source
 from .modeling import check_target_modules, save_base, set_distinct_pad, skeleton_from_config
 from .prompts import end_of_turn_id
+from .startup import first_work, phase
 
 
 def _hub_error(cfg: ModelConfig, err: Exception) -> UserError:
@@ -143,18 +144,21 @@ def copy_model_dir(src: Path, name: str, out_dir: Path) -> int:
     The weight files are copied as they are, not loaded and saved again: the same tensors, at the cost of a
     file copy instead of a 2.2 GB load and save (TinyLlama). Only the tokenizer and the configs are
     rewritten, to give the tokenizer a pad token distinct from EOS."""
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+    with phase("imports"):
+        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
-        config = AutoConfig.from_pretrained(str(src), trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load model from {name!r}: {err}".splitlines()[0]) from None
-    try:
-        generation = GenerationConfig.from_pretrained(str(src))
-    except OSError:  # no generation_config.json: what from_pretrained of the model would derive
-        generation = GenerationConfig.from_model_config(config)
+    with phase("model load"):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
+            config = AutoConfig.from_pretrained(str(src), trust_remote_code=False)
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot load model from {name!r}: {err}".splitlines()[0]) from None
+        try:
+            generation = GenerationConfig.from_pretrained(str(src))
+        except OSError:  # no generation_config.json: what from_pretrained of the model would derive
+            generation = GenerationConfig.from_model_config(config)
     set_distinct_pad(tokenizer, config, generation)
+    first_work()
     weights = sorted(src.glob("*.safetensors"))
     for f in [*weights, *src.glob("*.safetensors.index.json")]:
         shutil.copyfile(f, out_dir / f.name)
@@ -194,7 +198,8 @@ _GGUF_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
 
 def read_gguf(path: Path, config_only: bool = False):
     """A GGUF file's model, dequantized to bfloat16 (the dtype such models ship in); or only its config."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    with phase("imports"):
+        from transformers import AutoConfig, AutoModelForCausalLM
 
     folder, name = str(path.parent), path.name
     try:
@@ -211,7 +216,8 @@ def read_gguf(path: Path, config_only: bool = False):
 def gguf_tokenizer(path: Path):
     """A GGUF file's tokenizer with the EOS its chat template ends turns with: GGUF metadata can name the wrong
     one (SmolLM2-135M-Instruct's says `<|im_start|>`, the model ends its turns with `<|im_end|>`)."""
-    from transformers import AutoTokenizer
+    with phase("imports"):
+        from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
@@ -239,8 +245,10 @@ def materialise_gguf(path: Path, out_dir: Path) -> int:
     """Dequantize a GGUF model once into a plain directory (bf16 safetensors, tokenizer, chat template), with
     the EOS gguf_tokenizer takes from the chat template. transformers flags a GGUF-loaded model as quantized;
     the flag goes before saving, the weights are plain."""
-    tokenizer = gguf_tokenizer(path)
-    model = read_gguf(path)
+    with phase("model load"):
+        tokenizer = gguf_tokenizer(path)
+        model = read_gguf(path)
+    first_work()
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

@@ -40,6 +40,7 @@ from .preflight import preflight
 from .progress import interactive, use_progress_lines
 from .prompts import ChatFormat, Collator, encode_examples, stop_token_ids
 from .rows import Example
+from .startup import first_work, phase
 from .step_graphs import StaticShapeCollator, graphed_steps_for
 from .trainer import EncodedDataset, mean_logged_loss, schedule_arguments, trainer_class
 
@@ -100,34 +101,38 @@ def train_adapter(
     checkpoints are deleted at the end, unless keep_checkpoints: then the run is only marked finished and
     the caller discards it (discard_finished_runs) once its outputs are safely in place.
     `levers`: what bench/bench.py varies beyond params; None is the pipeline's own settings."""
-    from transformers import Trainer
+    with phase("imports"):
+        from transformers import Trainer
 
     cfg = params.train
     levers = levers or SpeedLevers()
     tokenizer = load_tokenizer(base_dir)
-    encoded, collator = training_rows(params, tokenizer, train_examples, base_dir, levers)
+    with phase("set-up"):
+        encoded, collator = training_rows(params, tokenizer, train_examples, base_dir, levers)
     use_liger, use_compile = liger_kernel_enabled(cfg), compile_enabled(cfg)
     compute_dtype = resolve_dtype(params.quant.compute_dtype)
     model = adapted_model(params, base_dir, compute_dtype, use_compile, levers)
     micro_batches = math.ceil(math.ceil(len(encoded) / cfg.num_gpus) / cfg.micro_batch_size * cfg.epochs)
-    graphed_steps = graphed_steps_for(model, cfg, compute_dtype, use_compile, micro_batches, levers.record_graphs)
-    if graphed_steps is not None:
-        collator = StaticShapeCollator(tokenizer.pad_token_id, cfg.micro_batch_size)
+    with phase("set-up"):
+        graphed_steps = graphed_steps_for(model, cfg, compute_dtype, use_compile, micro_batches, levers.record_graphs)
+        if graphed_steps is not None:
+            collator = StaticShapeCollator(tokenizer.pad_token_id, cfg.micro_batch_size)
 
-    run_dir = checkpoint_root / run_fingerprint(params, encoded, base_dir)
-    resume_from = last_checkpoint(run_dir)
-    if resume_from:
-        print(f"resuming training from {resume_from}")
-    args = training_arguments(cfg, run_dir, compute_dtype, use_liger, use_compile, levers)
-    batches = token_budget_batches(encoded, cfg, levers, graphed=graphed_steps is not None)
-    trainer = trainer_class(Trainer, batches, graphed_steps, levers.count_parameters_once)(
-        model=model,
-        args=args,
-        train_dataset=EncodedDataset(encoded),
-        data_collator=collator,
-        callbacks=training_callbacks(live_dir, resume_from) + list(callbacks or []),
-    )
-    use_progress_lines(trainer)
+        run_dir = checkpoint_root / run_fingerprint(params, encoded, base_dir)
+        resume_from = last_checkpoint(run_dir)
+        if resume_from:
+            print(f"resuming training from {resume_from}")
+        args = training_arguments(cfg, run_dir, compute_dtype, use_liger, use_compile, levers)
+        batches = token_budget_batches(encoded, cfg, levers, graphed=graphed_steps is not None)
+        trainer = trainer_class(Trainer, batches, graphed_steps, levers.count_parameters_once)(
+            model=model,
+            args=args,
+            train_dataset=EncodedDataset(encoded),
+            data_collator=collator,
+            callbacks=training_callbacks(live_dir, resume_from) + list(callbacks or []),
+        )
+        use_progress_lines(trainer)
+    first_work()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()

@@ -26,6 +26,7 @@ import re
 import sys
 from pathlib import Path
 
+from qlora_gsm8k import startup
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.config import Params
 from qlora_gsm8k.context import check_fits_context
@@ -83,7 +84,8 @@ def check_model(params: Params, record: dict) -> None:
     if record.get("key") != key:
         from qlora_gsm8k.sources import check_model_source  # torch + transformers: only when needed
 
-        context = check_model_source(params.model, method_of(params).adapted_modules(params))
+        with startup.phase("model load"):
+            context = check_model_source(params.model, method_of(params).adapted_modules(params))
         record.clear()
         record.update(key=key, context=context)
     check_context(params, record.get("context"))
@@ -125,7 +127,8 @@ def measure_lengths(params: Params, train: list[Example], eval_sets: dict[str, l
     if measured.get("key") != key:
         from qlora_gsm8k.prompts import ChatFormat, encode_examples, encode_prompt
 
-        tokenizer = model_source(params.model).tokenizer()
+        with startup.phase("model load"):
+            tokenizer = model_source(params.model).tokenizer()
         # Lengths are what is measured here, against the model's context: no warning per over-long row.
         tokenizer.model_max_length = sys.maxsize
         chat = ChatFormat.of(tokenizer, params.prompt.system)
@@ -219,10 +222,13 @@ def main() -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--out", required=True, help="marker written when params are valid")
     parser.add_argument("--model-checked", help="what the last passing model check checked (JSON), to skip it")
+    startup.report_at_first_work()
     args, params = parse_stage_args(parser, check_method)
     check_revisions(params)
     check_inputs(params, Path(args.model_checked) if args.model_checked else None)
     check_accelerators(params)
+    # Its work is the checks: the model's share of them shows as model load.
+    startup.first_work("in all")
     # Constant content: downstream stages depend on it for ordering, and must not re-run because of it.
     atomic_write_text(args.out, "params.yaml is valid\n")
 

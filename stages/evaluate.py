@@ -3,16 +3,14 @@ row's reference number, and, for sets whose rows carry worked solutions (GSM8K),
 The base's run also scores the base quantized to 4-bit, what training starts from, so quantization's cost and
 training's gain read apart. A set that is off (empty slice) writes empty outputs and loads no model."""
 
-import time
 from pathlib import Path
 
+from qlora_gsm8k import startup
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.eval_rows import read_eval_rows, solution_examples
 from qlora_gsm8k.io import atomic_write_text, write_json
 from qlora_gsm8k.rows import write_json_lines
-
-STARTED = time.perf_counter()
 
 
 def write_outputs(args, rows: list[dict], summary: dict, perplexity: dict, info: dict) -> None:
@@ -64,11 +62,12 @@ def main() -> None:
     parser.add_argument("--metrics-out", required=True, help="exact match and health (JSON)")
     parser.add_argument("--perplexity-out", required=True, help="perplexity metrics, empty for sets without solutions")
     parser.add_argument("--info-out", required=True, help="how the model was run: precision, device (JSON)")
-    sft = parser.add_argument_group("SFT alone, beside SFT + RL (the tuned side, when the rl stage trained)")
-    sft.add_argument("--sft-model", help="the SFT adapter merged alone; absent when RL did not run")
-    sft.add_argument("--sft-generations-out", help="JSONL, its scored outputs (empty without RL)")
-    sft.add_argument("--sft-metrics-out", help="its exact match and health (JSON, empty without RL)")
-    sft.add_argument("--sft-perplexity-out", help="its perplexity (JSON, empty without RL)")
+    sft_args = parser.add_argument_group("SFT alone, beside SFT + RL (the tuned side, when the rl stage trained)")
+    sft_args.add_argument("--sft-model", help="the SFT adapter merged alone; absent when RL did not run")
+    sft_args.add_argument("--sft-generations-out", help="JSONL, its scored outputs (empty without RL)")
+    sft_args.add_argument("--sft-metrics-out", help="its exact match and health (JSON, empty without RL)")
+    sft_args.add_argument("--sft-perplexity-out", help="its perplexity (JSON, empty without RL)")
+    startup.report_at_first_work()
     args, params = parse_stage_args(parser)
     eval_rows = read_eval_rows(args.eval)
     if not eval_rows:
@@ -77,13 +76,15 @@ def main() -> None:
         write_sft_outputs(args, None)
         print(f"{args.set} is off: nothing to evaluate, no model loaded")
         return
-    # torch and the model code: only when there is something to answer.
+    # The weights hash and CUDA starts while torch and the model code import: only when there is something to answer.
+    startup.check_weights_alongside(args.model, Path(args.model) / "adapter")
+    startup.start_cuda_alongside()
     from qlora_gsm8k.evaluation import evaluate_model
     from qlora_gsm8k.modeling import load_for_eval
 
     model, tokenizer, precision = load_for_eval(args.model, params.eval.dtype)
     # Each (set, model) is a stage of its own: what its start-up costs shows here, per stage.
-    print(f"{args.set} {args.label}: imports and model load took {time.perf_counter() - STARTED:.1f} s")
+    startup.first_work()
     info = {"model": args.model, "precision": precision, "device": str(model.device)}
     perplexity, rows, summary = evaluate_model(
         model, tokenizer, eval_rows, solution_examples(eval_rows), params, args.label, args.model

@@ -5,26 +5,31 @@ KL and top-1 agreement over held-out response tokens. A merge that fails the che
 import math
 from pathlib import Path
 
+from qlora_gsm8k import startup
 from qlora_gsm8k.cards import RL_RECIPE, write_merged_card
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.eval_rows import read_eval_rows, solution_examples
 from qlora_gsm8k.io import atomic_directory, read_json, write_json
-from qlora_gsm8k.merging import (
-    check_merge,
-    merge_adapter,
-    merge_check_summary,
-    save_merged,
-    trained_adapter,
-)
 from qlora_gsm8k.peft_methods import check_method
 
 # The SFT merge's check, recorded beside the RL merge's when RL ran.
 SFT_CHECK_KEYS = ("kl_merged_vs_4bit_adapter", "top1_agreement_decided", "decided_tokens")
 
 
+def trained_adapter(sft_adapter: Path, rl_output: Path | None) -> Path:
+    """The adapter to merge: the rl stage's where it trained one (rl.enabled), else the SFT adapter (the rl stage then
+    wrote only a marker). Read from the rl stage's output, not from params: this stage re-runs when that output
+    changes, and an rl.* edit while RL is off changes nothing here."""
+    if rl_output is not None and (rl_output / "adapter_config.json").is_file():
+        return rl_output
+    return sft_adapter
+
+
 def merge_and_save(base: Path, adapter: Path, examples, params, out_dir: Path, shown_as: str) -> dict:
     """Merge `adapter`, check it (a failed check raises before anything is saved), save it with its card."""
+    from qlora_gsm8k.merging import check_merge, merge_adapter, save_merged
+
     merged, tokenizer, metrics = merge_adapter(base, adapter, examples, params)
     check_merge(metrics, params)
     save_merged(merged, tokenizer, out_dir, shown_as)
@@ -48,10 +53,16 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--sft-out", help="inside --out: where the SFT adapter goes merged alone as well, when RL ran")
     parser.add_argument("--metrics-out", required=True)
+    startup.report_at_first_work()
     args, params = parse_stage_args(parser, check_method)
     examples = solution_examples(read_eval_rows(args.eval))[: params.eval.merge_check_size]
     sft_adapter = Path(args.adapter)
-    adapter = trained_adapter(sft_adapter, Path(args.rl_adapter)) if args.rl_adapter else sft_adapter
+    adapter = trained_adapter(sft_adapter, Path(args.rl_adapter) if args.rl_adapter else None)
+    # The weights hash and CUDA starts while torch, transformers and peft import.
+    startup.check_weights_alongside(args.base, adapter)
+    startup.start_cuda_alongside()
+    from qlora_gsm8k.merging import merge_check_summary
+
     with atomic_directory(args.out) as tmp:
         metrics = merge_and_save(Path(args.base), adapter, examples, params, tmp, args.out)
         if adapter != sft_adapter and args.sft_out:

@@ -7,13 +7,12 @@ rl.enabled=false (the default): writes a marker in --adapter-out, loads nothing,
 
 from pathlib import Path
 
+from qlora_gsm8k import startup
 from qlora_gsm8k.cards import RL_RECIPE
-from qlora_gsm8k.checkpoints import discard_finished_runs
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.io import atomic_directory, write_json
 from qlora_gsm8k.params_file import params_as_dict
-from qlora_gsm8k.reinforcement import check_rl_method
 from qlora_gsm8k.rows import read_jsonl
 
 # What merge reads to tell "RL off" from an RL adapter.
@@ -30,7 +29,8 @@ def main() -> None:
     parser.add_argument("--metrics-out", required=True)
     parser.add_argument("--live-dir", required=True, help="DVCLive log directory")
     parser.add_argument("--checkpoints", required=True, help="kept across interrupted runs, for resume")
-    args, params = parse_stage_args(parser, check_rl_method)
+    startup.report_at_first_work()
+    args, params = parse_stage_args(parser)
     live_dir = Path(args.live_dir)
     if not params.rl.enabled:
         with atomic_directory(args.adapter_out) as tmp:
@@ -39,6 +39,10 @@ def main() -> None:
         write_json(args.metrics_out, {"rl": {"enabled": False}})
         print("rl.enabled is false: no RL; merge takes the SFT adapter")
         return
+    # The weights hash and CUDA starts while torch, transformers, peft and TRL import.
+    startup.check_weights_alongside(args.base, args.adapter)
+    startup.start_cuda_alongside()
+    from qlora_gsm8k.checkpoints import discard_finished_runs
     from qlora_gsm8k.plots import curve_png
     from qlora_gsm8k.reinforcement import train_rl
 

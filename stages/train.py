@@ -9,16 +9,14 @@ import contextlib
 import sys
 from pathlib import Path
 
+from qlora_gsm8k import startup
 from qlora_gsm8k.cards import write_adapter_card
-from qlora_gsm8k.checkpoints import discard_finished_runs
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.distributed import is_main_process, launched, pin_to_one_gpu, relaunch
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.io import atomic_directory, write_json
 from qlora_gsm8k.peft_methods import check_method
-from qlora_gsm8k.plots import curve_png
 from qlora_gsm8k.rows import read_jsonl
-from qlora_gsm8k.training import train_adapter
 
 RUN_SETTINGS = ("device", "compute_dtype", "liger_kernel", "compile", "cuda_graphs")
 
@@ -32,12 +30,19 @@ def main() -> None:
     parser.add_argument("--metrics-out", required=True)
     parser.add_argument("--live-dir", required=True, help="DVCLive log directory")
     parser.add_argument("--checkpoints", required=True, help="kept across interrupted runs, for resume")
+    startup.report_at_first_work()
     args, params = parse_stage_args(parser, check_method)
     if params.train.num_gpus > 1 and not launched():
         relaunch(params.train.num_gpus, "stages.train", sys.argv[1:])
         return
     if not launched():  # one process: one GPU (under a launcher, each rank has its own already)
         pin_to_one_gpu()
+    # The weights hash and CUDA starts while torch, transformers and peft import.
+    startup.check_weights_alongside(args.base)
+    startup.start_cuda_alongside()
+    from qlora_gsm8k.checkpoints import discard_finished_runs
+    from qlora_gsm8k.training import train_adapter
+
     examples = read_jsonl(args.train)
     checkpoints = Path(args.checkpoints)
     main_process = is_main_process()
@@ -63,6 +68,8 @@ def main() -> None:
     write_json(args.metrics_out, {"train": metrics})
     curves = Path(args.live_dir) / "plots"
     if (curves / "metrics/loss.tsv").is_file():
+        from qlora_gsm8k.plots import curve_png  # pandas and matplotlib: at the end, not before training
+
         curve_png(curves / "metrics/loss.tsv", "loss", curves / "images/loss.png", "Training loss")
     # Only now, with adapter and metrics in place, are the checkpoints of this run no longer needed.
     discard_finished_runs(checkpoints)

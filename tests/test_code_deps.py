@@ -50,6 +50,8 @@ DIRTY_AFTER_EDIT = {
     "qlora_gsm8k/eval_sets.py": {"check_params"} | FETCH_EVAL,
     # The one eval row type: what writes, checks or reads eval rows; never fetch, base or train.
     "qlora_gsm8k/eval_rows.py": {"check_params", "merge", "compare"} | FETCH_EVAL | EVALUATE,
+    # Start-up timing and the weight check: what loads a model (compare reads the model's source for its report).
+    "qlora_gsm8k/startup.py": {"check_params", "base", "train", "merge", "compare"} | EVALUATE,
     # Rows and their JSON Lines: every stage reads or writes rows.
     "qlora_gsm8k/rows.py": EVERY_STAGE,
 }

@@ -102,17 +102,16 @@ def test_rl_params_are_refused_with_the_key_named(settings, message):
         RLConfig(**settings).validate()
 
 
-def test_rl_refuses_methods_that_learn_tokens_with_one_line():
+def test_rl_refuses_methods_outside_the_lora_family_with_one_line():
     import dataclasses
 
-    from qlora_gsm8k.config import Params, PeftMethodConfig
-    from qlora_gsm8k.reinforcement import check_rl_method
+    from qlora_gsm8k.config import DataConfig, Params, PeftMethodConfig
 
-    on = Params(rl=RLConfig(enabled=True, questions=8))
-    check_rl_method(on)  # lora, the default
-    check_rl_method(dataclasses.replace(on, peft=PeftMethodConfig(method="ia3"), rl=RLConfig(enabled=False)))
+    on = Params(data=DataConfig(train_size=200), rl=RLConfig(enabled=True, questions=8))
+    on.validate()  # lora, the default
+    dataclasses.replace(on, peft=PeftMethodConfig(method="ia3"), rl=RLConfig(enabled=False)).validate()
     with pytest.raises(UserError, match="peft.method=ia3 is not one of them"):
-        check_rl_method(dataclasses.replace(on, peft=PeftMethodConfig(method="ia3")))
+        dataclasses.replace(on, peft=PeftMethodConfig(method="ia3")).validate()
 
 
 def test_rl_questions_beyond_the_train_slice_fail_the_params_check():

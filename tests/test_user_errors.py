@@ -841,6 +841,30 @@ def test_a_corrupt_model_file_is_refused_with_the_repair(tmp_path, tiny_base_dir
     assert not (tmp_path / "m.json").exists()
 
 
+def test_a_flipped_byte_is_refused_by_the_check_beside_the_load(tmp_path, tiny_base_dir):
+    """The weight check runs in a thread beside the imports and the load (startup.py): one flipped bit still fails
+    it, and the load raises instead of returning the model."""
+    import torch
+
+    from qlora_gsm8k import startup
+    from qlora_gsm8k.errors import UserError
+    from qlora_gsm8k.io import record_weight_digests
+    from qlora_gsm8k.modeling import load_model
+
+    model_dir = tmp_path / "models" / "base"
+    shutil.copytree(tiny_base_dir, model_dir)
+    record_weight_digests(model_dir)
+    weights = model_dir / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    startup.check_weights_alongside(model_dir)
+    with pytest.raises(UserError, match=f"{weights} is not what its stage wrote"):
+        load_model(model_dir, dtype=torch.float32)
+    with pytest.raises(UserError, match="is not what its stage wrote"):  # started by the load itself
+        load_model(model_dir, dtype=torch.float32)
+
+
 def test_weights_are_hashed_once_per_process_until_they_change(tmp_path, tiny_base_dir, monkeypatch):
     """The merge stage loads the base and the adapter twice each: their files are hashed once, not twice; a file
     written meanwhile is hashed again, and refused."""
