@@ -36,3 +36,17 @@ gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU: ' 
 print(gpu, 'torch', torch.__version__, *(f'{p} {v(p)}' for p in ('transformers', 'peft', 'bitsandbytes', 'dvc')))
 " >"$1"
 }
+
+# Runs COMMAND... with its output shown and appended to LOG (the command line first, its rc and wall time last);
+# returns its exit status.
+run_logged() {
+  local log=$1 start=$SECONDS status
+  shift
+  echo "$ $*" | tee -a "$log"
+  set +e
+  "$@" 2>&1 | tee -a "$log"
+  status=${PIPESTATUS[0]}
+  set -e
+  echo "$1 $2 $3: rc $status, $((SECONDS - start)) s wall" | tee -a "$log"
+  return "$status"
+}

@@ -33,13 +33,8 @@ preset=(-S data.train_size=7473 -S eval_sets.gsm8k.size=1319 -S peft.method=rslo
   -S train.epochs=3 -S train.learning_rate=1e-3 -S train.micro_batch_size=32 -S eval_sets.svamp.size=1000)
 command=(dvc exp run -S "model.name=$model" -S "data.source=$data" -S "eval_sets.svamp.source=$svamp" "${preset[@]}"
   "$@")
-echo "$ ${command[*]}" | tee -a "$out/exp_run.log"
-start=$SECONDS
-set +e
-"${command[@]}" 2>&1 | tee -a "$out/exp_run.log"
-status=${PIPESTATUS[0]}
-set -e
-echo "dvc exp run: rc $status, $((SECONDS - start)) s wall" | tee -a "$out/exp_run.log"
+status=0
+run_logged "$out/exp_run.log" "${command[@]}" || status=$?
 cp params.yaml dvc.lock "$out/" 2>/dev/null || true
 mkdir -p "$out/metrics" && cp -r metrics/. "$out/metrics/" 2>/dev/null || true
 cp reports/comparison.md "$out/" 2>/dev/null || true

@@ -27,13 +27,9 @@ names = [e.get('name') for r in rows for x in (r.get('experiments') or []) for e
 print(names[0] if names else '')")
 [ -n "$preset" ] || { echo "no experiment in $work: run bench/gpu_preset.sh with PRESET_WORK=$work first"; exit 2; }
 command=(dvc exp run -S rl.enabled=true "$@")
-echo "$ ${command[*]}   # in $work, on top of the preset's experiment $preset" | tee -a "$out/exp_run.log"
-start=$SECONDS
-set +e
-"${command[@]}" 2>&1 | tee -a "$out/exp_run.log"
-status=${PIPESTATUS[0]}
-set -e
-echo "dvc exp run: rc $status, $((SECONDS - start)) s wall" | tee -a "$out/exp_run.log"
+echo "# in $work, on top of the preset's experiment $preset" | tee -a "$out/exp_run.log"
+status=0
+run_logged "$out/exp_run.log" "${command[@]}" || status=$?
 cp params.yaml dvc.lock "$out/" 2>/dev/null || true
 mkdir -p "$out/metrics" "$out/rl_curves" && cp -r metrics/. "$out/metrics/" 2>/dev/null || true
 cp reports/comparison.md "$out/" 2>/dev/null || true

@@ -13,11 +13,13 @@ import hashlib
 import json
 import re
 import shutil
+import time
 from importlib import metadata
 from pathlib import Path
 
 from .config import Params
 from .distributed import is_main_process
+from .errors import UserError
 from .io import atomic_write_text, verified_or_hashed_sha256
 from .params_file import params_as_dict
 from .prompts import Encoded
@@ -28,24 +30,59 @@ _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 _FINGERPRINT_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "liger-kernel")
 
 
+def fingerprint(
+    settings: dict, rows, directories: list[Path], packages: tuple[str, ...] = _FINGERPRINT_PACKAGES
+) -> str:
+    """What a run's trajectory depends on, hashed: `settings` and `rows` (as JSON), every file of `directories`
+    (weights included; digests the weight check just verified are reused) and the versions of `packages`."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(json.dumps(rows).encode())
+    for directory in directories:
+        for file in sorted(p for p in directory.iterdir() if p.is_file()):
+            name = file.name if len(directories) == 1 else f"{directory.name}/{file.name}"
+            digest.update(f"{name}:{verified_or_hashed_sha256(file)}".encode())
+    for package in packages:
+        try:
+            digest.update(f"{package}=={metadata.version(package)}".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{package} missing".encode())
+    return digest.hexdigest()[:16]
+
+
 def run_fingerprint(params: Params, encoded: list[Encoded], base_dir: Path) -> str:
     """Identifies a training run: a checkpoint is only resumed into the run that wrote it.
 
     Covers what the trajectory depends on: the lora/quant/train params, the tokenized rows in order (so
     a new tokenizer, template or data file gives a new run), every file of the base model (weights
     included) and the versions of the libraries that compute the steps."""
-    digest = hashlib.sha256()
     cfg = params_as_dict(params)
-    digest.update(json.dumps({k: cfg[k] for k in ("peft", "lora", "quant", "train")}, sort_keys=True).encode())
-    digest.update(json.dumps([[e.input_ids, e.labels] for e in encoded]).encode())
-    for file in sorted(p for p in base_dir.iterdir() if p.is_file()):
-        digest.update(f"{file.name}:{verified_or_hashed_sha256(file)}".encode())
-    for package in _FINGERPRINT_PACKAGES:
-        try:
-            digest.update(f"{package}=={metadata.version(package)}".encode())
-        except metadata.PackageNotFoundError:
-            digest.update(f"{package} missing".encode())
-    return digest.hexdigest()[:16]
+    settings = {k: cfg[k] for k in ("peft", "lora", "quant", "train")}
+    return fingerprint(settings, [[e.input_ids, e.labels] for e in encoded], [base_dir])
+
+
+def close_run(run_dir: Path, keep_checkpoints: bool) -> None:
+    """A finished run's checkpoints: deleted, or (keep_checkpoints) only marked finished, for the stage to discard
+    (discard_finished_runs) once its outputs are safely in place."""
+    if not keep_checkpoints:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    elif run_dir.is_dir():
+        atomic_write_text(run_dir / FINISHED_MARKER, "outputs being written; safe to delete\n")
+
+
+def timed_training(trainer, resume_from: str | None, out_of_memory: str) -> float:
+    """trainer.train(), resumed from `resume_from`, in seconds; out of GPU memory, a UserError saying
+    `out_of_memory` (what to change)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except torch.OutOfMemoryError:
+        raise UserError(out_of_memory) from None
+    return time.perf_counter() - start
 
 
 def last_checkpoint(run_dir: Path) -> str | None:

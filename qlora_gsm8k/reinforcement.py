@@ -6,21 +6,16 @@ not near the base."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
-import time
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
 from .cards import adapter_base_reference, name_adapter_base
-from .checkpoints import FINISHED_MARKER, last_checkpoint, training_callbacks
+from .checkpoints import close_run, fingerprint, last_checkpoint, timed_training, training_callbacks
 from .config import Params, RLConfig
 from .errors import UserError
 from .frozen_base import freeze_base
-from .io import atomic_write_text, file_sha256, record_weight_digests
+from .io import record_weight_digests
 from .modeling import device, load_adapter, load_model, load_tokenizer, resolve_dtype, saved_generation_config
 from .params_file import params_as_dict
 from .progress import interactive, use_progress_lines
@@ -133,20 +128,10 @@ def grpo_arguments(cfg: RLConfig, run_dir: Path):
 
 def rl_fingerprint(params: Params, rows: list[dict], base_dir: Path, adapter_dir: Path) -> str:
     """Identifies an RL run, so a checkpoint is only resumed into the run that wrote it: the rl, prompt and quant
-    params, the rows, the base's and the SFT adapter's files, the library versions."""
-    digest = hashlib.sha256()
+    params, the rows, the base's and the SFT adapter's files, the library versions (TRL's too)."""
     cfg = params_as_dict(params)
-    digest.update(json.dumps({k: cfg[k] for k in ("rl", "prompt", "quant")}, sort_keys=True).encode())
-    digest.update(json.dumps(rows).encode())
-    for directory in (base_dir, adapter_dir):
-        for file in sorted(p for p in directory.iterdir() if p.is_file()):
-            digest.update(f"{directory.name}/{file.name}:{file_sha256(file)}".encode())
-    for package in _FINGERPRINT_PACKAGES:
-        try:
-            digest.update(f"{package}=={metadata.version(package)}".encode())
-        except metadata.PackageNotFoundError:
-            digest.update(f"{package} missing".encode())
-    return digest.hexdigest()[:16]
+    settings = {k: cfg[k] for k in ("rl", "prompt", "quant")}
+    return fingerprint(settings, rows, [base_dir, adapter_dir], _FINGERPRINT_PACKAGES)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -225,18 +210,13 @@ def train_rl(
     keep_float32(model)  # before train() builds the optimizer over these parameters
     first_work()
     use_progress_lines(trainer, "rl", ("reward", "rewards/answer/mean", "kl"))
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    try:
-        trainer.train(resume_from_checkpoint=resume_from)
-    except torch.OutOfMemoryError:
-        raise UserError(
-            f"out of GPU memory in the rl stage with rl.micro_batch_size={cfg.micro_batch_size} completions per pass "
-            f"and rl.max_completion_length={cfg.max_completion_length}: lower rl.micro_batch_size (the step's "
-            "completions are then accumulated over more passes)"
-        ) from None
-    seconds = time.perf_counter() - start
+    seconds = timed_training(
+        trainer,
+        resume_from,
+        f"out of GPU memory in the rl stage with rl.micro_batch_size={cfg.micro_batch_size} completions per pass "
+        f"and rl.max_completion_length={cfg.max_completion_length}: lower rl.micro_batch_size (the step's "
+        "completions are then accumulated over more passes)",
+    )
 
     # Only the trained adapter: TRL's frozen "ref" copy of the SFT adapter is not part of the result.
     model.save_pretrained(str(out_dir), safe_serialization=True, selected_adapters=["default"])
@@ -248,9 +228,5 @@ def train_rl(
     resumed_from_step = int(Path(resume_from).name.split("-")[1]) if resume_from else 0
     metrics = rl_metrics(trainer.state.log_history, cfg, seconds, resumed_from_step)
     metrics["compute_dtype"] = str(compute_dtype).removeprefix("torch.")
-    if keep_checkpoints:
-        if run_dir.is_dir():
-            atomic_write_text(run_dir / FINISHED_MARKER, "outputs being written; safe to delete\n")
-    else:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    close_run(run_dir, keep_checkpoints)
     return metrics

@@ -5,8 +5,6 @@ accelerators.py; CUDA-graph steps: step_graphs.py; token-budget batches: batchin
 from __future__ import annotations
 
 import math
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +20,11 @@ from .accelerators import (
 )
 from .batching import TokenBudgetBatchSampler
 from .cards import adapter_base_reference, name_adapter_base
-from .checkpoints import FINISHED_MARKER, last_checkpoint, run_fingerprint, training_callbacks
+from .checkpoints import close_run, last_checkpoint, run_fingerprint, timed_training, training_callbacks
 from .config import Params, TrainConfig
 from .errors import UserError
 from .frozen_base import freeze_base
-from .io import atomic_write_text, record_weight_digests
+from .io import record_weight_digests
 from .modeling import (
     check_target_modules,
     device,
@@ -133,14 +131,7 @@ def train_adapter(
         )
         use_progress_lines(trainer)
     first_work()
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    try:
-        trainer.train(resume_from_checkpoint=resume_from)
-    except torch.OutOfMemoryError:
-        raise UserError(train_oom_message(cfg)) from None
-    seconds = time.perf_counter() - start
+    seconds = timed_training(trainer, resume_from, train_oom_message(cfg))
 
     if adapter_dir is not None:
         save_adapter(model, tokenizer, adapter_dir, base_dir)
@@ -156,11 +147,7 @@ def train_adapter(
         metrics["graph_shapes"] = sum(entry.graph is not None for entry in graphed_steps.shapes.values())
     if torch.cuda.is_available():
         metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    if keep_checkpoints:
-        if run_dir.is_dir():
-            atomic_write_text(run_dir / FINISHED_MARKER, "outputs being written; safe to delete\n")
-    else:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    close_run(run_dir, keep_checkpoints)
     return metrics
 
 

@@ -74,7 +74,9 @@ def test_repro_outputs_load_as_users_load_them(reproduced_project):
         assert (project / path).exists(), path
     metric_files = sorted(str(p.relative_to(project / "metrics")) for p in (project / "metrics").rglob("*.json"))
     per_set = [f"{kind}/{name}_{model}.json" for kind in ("eval", "perplexity") for name in SETS for model in MODELS]
-    assert metric_files == sorted(["compare.json", "merge.json", "train.json", *per_set])
+    # *_sft: SFT alone beside SFT + RL, empty files while RL is off (as here); rl.json says it is off.
+    sft = [f"{kind}/{name}_sft.json" for kind in ("eval", "perplexity") for name in SETS]
+    assert metric_files == sorted(["compare.json", "merge.json", "train.json", "rl.json", *per_set, *sft])
     assert (project / "models/merged/model.safetensors").is_file()
     assert (project / "models/adapter/adapter_model.safetensors").is_file()
     assert (project / "models/merged/chat_template.jinja").is_file() or "chat_template" in (
