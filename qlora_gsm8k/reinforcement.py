@@ -165,7 +165,6 @@ def rl_metrics(log_history: list[dict], cfg: RLConfig, seconds: float, resumed_f
         seconds_per_step=seconds / ran if ran > 0 else None,
         completions_per_step=cfg.questions_per_step * cfg.group_size,
         resumed_from_step=resumed_from_step,
-        device=device().type,
     )
     if torch.cuda.is_available():
         metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -227,6 +226,8 @@ def train_rl(
     name_adapter_base(out_dir, *adapter_base_reference(base_dir))
     resumed_from_step = int(Path(resume_from).name.split("-")[1]) if resume_from else 0
     metrics = rl_metrics(trainer.state.log_history, cfg, seconds, resumed_from_step)
+    # Settings, not numbers: the stage keeps them beside the adapter (training_run.json), out of the metrics.
     metrics["compute_dtype"] = str(compute_dtype).removeprefix("torch.")
+    metrics["device"] = device().type
     close_run(run_dir, keep_checkpoints)
     return metrics

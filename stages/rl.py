@@ -58,7 +58,7 @@ def main() -> None:
             live_dir=live_dir,
             keep_checkpoints=True,
         )
-        write_json(tmp / "training_run.json", {"compute_dtype": metrics.pop("compute_dtype")})
+        write_json(tmp / "training_run.json", {k: metrics.pop(k) for k in ("compute_dtype", "device")})
         write_json(tmp / RL_RECIPE, params_as_dict(params)["rl"])
     write_json(args.metrics_out, {"rl": metrics})
     curves = live_dir / "plots"

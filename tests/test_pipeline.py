@@ -114,7 +114,7 @@ def test_repro_outputs_load_as_users_load_them(reproduced_project):
     assert gsm8k_source["rows"] == 12 and gsm8k_source["eval_rows_in_train"] == 0
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     per_set = {f"{stage}@{name}" for stage in ("fetch_eval", "evaluate_base", "evaluate_tuned") for name in SETS}
-    assert set(lock["stages"]) == {"check_params", "fetch", "base", "train", "merge", "compare"} | per_set
+    assert set(lock["stages"]) == {"check_params", "fetch", "base", "train", "rl", "merge", "compare"} | per_set
     # Numbers only in metrics files (settings sit in data/evaluated_*.json, models/adapter/training_run.json).
     for metrics_file in (project / "metrics").glob("*.json"):
         assert _only_numbers(json.loads(metrics_file.read_text())), metrics_file.name
