@@ -164,6 +164,26 @@ def write_adapter_card(adapter_dir: Path, shown_as: str, base_dir: Path, params:
     atomic_write_text(adapter_dir / "README.md", "\n".join(lines))
 
 
+def write_rl_adapter_card(adapter_dir: Path, sft_card: str, rl_recipe: dict, rl_metrics: dict) -> None:
+    """The RL adapter's README.md: the SFT adapter's card it continues, with the GRPO recipe and its numbers added."""
+    lines = [
+        sft_card.rstrip(),
+        "",
+        "## Then reinforcement learning (GRPO)",
+        "",
+        "This adapter is the one above continued with GRPO; it loads the same way, from its own directory.",
+        "",
+        *_rl_lines(rl_recipe),
+        "",
+        *_numbers(
+            "GRPO (first and last tenth of the steps)",
+            rl_metrics,
+            ["steps", "reward_first", "reward_last", "sampled_accuracy_first", "sampled_accuracy_last", "kl_last"],
+        ),
+    ]
+    atomic_write_text(adapter_dir / "README.md", "\n".join(lines))
+
+
 def write_merged_card(
     merged_dir: Path,
     shown_as: str,

@@ -8,7 +8,7 @@ rl.enabled=false (the default): writes a marker in --adapter-out, loads nothing,
 from pathlib import Path
 
 from qlora_gsm8k import startup
-from qlora_gsm8k.cards import RL_RECIPE
+from qlora_gsm8k.cards import RL_RECIPE, write_rl_adapter_card
 from qlora_gsm8k.cli import parse_stage_args, stage_parser
 from qlora_gsm8k.errors import stage_main
 from qlora_gsm8k.io import atomic_directory, write_json
@@ -59,7 +59,9 @@ def main() -> None:
             keep_checkpoints=True,
         )
         write_json(tmp / "training_run.json", {k: metrics.pop(k) for k in ("compute_dtype", "device")})
-        write_json(tmp / RL_RECIPE, params_as_dict(params)["rl"])
+        recipe = params_as_dict(params)["rl"]
+        write_json(tmp / RL_RECIPE, recipe)
+        write_rl_adapter_card(tmp, (Path(args.adapter) / "README.md").read_text(encoding="utf-8"), recipe, metrics)
     write_json(args.metrics_out, {"rl": metrics})
     curves = live_dir / "plots"
     for name, title in (("reward", "GRPO reward"), ("rewards_answer_mean", "Sampled accuracy (answer reward)")):

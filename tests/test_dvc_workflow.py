@@ -196,6 +196,7 @@ class Workflow:
                 "metrics": json.loads((self.project / "metrics/rl.json").read_text()),
                 "merge": json.loads((self.project / "metrics/merge.json").read_text()),
                 "merged_card": (self.project / "models/merged/README.md").read_text(),
+                "rl_card": (self.project / "models/rl_adapter/README.md").read_text(),
                 "dtypes": {t.dtype for t in rl.values()},
                 "moved": max((rl[k] - sft[k]).abs().max().item() for k in sft),
                 "same_keys": set(rl) == set(sft),
@@ -355,6 +356,7 @@ def test_rl_on_trains_grpo_steps_and_merge_takes_its_float32_adapter(workflow):
     # TRL would have trained bf16 adapter weights on a 4-bit base; ours stay float32, the same tensors as SFT's, moved.
     assert run["dtypes"] == {torch.float32} and run["same_keys"] and run["moved"] > 0
     assert "Then GRPO (TRL's GRPOTrainer) on the SFT adapter: 2 steps" in run["merged_card"]
+    assert "## Then reinforcement learning (GRPO)" in run["rl_card"] and "# QLoRA adapter: GSM8K" in run["rl_card"]
     assert run["merge"]["merge"]["merged"] == 1
     assert {"reward.tsv", "rewards_answer_mean.tsv", "kl.tsv", "completions_mean_length.tsv"} <= set(run["curves"])
     # SFT alone answered the same questions in the same run, and compare pairs it with SFT + RL.
