@@ -51,7 +51,7 @@ DIRTY_AFTER_EDIT = {
     # The one eval row type: what writes, checks or reads eval rows; never fetch, base or train.
     "qlora_gsm8k/eval_rows.py": {"check_params", "merge", "compare"} | FETCH_EVAL | EVALUATE,
     # Start-up timing and the weight check: what loads a model (compare reads the model's source for its report).
-    "qlora_gsm8k/startup.py": {"check_params", "base", "train", "merge", "compare"} | EVALUATE,
+    "qlora_gsm8k/startup.py": {"check_params", "base", "train", "merge", "compare", "rl"} | EVALUATE,
     # Rows and their JSON Lines: every stage reads or writes rows.
     "qlora_gsm8k/rows.py": EVERY_STAGE,
 }
