@@ -1,0 +1,70 @@
+"""Two committed runs' tuned answers, question by question: which questions only one of them got right, and the exact
+McNemar p. For runs kept as files under bench/results/ (tools/compare_runs.py does the same for DVC experiments).
+
+A run is a pipeline report (`reports/generations.csv[.gz]`, tuned columns) or a bench/quality.py generations file
+(`generations_*.jsonl[.gz]`).
+
+    python bench/pair_results.py \
+        bench/results/quality4/q10/generations_rslora-r16-3ep-lr1e-3-mb32_dequantized.jsonl.gz \
+        bench/results/preset_2026-12-07/reports/generations.csv.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import io
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from qlora_gsm8k.paired import mcnemar_exact_p  # noqa: E402
+
+
+def _text(path: Path) -> io.TextIOBase:
+    return io.TextIOWrapper(gzip.open(path), encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+
+
+def correct_by_question(path: Path, eval_set: str) -> dict[int, dict[str, bool]]:
+    """question index -> {"flexible": …, "strict": …} of the run's tuned answers."""
+    with _text(path) as lines:
+        if ".csv" in path.name:
+            return {
+                int(row["index"]): {
+                    "flexible": row["tuned_correct"] == "True",
+                    "strict": row["tuned_correct_strict"] == "True",
+                }
+                for row in csv.DictReader(lines)
+                if row["set"] == eval_set
+            }
+        rows = (json.loads(line) for line in lines if line.strip())
+        return {
+            int(row["index"]): {"flexible": bool(row["correct_flexible"]), "strict": bool(row["correct_strict"])}
+            for row in rows
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_a", type=Path)
+    parser.add_argument("run_b", type=Path)
+    parser.add_argument("--set", default="gsm8k", help="eval set of a pipeline report (a quality.py file has one)")
+    args = parser.parse_args()
+    a, b = correct_by_question(args.run_a, args.set), correct_by_question(args.run_b, args.set)
+    if a.keys() != b.keys():
+        sys.exit(f"the runs answered different questions ({len(a)} vs {len(b)})")
+    for match in ("flexible", "strict"):
+        only_a = sum(a[q][match] and not b[q][match] for q in a)
+        only_b = sum(b[q][match] and not a[q][match] for q in a)
+        accuracy_a = sum(a[q][match] for q in a) / len(a)
+        accuracy_b = sum(b[q][match] for q in a) / len(a)
+        print(
+            f"{match}: A {accuracy_a:.2%}, B {accuracy_b:.2%} over {len(a)} questions; right only in A {only_a}, "
+            f"only in B {only_b}; exact McNemar p {mcnemar_exact_p(only_b, only_a):.3g}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""bench/pair_results.py: two kept runs paired question by question, from either file layout."""
+
+import csv
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pairs_a_quality_file_against_a_pipeline_report(tmp_path):
+    quality = tmp_path / "generations_x.jsonl.gz"
+    with gzip.open(quality, "wt", encoding="utf-8") as out:
+        for index, (flexible, strict) in enumerate([(True, True), (True, False), (False, False), (False, False)]):
+            out.write(json.dumps({"index": index, "correct_flexible": flexible, "correct_strict": strict}) + "\n")
+    report = tmp_path / "generations.csv"
+    with report.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, ["set", "index", "tuned_correct", "tuned_correct_strict"])
+        writer.writeheader()
+        for index, (flexible, strict) in enumerate([(False, False), (True, True), (True, True), (True, False)]):
+            writer.writerow({"set": "gsm8k", "index": index, "tuned_correct": flexible, "tuned_correct_strict": strict})
+        writer.writerow({"set": "svamp", "index": 0, "tuned_correct": True, "tuned_correct_strict": True})
+    done = subprocess.run(
+        [sys.executable, "bench/pair_results.py", str(quality), str(report)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    flexible, strict = done.stdout.splitlines()
+    assert "A 50.00%, B 75.00% over 4 questions; right only in A 1, only in B 2" in flexible
+    assert "A 25.00%, B 50.00% over 4 questions; right only in A 1, only in B 2" in strict
+    assert "p 1" in flexible
