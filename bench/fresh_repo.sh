@@ -1,5 +1,5 @@
 # Sourced by the bench scripts that run the pipeline through `dvc exp run` on the lent GPU (gpu_preset.sh,
-# gpu_sweep.sh): a fresh git repository made from the working tree, dvc where the image lacks it, and the versions.
+# gpu_sweep.sh, gpu_rl.sh): a fresh git repository made from the working tree, dvc where the image lacks it, and the versions.
 
 # dvc and dvclive from ROOT/.whl when they do not import (the lent GPU's image has neither).
 ensure_dvc() {
@@ -49,4 +49,12 @@ run_logged() {
   set -e
   echo "$1 $2 $3: rc $status, $((SECONDS - start)) s wall" | tee -a "$log"
   return "$status"
+}
+
+# The run's metrics/, reports/ and dvclive/ (and what further tar arguments add) as OUT/run.tgz: the device tool brings back
+# only a few files, not too deep, from a call, so a run leaves one archive beside its log rather than a tree of files.
+pack_run() {
+  local out=$1
+  shift
+  tar czf "$out/run.tgz" --ignore-failed-read metrics reports dvclive "$@" 2>/dev/null || true
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's full-split preset on a real model through `dvc exp run`, SVAMP on, in a fresh git repository made from
 # this working tree (issue 30 item 1: the preset's figures from the command printed beside them). Writes to OUT what
-# bench/results/ keeps of it: params.yaml, dvc.lock, metrics/ (every file), comparison.md, exp_run.log, versions.txt,
-# run.tgz (metrics/, reports/ and dvclive/ in one file).
+# bench/results/ keeps of it: params.yaml, dvc.lock, comparison.md, exp_run.log, versions.txt and run.tgz (metrics/,
+# reports/ and dvclive/: `tar xzf run.tgz`).
 #
 #   bash bench/gpu_preset.sh OUT MODEL GSM8K_DIR SVAMP_JSON [-S KEY=VALUE ...]
 #
@@ -37,9 +37,7 @@ command=(dvc exp run -S "model.name=$model" -S "data.source=$data" -S "eval_sets
 status=0
 run_logged "$out/exp_run.log" "${command[@]}" || status=$?
 cp params.yaml dvc.lock "$out/" 2>/dev/null || true
-mkdir -p "$out/metrics" && cp -r metrics/. "$out/metrics/" 2>/dev/null || true
 cp reports/comparison.md "$out/" 2>/dev/null || true
-# The device tool brings back only a few files a call: everything else of the run in one archive too.
-tar czf "$out/run.tgz" metrics reports dvclive 2>/dev/null || true
+pack_run "$out"
 record_versions "$out/versions.txt"
 exit "$status"

@@ -2,8 +2,8 @@
 # GRPO on the full-split preset's SFT adapter through `dvc exp run -S rl.enabled=true` (issue 33), in the repository
 # bench/gpu_preset.sh left at PRESET_WORK (its workspace holds the preset's experiment, so only rl, merge, the tuned
 # evaluations and compare run), then the RL run against the preset paired with tools/compare_runs.py on GSM8K and
-# SVAMP. Writes to OUT: exp_run.log, params.yaml, dvc.lock, metrics/, comparison.md, rl_curves/ (DVCLive's TSVs and
-# PNGs), compare_<set>.json and .txt, versions.txt.
+# SVAMP. Writes to OUT: exp_run.log, params.yaml, dvc.lock, comparison.md, compare_<set>.txt, versions.txt and run.tgz
+# (metrics/, reports/, dvclive/ with the RL curves, compare_<set>.json: `tar xzf run.tgz`).
 #
 #   PRESET_WORK=/tmp/preset-work bash bench/gpu_rl.sh OUT [-S rl.KEY=VALUE ...]
 #
@@ -31,15 +31,15 @@ echo "# in $work, on top of the preset's experiment $preset" | tee -a "$out/exp_
 status=0
 run_logged "$out/exp_run.log" "${command[@]}" || status=$?
 cp params.yaml dvc.lock "$out/" 2>/dev/null || true
-mkdir -p "$out/metrics" "$out/rl_curves" && cp -r metrics/. "$out/metrics/" 2>/dev/null || true
 cp reports/comparison.md "$out/" 2>/dev/null || true
-cp dvclive/rl/plots/metrics/*.tsv dvclive/rl/plots/images/*.png "$out/rl_curves/" 2>/dev/null || true
 record_versions "$out/versions.txt"
+pairs=$(mktemp -d)
 if [ "$status" = 0 ]; then
   rl=$(grep -oE "Ran experiment\(s\): \S+" "$out/exp_run.log" | tail -1 | awk '{print $3}')
   for set in gsm8k svamp; do
     python3 "$root/tools/compare_runs.py" "$preset" "$rl" --set "$set" | tee "$out/compare_$set.txt" || true
-    python3 "$root/tools/compare_runs.py" "$preset" "$rl" --set "$set" --json >"$out/compare_$set.json" || true
+    python3 "$root/tools/compare_runs.py" "$preset" "$rl" --set "$set" --json >"$pairs/compare_$set.json" || true
   done
 fi
+pack_run "$out" -C "$pairs" .
 exit "$status"

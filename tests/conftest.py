@@ -198,6 +198,17 @@ def imported_modules(stderr: str) -> set[str]:
     return {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
 
 
+# GRPO small enough for 2 CPU cores: 2 steps of 2 questions x 2 completions of at most 12 tokens.
+TINY_RL = (
+    "rl.questions=8",
+    "rl.steps=2",
+    "rl.group_size=2",
+    "rl.questions_per_step=2",
+    "rl.micro_batch_size=2",
+    "rl.max_completion_length=12",
+)
+
+
 def tool_env() -> dict[str, str]:
     """Environment in which `python` and `dvc` are this interpreter's, offline, without a real token."""
     env = dict(os.environ)

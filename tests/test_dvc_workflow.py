@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO_ROOT, TINY_PARAMS, dvc, git, run, stages_run, tool_env
+from conftest import REPO_ROOT, TINY_PARAMS, TINY_RL, dvc, git, run, stages_run, tool_env
 from qlora_gsm8k.synthetic import write_plain_file
 
 pytestmark = pytest.mark.slow
@@ -34,15 +34,6 @@ TRAIN_CACHED = "Stage 'train' is cached - skipping run, checking out outputs"
 BASE_ONLY = {"fetch", "base", "evaluate_base@gsm8k", "fetch_eval@gsm8k", "fetch_eval@svamp", "evaluate_base@svamp"}
 AFTER_TRAIN = {"train", "merge", "evaluate_tuned@gsm8k", "evaluate_tuned@svamp", "compare"}
 GSM8K_SIDE = {"fetch", "base", "train", "merge", "fetch_eval@gsm8k", "evaluate_base@gsm8k", "evaluate_tuned@gsm8k"}
-# GRPO small enough for 2 CPU cores: 2 steps of 2 questions x 2 completions of at most 12 tokens.
-TINY_RL = (
-    "rl.questions=8",
-    "rl.steps=2",
-    "rl.group_size=2",
-    "rl.questions_per_step=2",
-    "rl.micro_batch_size=2",
-    "rl.max_completion_length=12",
-)
 CREDENTIAL_KEYS = re.compile(
     r"password|secret|token|access_key|key_id|credential|sas_|connection_string|keyfile|private_key", re.I
 )
