@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qlora_gsm8k.accelerators import LIGER_KERNELS, LIGER_KERNELS_COMPILED  # noqa: E402
-from qlora_gsm8k.config import Params, QuantConfig  # noqa: E402
+from qlora_gsm8k.config import Params  # noqa: E402
 from qlora_gsm8k.evaluation import response_nll
 from qlora_gsm8k.generation import generate_answers  # noqa: E402
 from qlora_gsm8k.modeling import device, load_model, load_tokenizer, save_base  # noqa: E402
@@ -46,6 +46,7 @@ from qlora_gsm8k.prompts import IGNORE_INDEX, encode_examples  # noqa: E402
 from qlora_gsm8k.rows import Example, read_jsonl  # noqa: E402
 from qlora_gsm8k.synthetic import write_dataset_dir  # noqa: E402
 from qlora_gsm8k.tiny import TINY_CHAT_TEMPLATE, build_tiny_llama  # noqa: E402
+from qlora_gsm8k.train_config import QuantConfig  # noqa: E402
 from qlora_gsm8k.trainer import EncodedDataset  # noqa: E402
 from qlora_gsm8k.training import SpeedLevers, train_adapter  # noqa: E402
 

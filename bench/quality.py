@@ -38,7 +38,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qlora_gsm8k.comparison import generations_table, set_metrics  # noqa: E402
-from qlora_gsm8k.config import EvalSetConfig  # noqa: E402
+from qlora_gsm8k.eval_config import EvalSetConfig  # noqa: E402
 from qlora_gsm8k.eval_rows import normalise_rows, solution_examples  # noqa: E402
 from qlora_gsm8k.eval_sets import load_eval_set  # noqa: E402
 from qlora_gsm8k.evaluation import evaluate_model

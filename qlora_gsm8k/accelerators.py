@@ -7,9 +7,9 @@ import importlib.util
 
 import torch
 
-from .config import TrainConfig
 from .errors import UserError
 from .modeling import device
+from .train_config import TrainConfig
 
 # Liger's RoPE kernel is left out: on an H200 it cost about 1.8 ms of CPU per call (bench/results/run2,
 # profile.txt) and the run without it was faster (14.4k vs 13.2k tokens/s, same run).

@@ -4,9 +4,10 @@ output is touched) and in the set's fetch_eval stage."""
 
 from __future__ import annotations
 
-from .config import EvalSetConfig, Params
+from .config import Params
 from .dataset_sources import read_split
 from .errors import UserError
+from .eval_config import EvalSetConfig
 from .eval_rows import EvalRow, normalise_rows
 from .gsm8k import eval_overlap, take_slice
 from .rows import Example

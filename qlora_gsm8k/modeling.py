@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from .config import QuantConfig
 from .errors import UserError
 from .startup import check_weights_alongside, cuda_ready, phase, verified_weights
+from .train_config import QuantConfig
 
 
 def device() -> torch.device:

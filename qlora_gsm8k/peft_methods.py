@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import LoraConfig, Params, PeftMethodConfig
+from .config import Params
 from .errors import UserError
+from .train_config import LoraConfig, PeftMethodConfig
 
 
 def lora_config(lora: LoraConfig, use_dora: bool = False, use_rslora: bool | None = None):

@@ -12,7 +12,7 @@ import torch
 
 from .cards import adapter_base_reference, name_adapter_base
 from .checkpoints import close_run, fingerprint, last_checkpoint, timed_training, training_callbacks
-from .config import Params, RLConfig
+from .config import Params
 from .errors import UserError
 from .frozen_base import freeze_base
 from .io import record_weight_digests
@@ -23,6 +23,7 @@ from .prompts import ChatFormat, prompt_text, stop_token_ids
 from .rewards import Gsm8kRewards
 from .rows import Example, final_number
 from .startup import first_work
+from .train_config import RLConfig
 
 # What GRPOTrainer logs each step that is worth a curve: the reward and each of its terms (rewards/answer/mean is the
 # accuracy of the sampled completions), the KL to the SFT adapter, the completions' length and how many hit the cap.

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from .config import TrainConfig
 from .prompts import IGNORE_INDEX, Encoded
+from .train_config import TrainConfig
 
 
 class EncodedDataset(torch.utils.data.Dataset):

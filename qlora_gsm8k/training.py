@@ -21,7 +21,7 @@ from .accelerators import (
 from .batching import TokenBudgetBatchSampler
 from .cards import adapter_base_reference, name_adapter_base
 from .checkpoints import close_run, last_checkpoint, run_fingerprint, timed_training, training_callbacks
-from .config import Params, TrainConfig
+from .config import Params
 from .errors import UserError
 from .frozen_base import freeze_base
 from .io import record_weight_digests
@@ -40,6 +40,7 @@ from .prompts import ChatFormat, Collator, encode_examples, stop_token_ids
 from .rows import Example
 from .startup import first_work, phase
 from .step_graphs import StaticShapeCollator, graphed_steps_for
+from .train_config import TrainConfig
 from .trainer import EncodedDataset, mean_logged_loss, schedule_arguments, trainer_class
 
 

@@ -179,7 +179,7 @@ def test_a_run_that_cannot_train_is_refused(raw):
 
 
 def test_optimizer_steps_count_as_the_trainer_does():
-    from qlora_gsm8k.config import TrainConfig, optimizer_steps
+    from qlora_gsm8k.train_config import TrainConfig, optimizer_steps
 
     assert optimizer_steps(200, TrainConfig()) == (13, 1)  # 13 micro-batches of 16, 3% warmup rounds up to 1
     assert optimizer_steps(200, TrainConfig(micro_batch_size=8, grad_accum=2, epochs=2.0)) == (26, 1)

@@ -10,8 +10,8 @@ import json
 import pytest
 
 from qlora_gsm8k.answers import reference_number
-from qlora_gsm8k.config import EvalSetConfig
 from qlora_gsm8k.errors import UserError
+from qlora_gsm8k.eval_config import EvalSetConfig
 from qlora_gsm8k.eval_sets import load_eval_set
 from qlora_gsm8k.params_file import parse_params
 from qlora_gsm8k.rows import read_jsonl

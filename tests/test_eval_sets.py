@@ -13,8 +13,8 @@ import pytest
 
 from conftest import REPO_ROOT, run, tool_env
 from qlora_gsm8k.comparison import generations_table, set_metrics
-from qlora_gsm8k.config import EvalSetConfig
 from qlora_gsm8k.errors import UserError
+from qlora_gsm8k.eval_config import EvalSetConfig
 from qlora_gsm8k.eval_rows import EvalRow, normalise_rows, read_eval_rows, write_eval_rows
 from qlora_gsm8k.eval_sets import fetch_eval_set, load_eval_set
 from qlora_gsm8k.generation import Generation

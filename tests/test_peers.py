@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT, run
-from qlora_gsm8k.config import TrainConfig, optimizer_steps
 from qlora_gsm8k.synthetic import write_dataset_dir
+from qlora_gsm8k.train_config import TrainConfig, optimizer_steps
 
 TRAIN_ROWS, EVAL_ROWS, MICRO_BATCH = 16, 4, 4
 HAS_TRL = importlib.util.find_spec("trl") is not None and importlib.util.find_spec("datasets") is not None

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from qlora_gsm8k.config import RLConfig
 from qlora_gsm8k.errors import UserError
 from qlora_gsm8k.prompts import ChatFormat, stop_token_ids
 from qlora_gsm8k.reinforcement import prompt_rows, rl_questions
 from qlora_gsm8k.rewards import Gsm8kRewards, answer_reward, format_reward
 from qlora_gsm8k.rows import Example
+from qlora_gsm8k.train_config import RLConfig
 
 
 def test_answer_reward_is_the_strict_match_against_the_reference():
@@ -105,7 +105,8 @@ def test_rl_params_are_refused_with_the_key_named(settings, message):
 def test_rl_refuses_methods_outside_the_lora_family_with_one_line():
     import dataclasses
 
-    from qlora_gsm8k.config import DataConfig, Params, PeftMethodConfig
+    from qlora_gsm8k.config import DataConfig, Params
+    from qlora_gsm8k.train_config import PeftMethodConfig
 
     on = Params(data=DataConfig(train_size=200), rl=RLConfig(enabled=True, questions=8))
     on.validate()  # lora, the default

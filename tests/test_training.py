@@ -11,13 +11,13 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import train_tiny_adapter
-from qlora_gsm8k.config import LoraConfig, QuantConfig
 from qlora_gsm8k.errors import UserError
 from qlora_gsm8k.modeling import load_model, load_tokenizer
 from qlora_gsm8k.params_file import parse_params
 from qlora_gsm8k.peft_methods import lora_config
 from qlora_gsm8k.preflight import PreflightError, preflight
 from qlora_gsm8k.prompts import IGNORE_INDEX, Collator, Encoded, encode_examples, stop_token_ids
+from qlora_gsm8k.train_config import LoraConfig, QuantConfig
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -314,7 +314,7 @@ def test_train_adapter_refuses_when_every_row_is_too_long(tmp_path, tiny_base_di
 
 def test_liger_kernel_auto_is_off_without_a_gpu_and_true_says_what_is_missing():
     from qlora_gsm8k.accelerators import liger_kernel_enabled
-    from qlora_gsm8k.config import TrainConfig
+    from qlora_gsm8k.train_config import TrainConfig
 
     assert liger_kernel_enabled(TrainConfig(liger_kernel="auto")) is False
     assert liger_kernel_enabled(TrainConfig(liger_kernel=False)) is False
@@ -327,9 +327,9 @@ def test_compile_is_refused_off_cuda_and_compiles_each_decoder_layer_under_peft(
     from peft import get_peft_model
 
     from qlora_gsm8k.accelerators import compile_decoder_layers, compile_enabled
-    from qlora_gsm8k.config import LoraConfig, TrainConfig
     from qlora_gsm8k.modeling import load_model
     from qlora_gsm8k.peft_methods import lora_config
+    from qlora_gsm8k.train_config import LoraConfig, TrainConfig
 
     assert compile_enabled(TrainConfig()) is False
     with pytest.raises(UserError, match=r"train.compile is true but needs a CUDA GPU"):

@@ -38,9 +38,9 @@ from conftest import (
     train_stage_outputs,
     train_tiny_adapter,
 )
-from qlora_gsm8k.config import TrainConfig
 from qlora_gsm8k.errors import USER_ERROR_EXIT_CODE, UserError, UserErrors, eval_oom_message, stage_main
 from qlora_gsm8k.params_file import parse_params
+from qlora_gsm8k.train_config import TrainConfig
 from qlora_gsm8k.training import train_oom_message
 
 # A user error must be reported in seconds; generous for 2 shared CPU cores importing torch.
