@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from .config import ModelConfig, model_kind
+from .errors import UserError
 from .io import file_sha256
 
 
@@ -172,3 +173,18 @@ _SOURCES = {source.kind: source for source in (TinySource, GgufSource, LocalDirS
 
 def model_source(cfg: ModelConfig) -> ModelSource:
     return _SOURCES[model_kind(cfg.name)](cfg)
+
+
+def check_model_source(cfg: ModelConfig, target_modules: list[str]) -> int | None:
+    """The model can be found (locally or in the Hub cache when offline) and has lora.target_modules.
+    Returns its context length (max_position_embeddings), when its config names one."""
+    from .context import model_context
+    from .modeling import check_target_modules, skeleton_from_config
+
+    config = model_source(cfg).config()
+    try:
+        skeleton = skeleton_from_config(config)
+    except ValueError as err:
+        raise UserError(f"model {cfg.name!r} is not a causal language model: {err}".splitlines()[0]) from None
+    check_target_modules(skeleton, target_modules)
+    return model_context(config)

@@ -14,12 +14,10 @@ from pathlib import Path
 import torch
 
 from .config import TINY_LLAMA, ModelConfig
-from .context import model_context
 from .errors import UserError
 from .hub import local_cache_only
 from .local_paths import missing_path_error
-from .model_sources import model_source
-from .modeling import check_target_modules, save_base, set_distinct_pad, skeleton_from_config
+from .modeling import save_base, set_distinct_pad
 from .prompts import end_of_turn_id
 from .startup import first_work, phase
 
@@ -102,18 +100,6 @@ def hub_config(cfg: ModelConfig):
         raise _hub_error(cfg, err) from None
     except ValueError as err:
         raise UserError(f"cannot use model {cfg.name!r}: {err}".splitlines()[0]) from None
-
-
-def check_model_source(cfg: ModelConfig, target_modules: list[str]) -> int | None:
-    """The model can be found (locally or in the Hub cache when offline) and has lora.target_modules.
-    Returns its context length (max_position_embeddings), when its config names one."""
-    config = model_source(cfg).config()
-    try:
-        skeleton = skeleton_from_config(config)
-    except ValueError as err:
-        raise UserError(f"model {cfg.name!r} is not a causal language model: {err}".splitlines()[0]) from None
-    check_target_modules(skeleton, target_modules)
-    return model_context(config)
 
 
 # What the base stage takes from a model directory or Hub snapshot: safetensors weights (never pickles), the

@@ -82,7 +82,7 @@ def check_model(params: Params, record: dict) -> None:
     at the model is skipped when `record` (what the last pass saw) has the same key, and updated otherwise."""
     key = model_check_key(params)
     if record.get("key") != key:
-        from qlora_gsm8k.sources import check_model_source  # torch + transformers: only when needed
+        from qlora_gsm8k.model_sources import check_model_source  # torch + transformers: only when needed
 
         with startup.phase("model load"):
             context = check_model_source(params.model, method_of(params).adapted_modules(params))

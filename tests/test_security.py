@@ -140,7 +140,7 @@ class _Payload:
 
 def test_pickled_weights_are_refused_and_never_unpickled(tmp_path, tiny_base_dir):
     from qlora_gsm8k.model_sources import model_source
-    from qlora_gsm8k.sources import check_model_source
+    from qlora_gsm8k.model_sources import check_model_source
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()
@@ -157,7 +157,7 @@ def test_pickled_weights_are_refused_and_never_unpickled(tmp_path, tiny_base_dir
 
 
 def test_custom_model_code_is_never_run(tmp_path):
-    from qlora_gsm8k.sources import check_model_source
+    from qlora_gsm8k.model_sources import check_model_source
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()
