@@ -6,7 +6,7 @@ A run is a pipeline report (`reports/generations.csv[.gz]`, tuned columns) or a 
 
     python bench/pair_results.py \
         bench/results/quality4/q10/generations_rslora-r16-3ep-lr1e-3-mb32_dequantized.jsonl.gz \
-        bench/results/preset_2026-12-07/reports/generations.csv.gz
+        bench/results/preset_2026-12-07/reports/generations_gsm8k.csv.gz
 """
 
 from __future__ import annotations
