@@ -139,8 +139,7 @@ class _Payload:
 
 
 def test_pickled_weights_are_refused_and_never_unpickled(tmp_path, tiny_base_dir):
-    from qlora_gsm8k.model_sources import model_source
-    from qlora_gsm8k.model_sources import check_model_source
+    from qlora_gsm8k.model_sources import check_model_source, model_source
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()
