@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qlora_gsm8k.paired import mcnemar_exact_p  # noqa: E402
+from qlora_gsm8k.paired import paired_comparison  # noqa: E402
 
 
 def _text(path: Path) -> io.TextIOBase:
@@ -55,14 +55,15 @@ def main() -> None:
     a, b = correct_by_question(args.run_a, args.set), correct_by_question(args.run_b, args.set)
     if a.keys() != b.keys():
         sys.exit(f"the runs answered different questions ({len(a)} vs {len(b)})")
+    order = sorted(a)
     for match in ("flexible", "strict"):
-        only_a = sum(a[q][match] and not b[q][match] for q in a)
-        only_b = sum(b[q][match] and not a[q][match] for q in a)
-        accuracy_a = sum(a[q][match] for q in a) / len(a)
-        accuracy_b = sum(b[q][match] for q in a) / len(a)
+        correct_a, correct_b = [a[q][match] for q in order], [b[q][match] for q in order]
+        paired = paired_comparison(correct_a, correct_b)
         print(
-            f"{match}: A {accuracy_a:.2%}, B {accuracy_b:.2%} over {len(a)} questions; right only in A {only_a}, "
-            f"only in B {only_b}; exact McNemar p {mcnemar_exact_p(only_b, only_a):.3g}"
+            f"{match}: A {sum(correct_a) / len(order):.2%}, B {sum(correct_b) / len(order):.2%} over {len(order)} "
+            f"questions; right only in A {paired['flips_right_to_wrong']}, only in B {paired['flips_wrong_to_right']}; "
+            f"exact McNemar p {paired['mcnemar_p']:.3g}; B - A 95% paired bootstrap CI "
+            f"{paired['accuracy_diff_ci95_low']:+.2%} … {paired['accuracy_diff_ci95_high']:+.2%}"
         )
 
 
