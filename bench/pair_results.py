@@ -1,5 +1,7 @@
-"""Two committed runs' tuned answers, question by question: which questions only one of them got right, and the exact
-McNemar p. For runs kept as files under bench/results/ (tools/compare_runs.py does the same for DVC experiments).
+"""Two committed runs' tuned answers, question by question: which questions only one of them got right, the exact
+McNemar p, and, where both files keep the answers' text, how many are word for word the same (a re-run of one recipe
+on another machine: all of them, if it reproduced). For runs kept as files under bench/results/ (tools/compare_runs.py
+does the same for DVC experiments).
 
 A run is a pipeline report (`reports/generations.csv[.gz]`, tuned columns) or a bench/quality.py generations file
 (`generations_*.jsonl[.gz]`).
@@ -27,21 +29,26 @@ def _text(path: Path) -> io.TextIOBase:
     return io.TextIOWrapper(gzip.open(path), encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
 
 
-def correct_by_question(path: Path, eval_set: str) -> dict[int, dict[str, bool]]:
-    """question index -> {"flexible": …, "strict": …} of the run's tuned answers."""
+def correct_by_question(path: Path, eval_set: str) -> dict[int, dict]:
+    """question index -> {"flexible": …, "strict": …, "text": the answer or None} of the run's tuned answers."""
     with _text(path) as lines:
         if ".csv" in path.name:
             return {
                 int(row["index"]): {
                     "flexible": row["tuned_correct"] == "True",
                     "strict": row["tuned_correct_strict"] == "True",
+                    "text": row.get("tuned_output"),
                 }
                 for row in csv.DictReader(lines)
                 if row["set"] == eval_set
             }
         rows = (json.loads(line) for line in lines if line.strip())
         return {
-            int(row["index"]): {"flexible": bool(row["correct_flexible"]), "strict": bool(row["correct_strict"])}
+            int(row["index"]): {
+                "flexible": bool(row["correct_flexible"]),
+                "strict": bool(row["correct_strict"]),
+                "text": row.get("output"),
+            }
             for row in rows
         }
 
@@ -65,6 +72,9 @@ def main() -> None:
             f"exact McNemar p {paired['mcnemar_p']:.3g}; B - A 95% paired bootstrap CI "
             f"{paired['accuracy_diff_ci95_low']:+.2%} … {paired['accuracy_diff_ci95_high']:+.2%}"
         )
+    if all(a[q]["text"] is not None and b[q]["text"] is not None for q in order):
+        same = sum(a[q]["text"] == b[q]["text"] for q in order)
+        print(f"answers word for word the same: {same} of {len(order)}")
 
 
 if __name__ == "__main__":

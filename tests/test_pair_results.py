@@ -33,3 +33,23 @@ def test_pairs_a_quality_file_against_a_pipeline_report(tmp_path):
     assert "A 50.00%, B 75.00% over 4 questions; right only in A 1, only in B 2" in flexible
     assert "A 25.00%, B 50.00% over 4 questions; right only in A 1, only in B 2" in strict
     assert "p 1" in flexible
+
+
+def _report(path: Path, answers: list[tuple[str, bool]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, ["set", "index", "tuned_output", "tuned_correct", "tuned_correct_strict"])
+        writer.writeheader()
+        for index, (text, right) in enumerate(answers):
+            writer.writerow(
+                {"set": "gsm8k", "index": index, "tuned_output": text, "tuned_correct": right, "tuned_correct_strict": right}
+            )
+    return path
+
+
+def test_counts_the_answers_two_reports_share_word_for_word(tmp_path):
+    a = _report(tmp_path / "a.csv", [("#### 3", True), ("so 4,\r\n#### 4", True), ("#### 9", False)])
+    b = _report(tmp_path / "b.csv", [("#### 3", True), ("so 4,\r\n#### 4", True), ("#### 8", False)])
+    done = subprocess.run(
+        [sys.executable, "bench/pair_results.py", str(a), str(b)], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.splitlines()[-1] == "answers word for word the same: 2 of 3"
