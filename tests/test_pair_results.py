@@ -41,7 +41,13 @@ def _report(path: Path, answers: list[tuple[str, bool]]) -> Path:
         writer.writeheader()
         for index, (text, right) in enumerate(answers):
             writer.writerow(
-                {"set": "gsm8k", "index": index, "tuned_output": text, "tuned_correct": right, "tuned_correct_strict": right}
+                {
+                    "set": "gsm8k",
+                    "index": index,
+                    "tuned_output": text,
+                    "tuned_correct": right,
+                    "tuned_correct_strict": right,
+                }
             )
     return path
 
@@ -50,6 +56,10 @@ def test_counts_the_answers_two_reports_share_word_for_word(tmp_path):
     a = _report(tmp_path / "a.csv", [("#### 3", True), ("so 4,\r\n#### 4", True), ("#### 9", False)])
     b = _report(tmp_path / "b.csv", [("#### 3", True), ("so 4,\r\n#### 4", True), ("#### 8", False)])
     done = subprocess.run(
-        [sys.executable, "bench/pair_results.py", str(a), str(b)], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "bench/pair_results.py", str(a), str(b)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert done.stdout.splitlines()[-1] == "answers word for word the same: 2 of 3"

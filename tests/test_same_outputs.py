@@ -19,7 +19,11 @@ def test_names_each_output_that_differs_or_is_missing(tmp_path):
     a = _lock(tmp_path / "a.lock", {"train": {"models/adapter": "1", "metrics/train.json": "2"}, "merge": {"m": "3"}})
     b = _lock(tmp_path / "b.lock", {"train": {"models/adapter": "1", "metrics/train.json": "9"}, "rl": {"r": "4"}})
     done = subprocess.run(
-        [sys.executable, "bench/same_outputs.py", str(a), str(b)], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "bench/same_outputs.py", str(a), str(b)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert done.stdout.splitlines() == [
         "only in A: merge m",
