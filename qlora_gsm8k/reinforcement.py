@@ -6,6 +6,7 @@ not near the base."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -39,6 +40,7 @@ RL_CURVES = (
     "entropy",
     "learning_rate",
     "grad_norm",
+    "sampling_seconds",
 )
 _FINGERPRINT_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl")
 
@@ -127,6 +129,27 @@ def grpo_arguments(cfg: RLConfig, run_dir: Path):
     )
 
 
+def clock_sampling(trainer) -> bool:
+    """Log the seconds each step spends sampling its completions as `sampling_seconds` beside GRPOTrainer's own
+    per-step numbers, so a step's time splits into sampling and the rest (rewards, log-probs, the update): TRL times
+    its generation only for W&B, MLflow or Trackio. Its sampling method and metrics store are internal (`_generate`,
+    `_metrics`): where a TRL version lacks either, nothing is clocked and this returns False."""
+    generate, logged = getattr(trainer, "_generate", None), getattr(trainer, "_metrics", None)
+    if not callable(generate) or not isinstance(logged, dict) or "train" not in logged:
+        return False
+
+    def clocked(*args, **kwargs):
+        start = time.perf_counter()
+        result = generate(*args, **kwargs)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        logged["train"]["sampling_seconds"].append(time.perf_counter() - start)
+        return result
+
+    trainer._generate = clocked
+    return True
+
+
 def rl_fingerprint(params: Params, rows: list[dict], base_dir: Path, adapter_dir: Path) -> str:
     """Identifies an RL run, so a checkpoint is only resumed into the run that wrote it: the rl, prompt and quant
     params, the rows, the base's and the SFT adapter's files, the library versions (TRL's too)."""
@@ -164,6 +187,8 @@ def rl_metrics(log_history: list[dict], cfg: RLConfig, seconds: float, resumed_f
     metrics.update(
         seconds=seconds,
         seconds_per_step=seconds / ran if ran > 0 else None,
+        # Of each step, the seconds spent sampling (clock_sampling; None where it could not clock).
+        sampling_seconds_per_step=_mean([h["sampling_seconds"] for h in steps if "sampling_seconds" in h]),
         completions_per_step=cfg.questions_per_step * cfg.group_size,
         resumed_from_step=resumed_from_step,
     )
@@ -209,7 +234,9 @@ def train_rl(
     )
     keep_float32(model)  # before train() builds the optimizer over these parameters
     first_work()
-    use_progress_lines(trainer, "rl", ("reward", "rewards/answer/mean", "kl"))
+    if not clock_sampling(trainer):
+        print("rl: this TRL version hides its sampling step; seconds per step are not split into sampling and update")
+    use_progress_lines(trainer, "rl", ("reward", "rewards/answer/mean", "kl", "sampling_seconds"))
     seconds = timed_training(
         trainer,
         resume_from,

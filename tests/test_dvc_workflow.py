@@ -344,6 +344,8 @@ def test_rl_on_trains_grpo_steps_and_merge_takes_its_float32_adapter(workflow):
     # Numbers only (settings such as the device sit in models/rl_adapter/training_run.json), so they diff.
     assert all(isinstance(v, (int, float)) for v in metrics.values()), metrics
     assert metrics["enabled"] is True and metrics["steps"] == 2 and metrics["completions_per_step"] == 4
+    # Each step's sampling clocked apart from the rest of it (TRL times it only for W&B and the like).
+    assert 0 < metrics["sampling_seconds_per_step"] < metrics["seconds_per_step"], metrics
     # TRL would have trained bf16 adapter weights on a 4-bit base; ours stay float32, the same tensors as SFT's, moved.
     assert run["dtypes"] == {torch.float32} and run["same_keys"] and run["moved"] > 0
     assert "Then GRPO (TRL's GRPOTrainer) on the SFT adapter: 2 steps" in run["merged_card"]
