@@ -3,11 +3,10 @@
 import csv
 import gzip
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT, run
 
 
 def test_pairs_a_quality_file_against_a_pipeline_report(tmp_path):
@@ -22,13 +21,7 @@ def test_pairs_a_quality_file_against_a_pipeline_report(tmp_path):
         for index, (flexible, strict) in enumerate([(False, False), (True, True), (True, True), (True, False)]):
             writer.writerow({"set": "gsm8k", "index": index, "tuned_correct": flexible, "tuned_correct_strict": strict})
         writer.writerow({"set": "svamp", "index": 0, "tuned_correct": True, "tuned_correct_strict": True})
-    done = subprocess.run(
-        [sys.executable, "bench/pair_results.py", str(quality), str(report)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    done = run([sys.executable, "bench/pair_results.py", str(quality), str(report)], cwd=REPO_ROOT)
     flexible, strict = done.stdout.splitlines()
     assert "A 50.00%, B 75.00% over 4 questions; right only in A 1, only in B 2" in flexible
     assert "A 25.00%, B 50.00% over 4 questions; right only in A 1, only in B 2" in strict
@@ -55,11 +48,5 @@ def _report(path: Path, answers: list[tuple[str, bool]]) -> Path:
 def test_counts_the_answers_two_reports_share_word_for_word(tmp_path):
     a = _report(tmp_path / "a.csv", [("#### 3", True), ("so 4,\r\n#### 4", True), ("#### 9", False)])
     b = _report(tmp_path / "b.csv", [("#### 3", True), ("so 4,\r\n#### 4", True), ("#### 8", False)])
-    done = subprocess.run(
-        [sys.executable, "bench/pair_results.py", str(a), str(b)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    done = run([sys.executable, "bench/pair_results.py", str(a), str(b)], cwd=REPO_ROOT)
     assert done.stdout.splitlines()[-1] == "answers word for word the same: 2 of 3"

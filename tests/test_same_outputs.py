@@ -1,12 +1,11 @@
 """bench/same_outputs.py: two dvc.lock files compared output by output."""
 
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT, run
 
 
 def _lock(path: Path, outs: dict[str, dict[str, str]]) -> Path:
@@ -18,13 +17,7 @@ def _lock(path: Path, outs: dict[str, dict[str, str]]) -> Path:
 def test_names_each_output_that_differs_or_is_missing(tmp_path):
     a = _lock(tmp_path / "a.lock", {"train": {"models/adapter": "1", "metrics/train.json": "2"}, "merge": {"m": "3"}})
     b = _lock(tmp_path / "b.lock", {"train": {"models/adapter": "1", "metrics/train.json": "9"}, "rl": {"r": "4"}})
-    done = subprocess.run(
-        [sys.executable, "bench/same_outputs.py", str(a), str(b)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    done = run([sys.executable, "bench/same_outputs.py", str(a), str(b)], cwd=REPO_ROOT)
     assert done.stdout.splitlines() == [
         "only in A: merge m",
         "only in B: rl r",
