@@ -10,6 +10,12 @@
 # -S data.train_size=16 ...). On the lent H200, run it in the call after `bash bench/gpu_peers.sh smollm2` (GGUF in
 # /tmp/smol, bitsandbytes/datasets/liger in /tmp/site and /tmp/gpusite) and carry .whl (dvc, dvclive): the script
 # installs them when they do not import.
+#
+# With `-S rl.enabled=true -S rl.KEY=VALUE …` after the four arguments, the same experiment goes on into GRPO, and the
+# SFT adapter alone is paired with SFT + RL inside it (compare.json's `<set>.sft_vs_tuned`), one merge and one round of
+# tuned evaluations for both. Such a run outlasts one device call: cut by the call's limit, the same command with the
+# same PRESET_WORK in the next call skips the finished stages and resumes the rl stage from its last checkpoint
+# (checked on CPU with the tiny model, 2026-12-07: cut at step 48 of 120, resumed from checkpoint-40, rc 0).
 set -euo pipefail
 out=${1:?usage: bench/gpu_preset.sh OUT MODEL GSM8K_DIR SVAMP_JSON [-S KEY=VALUE ...]}
 model=${2:?MODEL}; [ -e "$model" ] && model=$(realpath "$model"); data=$(realpath "${3:?GSM8K_DIR}") svamp=$(realpath "${4:?SVAMP_JSON}")
