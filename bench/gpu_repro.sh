@@ -32,6 +32,8 @@ data=${GPU_REPRO_DATA:-.bench/gsm8k}
 svamp=${GPU_REPRO_SVAMP:-.bench/svamp/SVAMP.json}
 svamp_arg=() && [ -f "$svamp" ] && svamp_arg=(--svamp "$svamp")
 [ -d "$model" ] || python3 bench/bench.py --save-base "$model" --tokenizer .bench/tokenizer.model
+# The libraries' own import time here, beside which each stage's `start-up: imports …` reads (a stage cannot beat it)
+python3 bench/import_floor.py --repeats 3 --json "$out/import_floor.json" | tee "$out/import_floor.txt" || true
 # The working tree as it is (the machine's copy may list new files in no `git ls-files`)
 tree=/tmp/tree
 rm -rf "$tree" && mkdir -p "$tree"
