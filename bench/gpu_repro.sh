@@ -32,8 +32,13 @@ data=${GPU_REPRO_DATA:-.bench/gsm8k}
 svamp=${GPU_REPRO_SVAMP:-.bench/svamp/SVAMP.json}
 svamp_arg=() && [ -f "$svamp" ] && svamp_arg=(--svamp "$svamp")
 [ -d "$model" ] || python3 bench/bench.py --save-base "$model" --tokenizer .bench/tokenizer.model
-# The libraries' own import time here, beside which each stage's `start-up: imports …` reads (a stage cannot beat it)
-python3 bench/import_floor.py --repeats 3 --json "$out/import_floor.json" | tee "$out/import_floor.txt" || true
+# The libraries' own import time here, beside which each stage's `start-up: imports …` reads (a stage cannot beat it).
+# GPU_REPRO_PYCACHE=DIR: also with PYTHONPYCACHEPREFIX=DIR (bytecode written once, then read: what a pip install
+# that compiled its bytecode gives), and a last run `new-pyc`, this tree with it (an image whose site-packages hold
+# no bytecode and PYTHONDONTWRITEBYTECODE is set compiles torch and transformers again in every stage).
+pycache=${GPU_REPRO_PYCACHE:-}
+python3 bench/import_floor.py --repeats "${GPU_REPRO_FLOOR_REPEATS:-3}" ${pycache:+--pycache-prefix "$pycache"} \
+  --json "$out/import_floor.json" | tee "$out/import_floor.txt" || true
 # The working tree as it is (the machine's copy may list new files in no `git ls-files`)
 tree=/tmp/tree
 rm -rf "$tree" && mkdir -p "$tree"
@@ -52,11 +57,12 @@ repro new1 "$tree"
 if [ -n "$baseline" ]; then repro baseline "$baseline"; fi
 # GPU_REPRO_ONCE=1: new then baseline only (a device call too short for three runs).
 if [ "${GPU_REPRO_ONCE:-0}" != 1 ]; then repro new2 "$tree"; fi
+if [ -n "$pycache" ]; then PYTHONPYCACHEPREFIX=$pycache PYTHONDONTWRITEBYTECODE='' repro new-pyc "$tree"; fi
 python3 - "$out" <<'EOF'
 import json, sys
 from pathlib import Path
 runs = {p.parent.name: json.loads(p.read_text()) for p in Path(sys.argv[1]).glob("*/repro_timing.json")}
-names = [n for n in ("new1", "baseline", "new2") if n in runs]
+names = [n for n in ("new1", "baseline", "new2", "new-pyc") if n in runs]
 stages = list(dict.fromkeys(s for n in names for s in runs[n]["stage_seconds"]))
 print("| stage | " + " | ".join(names) + " |")
 print("|---|" + "---|" * len(names))
