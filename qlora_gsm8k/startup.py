@@ -16,7 +16,9 @@ only once its weights are verified. The line then says how long each thread ran 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -179,8 +181,48 @@ def startup_line(until: str = "to first work") -> str:
     return f"start-up: {', '.join(parts)} ({total:.1f} s {until})"
 
 
+# The libraries whose compilation, when their bytecode is missing, dwarfs a stage's start-up.
+HEAVY_LIBRARIES = ("torch", "transformers", "peft")
+
+
+def _can_create(path: Path) -> bool:
+    """Whether this process could write `path`: its nearest existing ancestor is writable."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return os.access(path, os.W_OK)
+
+
+def uncompiled_libraries(names: tuple[str, ...] | None = None) -> list[str]:
+    """The imported libraries whose package has no bytecode where this interpreter reads it (beside the sources, or
+    under PYTHONPYCACHEPREFIX) and will not get it from this process: PYTHONDONTWRITEBYTECODE set, or the directory
+    read-only. Each of them is compiled again, in memory, by every process that imports it."""
+    found = []
+    for name in HEAVY_LIBRARIES if names is None else names:
+        source = getattr(sys.modules.get(name), "__file__", None)
+        if not source:
+            continue
+        cached = Path(importlib.util.cache_from_source(source))
+        if not cached.exists() and (sys.dont_write_bytecode or not _can_create(cached.parent)):
+            found.append(name)
+    return found
+
+
+def uncompiled_hint(names: list[str]) -> str:
+    why = "PYTHONDONTWRITEBYTECODE is set" if sys.dont_write_bytecode else "their directory is read-only"
+    verb = "has" if len(names) == 1 else "have"
+    return (
+        f"start-up: {', '.join(names)} {verb} no bytecode here and none is written ({why}), so every stage "
+        "compiles them again (seconds each); compile them once: export PYTHONDONTWRITEBYTECODE= "
+        "PYTHONPYCACHEPREFIX=$HOME/.cache/pycache"
+    )
+
+
 def first_work(until: str = "to first work") -> None:
-    """Print the start-up line, once per process, if the stage asked for it (report_at_first_work)."""
+    """Print the start-up line, once per process, if the stage asked for it (report_at_first_work), and below it
+    how to stop compiling the libraries in each stage when this process had to."""
     if _state["reporting"] and not _state["reported"]:
         _state["reported"] = True
         print(startup_line(until), flush=True)
+        uncompiled = uncompiled_libraries()
+        if uncompiled:
+            print(uncompiled_hint(uncompiled), flush=True)
