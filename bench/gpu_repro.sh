@@ -53,11 +53,15 @@ repro() {
     >"$out/$1/repro.log" 2>&1 || echo "$1: time_repro exited $? (see $out/$1/repro.log)"
   tail -n 12 "$out/$1/repro.log"
 }
+# GPU_REPRO_PYCACHE_FIRST=1: new-pyc before the others (it then pays the cold caches; a call cut short keeps it)
+pyc_first=${GPU_REPRO_PYCACHE_FIRST:-0}
+repro_pyc() { PYTHONPYCACHEPREFIX=$pycache PYTHONDONTWRITEBYTECODE='' repro new-pyc "$tree"; }
+if [ -n "$pycache" ] && [ "$pyc_first" = 1 ]; then repro_pyc; fi
 repro new1 "$tree"
 if [ -n "$baseline" ]; then repro baseline "$baseline"; fi
 # GPU_REPRO_ONCE=1: new then baseline only (a device call too short for three runs).
 if [ "${GPU_REPRO_ONCE:-0}" != 1 ]; then repro new2 "$tree"; fi
-if [ -n "$pycache" ]; then PYTHONPYCACHEPREFIX=$pycache PYTHONDONTWRITEBYTECODE='' repro new-pyc "$tree"; fi
+if [ -n "$pycache" ] && [ "$pyc_first" != 1 ]; then repro_pyc; fi
 python3 - "$out" <<'EOF'
 import json, sys
 from pathlib import Path
