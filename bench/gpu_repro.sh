@@ -16,6 +16,14 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 mkdir -p "$out"
 export DVC_NO_ANALYTICS=1
+# First, before any install here, the libraries' own import time, beside which each stage's `start-up: imports …`
+# reads (a stage cannot beat it).
+# GPU_REPRO_PYCACHE=DIR: also with PYTHONPYCACHEPREFIX=DIR (bytecode written once, then read: what a pip install
+# that compiled its bytecode gives), and a last run `new-pyc`, this tree with it (an image whose site-packages hold
+# no bytecode and PYTHONDONTWRITEBYTECODE is set compiles torch and transformers again in every stage).
+pycache=${GPU_REPRO_PYCACHE:-}
+python3 bench/import_floor.py --repeats "${GPU_REPRO_FLOOR_REPEATS:-3}" ${pycache:+--pycache-prefix "$pycache"} \
+  --json "$out/import_floor.json" | tee "$out/import_floor.txt" || true
 if [ -d .gpusite ]; then export PYTHONPATH="$root/.gpusite${PYTHONPATH:+:$PYTHONPATH}"; fi
 if ! python3 -c "import dvc, dvclive" 2>/dev/null; then
   site=/tmp/site
@@ -32,13 +40,6 @@ data=${GPU_REPRO_DATA:-.bench/gsm8k}
 svamp=${GPU_REPRO_SVAMP:-.bench/svamp/SVAMP.json}
 svamp_arg=() && [ -f "$svamp" ] && svamp_arg=(--svamp "$svamp")
 [ -d "$model" ] || python3 bench/bench.py --save-base "$model" --tokenizer .bench/tokenizer.model
-# The libraries' own import time here, beside which each stage's `start-up: imports …` reads (a stage cannot beat it).
-# GPU_REPRO_PYCACHE=DIR: also with PYTHONPYCACHEPREFIX=DIR (bytecode written once, then read: what a pip install
-# that compiled its bytecode gives), and a last run `new-pyc`, this tree with it (an image whose site-packages hold
-# no bytecode and PYTHONDONTWRITEBYTECODE is set compiles torch and transformers again in every stage).
-pycache=${GPU_REPRO_PYCACHE:-}
-python3 bench/import_floor.py --repeats "${GPU_REPRO_FLOOR_REPEATS:-3}" ${pycache:+--pycache-prefix "$pycache"} \
-  --json "$out/import_floor.json" | tee "$out/import_floor.txt" || true
 # The working tree as it is (the machine's copy may list new files in no `git ls-files`)
 tree=/tmp/tree
 rm -rf "$tree" && mkdir -p "$tree"
