@@ -1,6 +1,24 @@
 # Sourced by the bench scripts that run the pipeline through `dvc exp run` on the lent GPU (gpu_preset.sh,
 # gpu_sweep.sh, gpu_rl.sh): a fresh git repository made from the working tree, dvc where the image lacks it, and the versions.
 
+# Bytecode written once, under PYTHONPYCACHEPREFIX (default /tmp/pycache), when MODULE (default torch) has none and
+# none would be written: the lent GPU's image, whose read-only site-packages hold no .pyc, otherwise has every stage
+# compile torch and transformers again, ~8 s a stage (bench/RESULTS.md runs 6-7). Elsewhere it changes nothing.
+bytecode_once() {
+  if ! python3 - "${1:-torch}" <<'EOF'
+import importlib.util, os, sys
+source = importlib.util.find_spec(sys.argv[1]).origin
+compiled = os.path.exists(importlib.util.cache_from_source(source))
+writable = not sys.dont_write_bytecode and os.access(os.path.dirname(source), os.W_OK)
+sys.exit(0 if compiled or writable else 1)
+EOF
+  then
+    export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/pycache}
+    unset PYTHONDONTWRITEBYTECODE
+    echo "bytecode: none for ${1:-torch} here; written once under $PYTHONPYCACHEPREFIX"
+  fi
+}
+
 # dvc and dvclive from ROOT/.whl when they do not import (the lent GPU's image has neither).
 ensure_dvc() {
   export DVC_NO_ANALYTICS=1
@@ -12,6 +30,7 @@ ensure_dvc() {
     }
     export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}/tmp/site-dvc" PATH="/tmp/site-dvc/bin:$PATH"
   fi
+  bytecode_once
 }
 
 # Prints the path of a new git repository holding ROOT's working tree as it is, without what is not the project's
