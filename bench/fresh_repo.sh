@@ -5,17 +5,15 @@
 # none would be written: the lent GPU's image, whose read-only site-packages hold no .pyc, otherwise has every stage
 # compile torch and transformers again, ~8 s a stage (bench/RESULTS.md runs 6-7). Elsewhere it changes nothing.
 bytecode_once() {
-  if ! python3 - "${1:-torch}" <<'EOF'
-import importlib.util, os, sys
-source = importlib.util.find_spec(sys.argv[1]).origin
-compiled = os.path.exists(importlib.util.cache_from_source(source))
-writable = not sys.dont_write_bytecode and os.access(os.path.dirname(source), os.W_OK)
-sys.exit(0 if compiled or writable else 1)
-EOF
-  then
+  local root uncompiled
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  uncompiled=$(PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" python3 -c \
+    'import sys; from qlora_gsm8k.startup import uncompiled_libraries; print(*uncompiled_libraries(sys.argv[1:]))' \
+    "${1:-torch}")
+  if [ -n "$uncompiled" ]; then
     export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/pycache}
     unset PYTHONDONTWRITEBYTECODE
-    echo "bytecode: none for ${1:-torch} here; written once under $PYTHONPYCACHEPREFIX"
+    echo "bytecode: none for $uncompiled here; written once under $PYTHONPYCACHEPREFIX"
   fi
 }
 

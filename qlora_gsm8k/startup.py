@@ -192,13 +192,25 @@ def _can_create(path: Path) -> bool:
     return os.access(path, os.W_OK)
 
 
-def uncompiled_libraries(names: tuple[str, ...] | None = None) -> list[str]:
-    """The imported libraries whose package has no bytecode where this interpreter reads it (beside the sources, or
-    under PYTHONPYCACHEPREFIX) and will not get it from this process: PYTHONDONTWRITEBYTECODE set, or the directory
+def _source_of(name: str) -> str | None:
+    """The file a library's top module runs from: the imported module's, else found without importing it."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return getattr(module, "__file__", None)
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec is not None and spec.has_location else None
+
+
+def uncompiled_libraries(names: list[str] | tuple[str, ...]) -> list[str]:
+    """The libraries whose package has no bytecode where this interpreter reads it (beside the sources, or under
+    PYTHONPYCACHEPREFIX) and will not get it from this interpreter: PYTHONDONTWRITEBYTECODE set, or the directory
     read-only. Each of them is compiled again, in memory, by every process that imports it."""
     found = []
-    for name in HEAVY_LIBRARIES if names is None else names:
-        source = getattr(sys.modules.get(name), "__file__", None)
+    for name in names:
+        source = _source_of(name)
         if not source:
             continue
         cached = Path(importlib.util.cache_from_source(source))
@@ -223,6 +235,6 @@ def first_work(until: str = "to first work") -> None:
     if _state["reporting"] and not _state["reported"]:
         _state["reported"] = True
         print(startup_line(until), flush=True)
-        uncompiled = uncompiled_libraries()
+        uncompiled = uncompiled_libraries([name for name in HEAVY_LIBRARIES if name in sys.modules])
         if uncompiled:
             print(uncompiled_hint(uncompiled), flush=True)

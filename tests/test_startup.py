@@ -66,3 +66,11 @@ def test_the_hint_follows_the_start_up_line_when_a_heavy_library_is_uncompiled(f
     assert len(lines) == 2
     assert lines[0].startswith("start-up: imports ") and lines[0].endswith(" s to first work)")
     assert lines[1].startswith(f"start-up: {fresh_package.name} has no bytecode here")
+
+
+def test_a_library_not_imported_yet_is_looked_up_without_importing_it(fresh_package, monkeypatch):
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    assert startup.uncompiled_libraries([fresh_package.name, "no_such_library_here"]) == [fresh_package.name]
+    assert fresh_package.name not in sys.modules
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # the process importing it would write its bytecode
+    assert startup.uncompiled_libraries([fresh_package.name]) == []
