@@ -22,6 +22,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from qlora_gsm8k.startup import HEAVY_LIBRARIES, uncompiled_libraries  # noqa: E402
+
 _PROBE = """
 import json, time
 start = time.perf_counter()
@@ -34,7 +37,6 @@ peft_done = time.perf_counter()
 print(json.dumps({"torch": torch_done - start, "transformers": transformers_done - torch_done,
                   "peft": peft_done - transformers_done, "total": peft_done - start}))
 """
-LIBRARIES = ("torch", "transformers", "peft")
 
 
 def import_seconds(repeats: int, pycache_prefix: Path | None = None) -> list[dict[str, float]]:
@@ -52,13 +54,14 @@ def import_seconds(repeats: int, pycache_prefix: Path | None = None) -> list[dic
 
 
 def bytecode_state(package: str) -> dict:
-    """How many of the package's sources have bytecode beside them (where a process without PYTHONPYCACHEPREFIX
-    looks), and whether the package directory could take more."""
+    """How many of the package's sources have bytecode where this interpreter reads it, and whether each process
+    compiles it again (none there, and none written: the check a stage's start-up line makes)."""
     spec = importlib.util.find_spec(package)
     root = Path(next(iter(spec.submodule_search_locations)))
     sources = list(root.rglob("*.py"))
     cached = sum(Path(importlib.util.cache_from_source(str(s), optimization="")).exists() for s in sources)
-    return {"path": str(root), "sources": len(sources), "cached": cached, "writable": os.access(root, os.W_OK)}
+    recompiled = bool(uncompiled_libraries([package]))
+    return {"path": str(root), "sources": len(sources), "cached": cached, "compiled_in_every_process": recompiled}
 
 
 def describe(label: str, runs: list[dict[str, float]]) -> list[str]:
@@ -77,14 +80,14 @@ def main() -> None:
     args = parser.parse_args()
     result = {
         "environment": {key: os.environ.get(key) for key in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")},
-        "bytecode": {name: bytecode_state(name) for name in LIBRARIES},
+        "bytecode": {name: bytecode_state(name) for name in HEAVY_LIBRARIES},
         "runs": import_seconds(args.repeats),
     }
     print("environment: " + ", ".join(f"{key}={value!r}" for key, value in result["environment"].items()))
     for name, state in result["bytecode"].items():
+        recompiled = "compiled again in every process" if state["compiled_in_every_process"] else "no recompiling"
         print(
-            f"bytecode: {name} {state['cached']} of {state['sources']} sources cached, directory "
-            f"{'writable' if state['writable'] else 'read-only'} ({state['path']})"
+            f"bytecode: {name} {state['cached']} of {state['sources']} sources cached, {recompiled} ({state['path']})"
         )
     lines = describe("", result["runs"])
     if args.pycache_prefix is not None:
