@@ -14,6 +14,7 @@ import argparse
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 _TASK = re.compile(r"^(?P<task>[0-9a-f]{7})\s+(?P<name>\S+)?\s+.*?\s(?P<status>Queued|Running|Success|Failed)\s*$")
@@ -23,10 +24,17 @@ STALL_SECONDS = 20.0
 
 
 def dvc(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+    # Output to a file, not a pipe: the worker `dvc queue start` leaves running inherits its stdout, and reading a
+    # pipe to its end waited for that worker, i.e. for the whole queue (no progress, no --timeout: two GPU sweeps lost).
+    with tempfile.TemporaryFile("w+") as output:
+        result = subprocess.run(
+            [sys.executable, "-m", "dvc", *args], stdout=output, stderr=subprocess.STDOUT, text=True
+        )
+        output.seek(0)
+        text = output.read()
     if result.returncode != 0:
-        sys.exit(f"error: dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip()}")
-    return result.stdout
+        sys.exit(f"error: dvc {' '.join(args)} failed: {text.strip()}")
+    return text
 
 
 def queue_status() -> tuple[dict[str, str], int]:
