@@ -9,7 +9,10 @@
 # SWEEP_LRS (default 2e-4,5e-4,1e-3): the learning rates, one experiment each, named lr-<rate>; the first is the
 # baseline the others are ranked against. The recipe: the full-split preset's adapter (rsLoRA r16 on all seven
 # linear layers, micro-batch 32) on SWEEP_TRAIN_ROWS train rows (default 2000) for 1 epoch, evaluated on SWEEP_EVAL
-# test questions (default 1319), SVAMP off; extra -S settings go after it. On the lent GPU, run it after
+# test questions (default 1319), SVAMP off; extra -S settings go after it. SWEEP_JOBS (default 1): experiments run at
+# once (`tools/run_queue.py -j`). On one H100 (2026-12-07), one at a time, two of three finished in 500 s, each
+# bound by start-up and evaluation (check_params 30 s on the GGUF, 1,319 answers): SWEEP_JOBS=3 runs the three on
+# the GPU together (≈14 GiB each while training), meant to fit one 10-minute call (not yet measured). On the lent GPU, run it after
 # `bash bench/gpu_peers.sh gguf` (the GGUF in /tmp/smol) and carry .whl (dvc, dvclive) as bench/gpu_preset.sh says.
 set -euo pipefail
 out=${1:?usage: bench/gpu_sweep.sh OUT MODEL GSM8K_DIR [-S KEY=VALUE ...]}
@@ -46,7 +49,7 @@ for rate in "${rates[@]}"; do
   run dvc exp run --queue --name "lr-$rate" "${recipe[@]}" -S "train.learning_rate=$rate"
 done
 set +e
-run python tools/run_queue.py -j 1 ${SWEEP_TIMEOUT:+--timeout "$SWEEP_TIMEOUT"}
+run python tools/run_queue.py -j "${SWEEP_JOBS:-1}" ${SWEEP_TIMEOUT:+--timeout "$SWEEP_TIMEOUT"}
 status=$?
 dvc exp show --md --drop '.*' --keep 'Experiment|^train\.learning_rate$|^gsm8k\.tuned\.exact_match_(flexible|strict)$|^gsm8k\.paired\.mcnemar_p$' \
   >"$out/exp_show.md" 2>>"$out/sweep.log"

@@ -16,7 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_gpu_sweep_queues_each_rate_and_ranks_them_against_the_first(tmp_path, dataset_dir):
     out = tmp_path / "out"
-    env = {**tool_env(), "SWEEP_LRS": "1e-2,5e-2", "SWEEP_TRAIN_ROWS": "16", "SWEEP_EVAL": "4"}
+    env = {
+        **tool_env(),
+        "SWEEP_LRS": "1e-2,5e-2",
+        "SWEEP_TRAIN_ROWS": "16",
+        "SWEEP_EVAL": "4",
+        "SWEEP_JOBS": "2",
+    }  # both at once, as on the GPU
     result = subprocess.run(
         ["bash", str(ROOT / "bench/gpu_sweep.sh"), str(out), "tiny-llama", str(dataset_dir),
          "-S", "train.micro_batch_size=4", "-S", "eval.max_new_tokens=8"],
