@@ -101,6 +101,11 @@ def _rl_lines(rl: dict | None) -> list[str]:
         f"{rl['max_completion_length']} tokens), from {rl['questions']} questions; reward: the strict '#### N' answer "
         f"(1) plus {rl['format_reward']} for stopping right after it; KL weight {rl['kl_beta']} towards the SFT "
         f"adapter; lr {rl['learning_rate']}, seed {rl['seed']}"
+        + (
+            f"; each sampling pass trained on for {rl['updates_per_sample']} steps"
+            if rl.get("updates_per_sample", 1) > 1
+            else ""
+        )
     ]
 
 

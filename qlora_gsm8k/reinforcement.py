@@ -101,6 +101,7 @@ def grpo_arguments(cfg: RLConfig, run_dir: Path):
         per_device_train_batch_size=cfg.micro_batch_size,
         gradient_accumulation_steps=completions // cfg.micro_batch_size,
         num_generations=cfg.group_size,
+        num_iterations=cfg.updates_per_sample,
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
         learning_rate=cfg.learning_rate,
@@ -162,17 +163,24 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _sampling_per_step(passes: list[dict], steps: int) -> float | None:
+    clocked = [h["sampling_seconds"] for h in passes if "sampling_seconds" in h]
+    return sum(clocked) / steps if clocked and steps else None
+
+
 def rl_metrics(log_history: list[dict], cfg: RLConfig, seconds: float, resumed_from_step: int) -> dict:
     """The run's numbers from GRPOTrainer's per-step logs: each curve's mean over the first and the last tenth of the
-    steps (one step's sampled reward is noisy), and the timing."""
-    steps = [h for h in log_history if "reward" in h]
-    tenth = max(len(steps) // 10, 1)
+    sampling passes (one pass's sampled reward is noisy), and the timing. Every optimizer step logs its loss; only a
+    step that sampled logs the rewards (one in rl.updates_per_sample)."""
+    steps = [h for h in log_history if "loss" in h and "step" in h]
+    passes = [h for h in log_history if "reward" in h]
+    tenth = max(len(passes) // 10, 1)
 
     def first_last(key: str) -> tuple[float | None, float | None]:
-        values = [h[key] for h in steps if isinstance(h.get(key), (int, float))]
+        values = [h[key] for h in passes if isinstance(h.get(key), (int, float))]
         return _mean(values[:tenth]), _mean(values[-tenth:])
 
-    metrics = {"enabled": True, "steps": len(steps), "questions": cfg.questions}
+    metrics = {"enabled": True, "steps": len(steps), "sampling_passes": len(passes), "questions": cfg.questions}
     for key, name in (
         ("reward", "reward"),
         ("rewards/answer/mean", "sampled_accuracy"),
@@ -187,8 +195,9 @@ def rl_metrics(log_history: list[dict], cfg: RLConfig, seconds: float, resumed_f
     metrics.update(
         seconds=seconds,
         seconds_per_step=seconds / ran if ran > 0 else None,
-        # Of each step, the seconds spent sampling (clock_sampling; None where it could not clock).
-        sampling_seconds_per_step=_mean([h["sampling_seconds"] for h in steps if "sampling_seconds" in h]),
+        # Of each optimizer step, the seconds spent sampling (clock_sampling; None where it could not clock): a pass's
+        # sampling is shared by the rl.updates_per_sample steps that train on it.
+        sampling_seconds_per_step=_sampling_per_step(passes, len(steps)),
         completions_per_step=cfg.questions_per_step * cfg.group_size,
         resumed_from_step=resumed_from_step,
     )

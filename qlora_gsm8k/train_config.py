@@ -150,6 +150,9 @@ class RLConfig:
     questions_per_step: int = 8
     # Completions per forward/backward pass; the step's questions_per_step x group_size are accumulated over passes.
     micro_batch_size: int = 32
+    # Optimizer steps on each sampling pass's completions (GRPO's mu, TRL's num_iterations): above 1, sampling, most of
+    # a step's time, is paid once per that many steps, and the policy ratio is clipped against the sampling policy.
+    updates_per_sample: int = 1
     learning_rate: float = 1e-5
     # KL penalty towards the SFT adapter (TRL keeps a frozen copy of it as the reference); 0: no reference pass.
     kl_beta: float = 0.04
@@ -162,7 +165,7 @@ class RLConfig:
     save_steps: int = 25
 
     def validate(self) -> None:
-        for key in ("questions", "steps", "group_size", "questions_per_step", "micro_batch_size"):
+        for key in ("questions", "steps", "group_size", "questions_per_step", "micro_batch_size", "updates_per_sample"):
             check_positive(f"rl.{key}", getattr(self, key))
         check_non_negative("rl.offset", self.offset)
         check_non_negative("rl.kl_beta", self.kl_beta)
