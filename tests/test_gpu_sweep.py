@@ -32,7 +32,10 @@ def test_gpu_sweep_queues_each_rate_and_ranks_them_against_the_first(tmp_path, d
     log = (out / "sweep.log").read_text()
     assert "lr-1e-2: Success" in log and "lr-5e-2: Success" in log
     assert "sweep: run_queue rc 0" in log
-    assert "== dvc queue logs lr-5e-2" in (out / "queue.txt").read_text()  # what the queue did, kept
+    queued = (out / "queue.txt").read_text()
+    assert "== dvc queue logs lr-5e-2" in queued  # what the queue did, kept
+    # The base was evaluated once, before the queue: no experiment answers with it again
+    assert "Running stage 'evaluate_base@gsm8k'" not in queued and "Running stage 'train'" in queued
     board = (out / "leaderboard" / "leaderboard.md").read_text()
     assert "leaderboard against lr-1e-2" in board and "| lr-5e-2 |" in board and "train.learning_rate=0.05" in board
     assert (out / "leaderboard" / "leaderboard.png").stat().st_size > 1000
