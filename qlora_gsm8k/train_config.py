@@ -150,8 +150,8 @@ class RLConfig:
     questions_per_step: int = 8
     # Completions per forward/backward pass; the step's questions_per_step x group_size are accumulated over passes.
     micro_batch_size: int = 32
-    # Optimizer steps on each sampling pass's completions (GRPO's mu, TRL's num_iterations): above 1, sampling, most of
-    # a step's time, is paid once per that many steps, and the policy ratio is clipped against the sampling policy.
+    # Optimizer steps on each sampling pass's completions (GRPO's mu, TRL's num_iterations): above 1, the sampling is
+    # paid once per that many steps, and the policy ratio is clipped against the policy that sampled.
     updates_per_sample: int = 1
     learning_rate: float = 1e-5
     # KL penalty towards the SFT adapter (TRL keeps a frozen copy of it as the reference); 0: no reference pass.
