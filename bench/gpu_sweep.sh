@@ -11,8 +11,9 @@
 # linear layers, micro-batch 32) on SWEEP_TRAIN_ROWS train rows (default 2000) for 1 epoch, evaluated on SWEEP_EVAL
 # test questions (default 1319), SVAMP off; extra -S settings go after it. SWEEP_JOBS (default 1): experiments run at
 # once (`tools/run_queue.py -j`). On one H100 (2026-12-07), one at a time, two of three finished in 500 s, each
-# bound by start-up and evaluation (check_params 30 s on the GGUF, 1,319 answers): SWEEP_JOBS=3 runs the three on
-# the GPU together (≈14 GiB each while training), meant to fit one 10-minute call (not yet measured). On the lent GPU, run it after
+# bound by start-up and evaluation (check_params 30 s on the GGUF, the base's and the tuned model's 1,319 answers):
+# the base and the model check now run once before the queue, and SWEEP_JOBS=3 runs the three on the GPU together
+# (≈14 GiB each while training), meant to fit one 10-minute call (not yet measured). On the lent GPU, run it after
 # `bash bench/gpu_peers.sh gguf` (the GGUF in /tmp/smol) and carry .whl (dvc, dvclive) as bench/gpu_preset.sh says.
 set -euo pipefail
 out=${1:?usage: bench/gpu_sweep.sh OUT MODEL GSM8K_DIR [-S KEY=VALUE ...]}

@@ -3,7 +3,6 @@ stalled queue the tool exists for), and keeps its --timeout while a worker runs;
 test_dvc_workflow's queued sweeps."""
 
 import sys
-import time
 
 import pytest
 
@@ -50,17 +49,14 @@ def test_timeout_holds_while_the_worker_runs(tmp_path):
     git(tmp_path, "commit", "-qm", "a stage that takes 90 s")
     dvc(tmp_path, "exp", "run", "--queue", "--name", "slow-one", "-S", "pause=2")
     try:
-        start = time.monotonic()
         ran = run(
             [sys.executable, str(REPO_ROOT / "tools" / "run_queue.py"), "-j", "1", "--timeout", "3"],
             cwd=tmp_path,
             check=False,
-            timeout=75,
+            timeout=75,  # the old reading waited for the 90 s stage
         )
-        elapsed = time.monotonic() - start
     finally:
         dvc(tmp_path, "queue", "kill", "slow-one", check=False)
         dvc(tmp_path, "queue", "stop", "--kill", check=False)
     assert ran.returncode == 124, ran.stdout + ran.stderr
     assert "did not finish within 3 s" in ran.stdout
-    assert elapsed < 75
