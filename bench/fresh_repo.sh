@@ -2,8 +2,10 @@
 # gpu_sweep.sh, gpu_rl.sh): a fresh git repository made from the working tree, dvc where the image lacks it, and the versions.
 
 # Bytecode written once, under PYTHONPYCACHEPREFIX (default /tmp/pycache), when MODULE (default torch) has none and
-# none would be written: the lent GPU's image, whose read-only site-packages hold no .pyc, otherwise has every stage
-# compile torch and transformers again, ~8 s a stage (bench/RESULTS.md runs 6-7). Elsewhere it changes nothing.
+# none would be written: on the lent GPU's image (read-only site-packages, PYTHONDONTWRITEBYTECODE set) every stage
+# otherwise compiles again what has no .pyc there: torch, ≈3.4 s a stage on an H100 on 2026-12-07
+# (bench/results/repro_2026-12-07c/), and transformers too in the 2026-11-29 image (bench/RESULTS.md runs 6-7).
+# Elsewhere it changes nothing.
 bytecode_once() {
   local root uncompiled
   root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
