@@ -34,8 +34,9 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: the package lives beside 
     sys.path.insert(0, str(REPO_ROOT))
 
 from qlora_gsm8k.errors import USER_ERROR_EXIT_CODE, UserError, one_line  # noqa: E402
-from qlora_gsm8k.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from qlora_gsm8k.io import atomic_write_text  # noqa: E402
 from qlora_gsm8k.rows import final_number  # noqa: E402
+from qlora_gsm8k.run_tables import leaderboard_markdown, leaderboard_png, pair_text  # noqa: E402
 from qlora_gsm8k.runs import (  # noqa: E402
     DECODING_PARAMS,
     Question,
@@ -218,119 +219,6 @@ def compare(a: Run, b: Run, eval_set: EvalSet) -> dict[str, Any]:
     }
 
 
-# --- two runs ------------------------------------------------------------------------------------------------
-def _pct(value: float) -> str:
-    return f"{value:.1%}"
-
-
-def _signed_pct(value: float) -> str:
-    return f"{value * 100:+.1f} pts"
-
-
-def pair_text(result: dict[str, Any], a: Run, b: Run) -> str:
-    lo, hi = result["ci95"]
-    lines = [
-        f"{result['set']}, {result['n']} questions: A = {a.label}, B = {b.label}",
-        f"  exact match (flexible)  A {_pct(result['accuracy_a'])}  B {_pct(result['accuracy_b'])}  "
-        f"difference {_signed_pct(result['accuracy_diff'])} (95% paired bootstrap CI {_signed_pct(lo)} … "
-        f"{_signed_pct(hi)})",
-        f"  B vs A: {result['wrong_to_right']} wrong→right, {result['right_to_wrong']} right→wrong, "
-        f"exact McNemar p = {result['mcnemar_p']:.3g}",
-        f"  exact match (strict)    A {_pct(result['accuracy_strict_a'])}  B {_pct(result['accuracy_strict_b'])}  "
-        f"{result['strict_wrong_to_right']} wrong→right, {result['strict_right_to_wrong']} right→wrong, "
-        f"p = {result['strict_mcnemar_p']:.3g}",
-        f"  answers at the token cap  A {_pct(result['hit_cap_a'])}  B {_pct(result['hit_cap_b'])}",
-    ]
-    if result["params_diff"]:
-        lines.append("  params that differ (A → B):")
-        lines += [f"    {k}: {json.dumps(v['a'])} → {json.dumps(v['b'])}" for k, v in result["params_diff"].items()]
-    else:
-        lines.append("  params: the same")
-    return "\n".join(lines)
-
-
-# --- leaderboard ---------------------------------------------------------------------------------------------
-def _params_cell(diff: dict[str, dict]) -> str:
-    text = ", ".join(f"{k}={json.dumps(v['b'])}" for k, v in diff.items())
-    return f"`{text}`" if text else "(same params)"
-
-
-def leaderboard_markdown(baseline: Run, ranked: list[dict], skipped: dict[str, str]) -> str:
-    first = ranked[0]
-    title = first["set"]
-    lines = [
-        f"# {title} leaderboard against {baseline.label}",
-        "",
-        f"{first['n']} questions; baseline exact match {_pct(first['accuracy_a'])} flexible, "
-        f"{_pct(first['accuracy_strict_a'])} strict. Each run is paired with the baseline question by question: "
-        f"Δ with its 95% paired bootstrap CI, exact McNemar p, and that p Holm-corrected over the {len(ranked)} "
-        f"runs; ✓ marks a run better than the baseline at corrected p < {ALPHA}.",
-        "",
-        "| rank | run | flexible | strict | Δ vs baseline (95% CI) | wrong→right | right→wrong | McNemar p | Holm p "
-        "| better | at cap | params vs baseline |",
-        "|---:|---|---:|---:|---|---:|---:|---:|---:|:---:|---:|---|",
-    ]
-    for rank, row in enumerate(ranked, start=1):
-        lo, hi = row["ci95"]
-        lines.append(
-            f"| {rank} | {row['run']} | {_pct(row['accuracy_b'])} | {_pct(row['accuracy_strict_b'])} | "
-            f"{_signed_pct(row['accuracy_diff'])} ({_signed_pct(lo)} … {_signed_pct(hi)}) | {row['wrong_to_right']} | "
-            f"{row['right_to_wrong']} | {row['mcnemar_p']:.3g} | {row['holm_p']:.3g} | {'✓' if row['better'] else ''} "
-            f"| {_pct(row['hit_cap_b'])} | {_params_cell(row['params_diff'])} |"
-        )
-    if skipped:
-        lines += ["", "Left out (cannot be compared with the baseline):", ""]
-        lines += [f"- {name}: {why}" for name, why in skipped.items()]
-    return "\n".join(lines) + "\n"
-
-
-def leaderboard_png(baseline: Run, ranked: list[dict], path: Path) -> None:
-    """Accuracy per run, best at the top, with the baseline's accuracy plus the paired interval of the difference
-    as its bar: a bar that crosses the baseline line is a difference these questions cannot resolve."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display, no GUI toolkit
-    from matplotlib import pyplot as plt
-    from matplotlib.ticker import PercentFormatter
-
-    base = ranked[0]["accuracy_a"]
-    fig, ax = plt.subplots(figsize=(7.0, 1.2 + 0.45 * len(ranked)), dpi=110)
-    for y, row in enumerate(ranked):
-        lo, hi = row["ci95"]
-        colour = "#2ca02c" if row["better"] else "#1f77b4"
-        ax.errorbar(
-            row["accuracy_b"],
-            y,
-            xerr=[[row["accuracy_b"] - (base + lo)], [(base + hi) - row["accuracy_b"]]],
-            fmt="o",
-            color=colour,
-            capsize=3,
-        )
-        ax.annotate(
-            f"{_pct(row['accuracy_b'])}, p {row['mcnemar_p']:.2g}",
-            (row["accuracy_b"], y),
-            xytext=(0, 7),
-            textcoords="offset points",
-            ha="center",
-            fontsize=8,
-        )
-    ax.axvline(base, color="#8c8c8c", linestyle="--", label=f"baseline {baseline.label}: {_pct(base)}")
-    ax.set_yticks(range(len(ranked)), [row["run"] for row in ranked])
-    ax.set_ylim(len(ranked) - 0.4, -0.7)  # best at the top, with room for the labels above the points
-    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.set_xlabel("exact match, flexible (bar: baseline + 95% paired bootstrap CI of the difference)")
-    ax.set_title(f"{ranked[0]['set']}, {ranked[0]['n']} questions; green: better at Holm p < {ALPHA}")
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    # No timestamp in the file: the same numbers give the same bytes.
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def leaderboard(project: Project, names: list[str], baseline_name: str, eval_set: EvalSet, out: Path, as_json: bool):
     explicit = bool(names)
     names = names or project.experiments()
@@ -358,10 +246,10 @@ def leaderboard(project: Project, names: list[str], baseline_name: str, eval_set
             f"no run to rank against {baseline.label}" + (f": {'; '.join(skipped.values())}" if skipped else "")
         )
     ranked = rank_against_baseline(comparisons, ALPHA)
-    markdown = leaderboard_markdown(baseline, ranked, skipped)
+    markdown = leaderboard_markdown(baseline.label, ranked, skipped, ALPHA)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "leaderboard.md", markdown)
-    leaderboard_png(baseline, ranked, out / "leaderboard.png")
+    leaderboard_png(baseline.label, ranked, out / "leaderboard.png", ALPHA)
     if as_json:
         print(
             json.dumps(
@@ -395,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             a, b = (project.run(name) for name in args.revs)
             result = compare(a, b, eval_set)
-            print(json.dumps(result, indent=2) if args.json else pair_text(result, a, b))
+            print(json.dumps(result, indent=2) if args.json else pair_text(result, a.label, b.label))
     except (UserError, DvcException) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
