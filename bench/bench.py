@@ -235,6 +235,7 @@ def train_ours(
     quantize: bool = True,
     token_budget: float | None = None,
     record_graphs: bool = True,
+    fused_dropout: bool = False,
 ) -> dict:
     params = _with(params, changes or {})
     slug = "".join(c if c.isalnum() else "-" for c in name)
@@ -258,6 +259,7 @@ def train_ours(
             record_graphs=record_graphs,
             cudnn_attention=cudnn_attention,
             count_parameters_once=count_parameters_once,
+            fused_dropout=fused_dropout,
         ),
     )
     return {

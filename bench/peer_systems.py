@@ -374,6 +374,14 @@ SYSTEMS = {
     "ours-static-eager": lambda p, b, enc, ex, chat, out: train_ours(
         p, b, enc, ex, out, {"train": {"cuda_graphs": True}}, record_graphs=False
     ),
+    # LoRA dropout inside lora_A, a bool mask kept instead of a dropped copy (same masks); and, not the recipe,
+    # no dropout at all: what the activations of the dropout cost.
+    "ours-graphs-fused-dropout": lambda p, b, enc, ex, chat, out: train_ours(
+        p, b, enc, ex, out, {"train": {"cuda_graphs": True}}, fused_dropout=True
+    ),
+    "ours-graphs-dropout0": lambda p, b, enc, ex, chat, out: train_ours(
+        p, b, enc, ex, out, {"train": {"cuda_graphs": True}, "lora": {"dropout": 0.0}}
+    ),
     "trl-defaults": lambda p, b, enc, ex, chat, out: train_trl(p, b, enc, ex, chat, out, tuned=False),
     "trl-tuned": lambda p, b, enc, ex, chat, out: train_trl(p, b, enc, ex, chat, out, tuned=True),
     "unsloth": lambda p, b, enc, ex, chat, out: train_unsloth(p, b, enc, ex, chat, out, lora_dropout=None),

@@ -24,6 +24,7 @@ from .checkpoints import close_run, last_checkpoint, run_fingerprint, timed_trai
 from .config import Params
 from .errors import UserError
 from .frozen_base import freeze_base
+from .fused_dropout import fuse_lora_dropout
 from .io import record_weight_digests
 from .modeling import (
     check_target_modules,
@@ -81,6 +82,7 @@ class SpeedLevers:
     record_graphs: bool = True  # False: train.cuda_graphs' step arithmetic without recording graphs (CPU tests)
     cudnn_attention: bool = False  # cuDNN's attention kernels (modeling.configure_attention_backends)
     count_parameters_once: bool = True  # False: the Trainer's own per-step parameter count (trainer.trainer_class)
+    fused_dropout: bool = False  # LoRA dropout inside lora_A, keeping a 1-byte mask (fused_dropout.py)
 
 
 def train_adapter(
@@ -184,6 +186,8 @@ def adapted_model(params: Params, base_dir: Path, compute_dtype: torch.dtype, us
     # LoRA A starts random: seed it, or two runs with the same params start from different adapters.
     set_seed(cfg.seed)
     model = get_peft_model(model, adapter_config(params))
+    if levers.fused_dropout:
+        fuse_lora_dropout(model)
     if use_compile:
         (compile_whole_forward if levers.compile_whole_model else compile_decoder_layers)(model, levers.compile_mode)
     return model
