@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's sweep on a real model: learning rates queued with `dvc exp run --queue`, run by tools/run_queue.py,
 # ranked by `tools/compare_runs.py --leaderboard` against one of them (issue 29 item 3), in a fresh git repository
-# made from this working tree. Writes to OUT: sweep.log (every command and its output), exp_show.md,
+# made from this working tree. Writes to OUT: sweep.log (every command and its output), exp_show.md, exp_show.json
+# (every experiment's deps and outputs with their hashes: two sweeps' adapters and answers compare byte for byte),
 # leaderboard/leaderboard.{md,png}, queue.txt (`dvc queue status` and each experiment's log), versions.txt.
 #
 #   bash bench/gpu_sweep.sh OUT MODEL GSM8K_DIR [-S KEY=VALUE ...]
@@ -59,6 +60,7 @@ run python tools/run_queue.py -j "${SWEEP_JOBS:-1}" ${SWEEP_TIMEOUT:+--timeout "
 status=$?
 dvc exp show --md --drop '.*' --keep 'Experiment|^train\.learning_rate$|^gsm8k\.tuned\.exact_match_(flexible|strict)$|^gsm8k\.paired\.mcnemar_p$' \
   >"$out/exp_show.md" 2>>"$out/sweep.log"
+dvc exp show --json >"$out/exp_show.json" 2>>"$out/sweep.log"
 names=("${rates[@]/#/lr-}")
 run python tools/compare_runs.py --leaderboard "${names[@]:1}" --baseline "${names[0]}" --out "$out/leaderboard"
 set -e

@@ -3,6 +3,7 @@ repository, here shrunk to the tiny model and a few rows (the lent GPU runs it o
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -41,3 +42,10 @@ def test_gpu_sweep_queues_each_rate_and_ranks_them_against_the_first(tmp_path, d
     assert (out / "leaderboard" / "leaderboard.png").stat().st_size > 1000
     shown = (out / "exp_show.md").read_text()
     assert "[lr-5e-2]" in shown and "[lr-1e-2]" in shown and "0.05" in shown
+    # Each experiment's outputs with their hashes, to compare two sweeps byte for byte
+    adapters = {}
+    for commit in json.loads((out / "exp_show.json").read_text()):
+        for experiment in commit.get("experiments") or []:
+            for rev in experiment["revs"]:
+                adapters[rev["name"]] = rev["data"]["outs"]["models/adapter"]["hash"]
+    assert set(adapters) == {"lr-1e-2", "lr-5e-2"} and len(set(adapters.values())) == 2
