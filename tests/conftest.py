@@ -83,6 +83,30 @@ def train_stage_outputs(out: Path, checkpoints: Path | None = None) -> list[str]
     ]
 
 
+def tiny_lora_params(dropout: float = 0.0, **train):
+    """Params for LoRA r8 on q_proj, v_proj and down_proj of the tiny model, float32, a fast constant rate: the
+    step tests' recipe; `train` keys over its train section."""
+    from qlora_gsm8k.params_file import parse_params
+
+    return parse_params(
+        {
+            "model": {"name": "tiny-llama"},
+            "peft": {"method": "lora"},
+            "lora": {"r": 8, "alpha": 16, "dropout": dropout, "target_modules": ["q_proj", "v_proj", "down_proj"]},
+            "quant": {"compute_dtype": "float32"},
+            "train": {
+                "micro_batch_size": 4,
+                "max_length": 256,
+                "learning_rate": 2e-2,
+                "warmup_ratio": 0.0,
+                "lr_scheduler": "constant",
+                "logging_steps": 1,
+                **train,
+            },
+        }
+    )
+
+
 def train_tiny_adapter(params, rows, base_dir: Path, root: Path, **kwargs) -> dict:
     """`train_adapter` on `rows`, with the adapter at root/adapter."""
     from qlora_gsm8k.training import train_adapter

@@ -7,35 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import train_tiny_adapter
+from conftest import tiny_lora_params, train_tiny_adapter
 from qlora_gsm8k.fused_dropout import DropoutThenLinear, fuse_lora_dropout
 from qlora_gsm8k.modeling import load_model
-from qlora_gsm8k.params_file import parse_params
 from qlora_gsm8k.peft_methods import adapter_config
 from qlora_gsm8k.training import SpeedLevers, freeze_base
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
-
-
-def _params(dropout: float = 0.2, **train):
-    return parse_params(
-        {
-            "model": {"name": "tiny-llama"},
-            "peft": {"method": "lora"},
-            "lora": {"r": 8, "alpha": 16, "dropout": dropout, "target_modules": TARGETS},
-            "quant": {"compute_dtype": "float32"},
-            "train": {
-                "micro_batch_size": 4,
-                "max_length": 256,
-                "learning_rate": 2e-2,
-                "warmup_ratio": 0.0,
-                "lr_scheduler": "constant",
-                "logging_steps": 1,
-                "seed": 3,
-                **train,
-            },
-        }
-    )
 
 
 def _adapted(tiny_base_dir, params):
@@ -77,7 +55,7 @@ def _step(model, ids, autocast: bool):
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
 def test_fused_dropout_gives_peft_dropouts_loss_and_gradients_and_keeps_fewer_bytes(tiny_base_dir, autocast):
-    model = _adapted(tiny_base_dir, _params())
+    model = _adapted(tiny_base_dir, tiny_lora_params(dropout=0.2, seed=3))
     config = model.base_model.model.config
     ids = torch.randint(3, config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(5))
     loss, grads, kept = _step(model, ids, autocast)
@@ -101,10 +79,10 @@ def test_fused_dropout_gives_peft_dropouts_loss_and_gradients_and_keeps_fewer_by
 
 
 def test_without_dropout_or_outside_training_nothing_changes(tiny_base_dir):
-    model = _adapted(tiny_base_dir, _params(dropout=0.0))
+    model = _adapted(tiny_base_dir, tiny_lora_params(dropout=0.0))
     assert fuse_lora_dropout(model) == 0  # peft's Identity: nothing kept, nothing to fuse
 
-    model = _adapted(tiny_base_dir, _params())
+    model = _adapted(tiny_base_dir, tiny_lora_params(dropout=0.2, seed=3))
     ids = torch.randint(3, 100, (1, 12), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         before = model.eval()(input_ids=ids).logits
@@ -115,7 +93,7 @@ def test_without_dropout_or_outside_training_nothing_changes(tiny_base_dir):
 
 @pytest.mark.slow
 def test_training_with_fused_dropout_learns_the_same_adapter_under_the_same_names(tiny_base_dir, examples, tmp_path):
-    params = _params(epochs=1.0, gradient_checkpointing=False, cuda_graphs=False)
+    params = tiny_lora_params(dropout=0.2, seed=3, epochs=1.0, gradient_checkpointing=False, cuda_graphs=False)
     rows = examples[:16]
     plain = train_tiny_adapter(params, rows, tiny_base_dir, tmp_path / "plain")
     fused = train_tiny_adapter(params, rows, tiny_base_dir, tmp_path / "fused", levers=SpeedLevers(fused_dropout=True))

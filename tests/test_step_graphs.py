@@ -7,10 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import train_tiny_adapter
+from conftest import tiny_lora_params, train_tiny_adapter
 from qlora_gsm8k.errors import UserError
 from qlora_gsm8k.modeling import load_model
-from qlora_gsm8k.params_file import parse_params
 from qlora_gsm8k.peft_methods import adapter_config
 from qlora_gsm8k.prompts import IGNORE_INDEX, Collator, encode_examples
 from qlora_gsm8k.step_graphs import (
@@ -21,26 +20,6 @@ from qlora_gsm8k.step_graphs import (
     lm_head_cross_entropy,
 )
 from qlora_gsm8k.training import SpeedLevers, freeze_base
-
-
-def _params(**train):
-    return parse_params(
-        {
-            "model": {"name": "tiny-llama"},
-            "peft": {"method": "lora"},
-            "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]},
-            "quant": {"compute_dtype": "float32"},
-            "train": {
-                "micro_batch_size": 4,
-                "max_length": 256,
-                "learning_rate": 2e-2,
-                "warmup_ratio": 0.0,
-                "lr_scheduler": "constant",
-                "logging_steps": 1,
-                **train,
-            },
-        }
-    )
 
 
 @pytest.mark.parametrize("chunk", [5, 4096])
@@ -82,7 +61,7 @@ def test_static_shape_collator_pads_rows_and_length_to_fixed_shapes():
 def _peft_model(tiny_base_dir):
     from peft import get_peft_model
 
-    params = _params()
+    params = tiny_lora_params()
     model = load_model(tiny_base_dir, dtype=torch.float32, quant=params.quant)
     model = freeze_base(model, torch.float32, gradient_checkpointing=False)
     torch.manual_seed(0)
@@ -129,9 +108,9 @@ def test_training_through_the_graph_path_follows_the_eager_loss_curve(tmp_path, 
     """The Trainer with the graph path's step (not recorded: no GPU here) against the default step, same rows and
     seed (LoRA dropout 0: the two paths pad differently, so dropout masks would differ)."""
     rows = examples[:16]
-    eager = train_tiny_adapter(_params(grad_accum=grad_accum), rows, tiny_base_dir, tmp_path / "eager")
+    eager = train_tiny_adapter(tiny_lora_params(grad_accum=grad_accum), rows, tiny_base_dir, tmp_path / "eager")
     graph = train_tiny_adapter(
-        _params(grad_accum=grad_accum, cuda_graphs=True),
+        tiny_lora_params(grad_accum=grad_accum, cuda_graphs=True),
         rows,
         tiny_base_dir,
         tmp_path / "graph",
@@ -145,13 +124,14 @@ def test_training_through_the_graph_path_follows_the_eager_loss_curve(tmp_path, 
 
 def test_cuda_graphs_off_cuda_auto_says_why_and_true_refuses(tiny_base_dir, capsys):
     model = _peft_model(tiny_base_dir)
-    cfg = _params(cuda_graphs="auto").train
+    cfg = tiny_lora_params(cuda_graphs="auto").train
     assert graphed_steps_for(model, cfg, torch.float32, compiled=False, micro_batches=500) is None
     assert "training steps run eagerly, not as CUDA graphs: it needs a CUDA GPU" in capsys.readouterr().out
     with pytest.raises(UserError, match="train.cuda_graphs is true but it needs a CUDA GPU"):
-        graphed_steps_for(model, _params(cuda_graphs=True).train, torch.float32, compiled=False, micro_batches=500)
-    assert graphed_steps_for(model, _params(cuda_graphs=False).train, torch.float32, False, 500) is None
-    cfg = _params(cuda_graphs=True, gradient_checkpointing=True).train
+        always = tiny_lora_params(cuda_graphs=True).train
+        graphed_steps_for(model, always, torch.float32, compiled=False, micro_batches=500)
+    assert graphed_steps_for(model, tiny_lora_params(cuda_graphs=False).train, torch.float32, False, 500) is None
+    cfg = tiny_lora_params(cuda_graphs=True, gradient_checkpointing=True).train
     with pytest.raises(UserError, match="gradient_checkpointing"):
         graphed_steps_for(model, cfg, torch.float32, compiled=False, micro_batches=500, record=False)
 
@@ -160,13 +140,13 @@ def test_cuda_graphs_auto_records_only_runs_long_enough_to_repay_it(tiny_base_di
     """Where graphs can run (here their arithmetic, record=False), auto takes them from MIN_MICRO_BATCHES on, and
     says so below it; true takes them for a run of any length."""
     model = _peft_model(tiny_base_dir)
-    auto = _params(cuda_graphs="auto").train
+    auto = tiny_lora_params(cuda_graphs="auto").train
     short = MIN_MICRO_BATCHES - 1
     assert graphed_steps_for(model, auto, torch.float32, False, short, record=False) is None
     assert f"{short} micro-batches are too few to repay recording CUDA graphs" in capsys.readouterr().out
     assert isinstance(
         graphed_steps_for(model, auto, torch.float32, False, MIN_MICRO_BATCHES, record=False), GraphedSteps
     )
-    always = _params(cuda_graphs=True).train
+    always = tiny_lora_params(cuda_graphs=True).train
     assert isinstance(graphed_steps_for(model, always, torch.float32, False, 1, record=False), GraphedSteps)
     assert "too few" not in capsys.readouterr().out
