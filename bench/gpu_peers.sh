@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/peers.py on the lent H200, in device calls of at most 10 minutes (bench/PEERS.md has the calls in order).
 #
-#   bash bench/gpu_peers.sh prepare [GGUF]   # here, once: builds .bench/peers-kit, .bench/peers-smol-{a,b}
+#   bash bench/gpu_peers.sh prepare [GGUF]   # here, once: builds .bench/peers-kit, .bench/peers-smol-{a,b,…}
 #   bash bench/gpu_peers.sh setup            # GPU: only install the kit and stage the GGUF part carried
 #   bash bench/gpu_peers.sh tinyllama        # GPU: TinyLlama-1.1B arch, 2,000 GSM8K train rows, --no-eval
 #   bash bench/gpu_peers.sh smollm2          # GPU: SmolLM2-135M-Instruct, full train split, full test set
@@ -10,8 +10,9 @@
 # The H200 image lacks bitsandbytes, datasets, gguf, liger-kernel, trl and unsloth, and a call carries at most
 # 64 MiB with the working tree. `prepare` packs what the runs need into .bench/peers-kit (~22 MiB: .gpusite as
 # tar.xz, trl/unsloth wheels from .whl2, gguf/liger-kernel/pydantic wheels from .whl, Unsloth's version pins,
-# GSM8K and the Llama-2 tokenizer) and SmolLM2's GGUF, xz-compressed, in two parts sized to fit beside it
-# (.bench/peers-smol-a with the kit in the first call, .bench/peers-smol-b alone in the next).
+# GSM8K and the Llama-2 tokenizer) and SmolLM2's GGUF, xz-compressed, in as many parts as the calls need
+# (bench/gguf_parts.py: .bench/peers-smol-a with the kit in the first call, .bench/peers-smol-b alone in the next;
+# with the full kit, Unsloth's included, a third, .bench/peers-smol-c: then `setup` carries -b, `gguf` -c).
 # On the machine, everything lands in /tmp, which survives back-to-back calls while the machine stays warm
 # (30 s after a call): installs in /tmp/site (+ Unsloth's pins in /tmp/site-unsloth, first on PYTHONPATH for
 # the unsloth process only), GGUF parts in /tmp/smol, results in /tmp/peers/<model>, reused by the next call
@@ -32,8 +33,8 @@ prepare() {
   for d in .gpusite .whl .whl2/unsloth-pins; do
     [ -d "$d" ] || { echo "no $d: run bash ../shared/gpu/make-gpusite.sh, then python3 ../shared/gpu/wheels.py"; exit 2; }
   done
-  rm -rf "$kit" .bench/peers-smol-a .bench/peers-smol-b
-  mkdir -p "$kit/whl" "$kit/unsloth-pins" .bench/peers-smol-a .bench/peers-smol-b
+  rm -rf "$kit" .bench/peers-smol-?
+  mkdir -p "$kit/whl" "$kit/unsloth-pins"
   cp .whl2/*.whl "$kit/whl/"
   cp .whl2/unsloth-pins/*.whl "$kit/unsloth-pins/"
   # PEERS_NO_UNSLOTH=1: a kit without Unsloth and what only it needs (~9 MiB), for calls that run ours and TRL only
@@ -65,26 +66,23 @@ for name, source in (("gpusite.tar.xz", ".gpusite"), ("gsm8k.tar.xz", "../shared
 packed = lzma.compress(Path(gguf).read_bytes(), preset=9 | lzma.PRESET_EXTREME)
 size = lambda p: sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 room = 62 * 2**20 - tree  # 64 MiB a call, less the working tree, less 2 MiB of slack for the tree growing
-first = room - size(kit)
-if first <= 0 or len(packed) - first > room:
-    raise SystemExit(f"does not fit: kit {size(kit) / 2**20:.1f} MiB, GGUF.xz {len(packed) / 2**20:.1f} MiB, "
-                     f"tree {tree / 2**20:.1f} MiB")
-Path(".bench/peers-smol-a/part").write_bytes(packed[:first])
-Path(".bench/peers-smol-b/part").write_bytes(packed[first:])
+sys.path.insert(0, "bench")
+from gguf_parts import split
+folders = split(packed, Path(".bench/peers-smol"), room - size(kit), room)
 mib = lambda n: f"{n / 2**20:.1f} MiB"
-print(f"working tree {mib(tree)}; call 1 carries .bench/peers-kit ({mib(size(kit))}) + .bench/peers-smol-a "
-      f"({mib(first)}); call 2 carries .bench/peers-smol-b ({mib(len(packed) - first)})")
+calls = [f".bench/peers-kit ({mib(size(kit))}) + {folders[0]} ({mib(size(folders[0]))})"]
+calls += [f"{folder} ({mib(size(folder))})" for folder in folders[1:]]
+print(f"working tree {mib(tree)}, GGUF.xz {mib(len(packed))}; " + "; ".join(
+    f"call {number} carries {carried}" for number, carried in enumerate(calls, start=1)))
 EOF
-  du -sh "$kit" .bench/peers-smol-a .bench/peers-smol-b
+  du -sh "$kit" .bench/peers-smol-?
 }
 
 elapsed() { echo $((SECONDS - started)); }
 
 assemble_gguf() {
   if [ ! -f "/tmp/smol/$gguf_name" ]; then
-    [ -f /tmp/smol/part-a ] && [ -f /tmp/smol/part-b ] || { echo "GGUF parts missing: $(ls /tmp/smol)"; exit 4; }
-    python3 -c "import lzma, sys; open(sys.argv[3], 'wb').write(lzma.decompress(open(sys.argv[1], 'rb').read() + open(sys.argv[2], 'rb').read()))" \
-      /tmp/smol/part-a /tmp/smol/part-b "/tmp/smol/$gguf_name"
+    python3 bench/gguf_parts.py join /tmp/smol "/tmp/smol/$gguf_name" || exit 4
     echo "$gguf_sha  /tmp/smol/$gguf_name" | sha256sum -c --quiet
   fi
 }
@@ -111,8 +109,8 @@ setup_machine() {
   export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1 TOKENIZERS_PARALLELISM=false
   export UNSLOTH_COMPILE_LOCATION=/tmp/unsloth_compiled_cache  # shared by both models' Unsloth runs
   mkdir -p /tmp/smol
-  for part in a b; do
-    if [ -f ".bench/peers-smol-$part/part" ]; then cp ".bench/peers-smol-$part/part" "/tmp/smol/part-$part"; fi
+  for folder in .bench/peers-smol-?; do
+    if [ -f "$folder/part" ]; then cp "$folder/part" "/tmp/smol/part-${folder##*-}" && cp "$folder/count" /tmp/smol/; fi
   done
   python3 -c "
 from importlib.metadata import PackageNotFoundError, version
