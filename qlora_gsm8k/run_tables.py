@@ -55,9 +55,9 @@ def leaderboard_markdown(baseline_label: str, ranked: list[dict], skipped: dict[
         f"# {title} leaderboard against {baseline_label}",
         "",
         f"{first['n']} questions; baseline exact match {_pct(first['accuracy_a'])} flexible, "
-        f"{_pct(first['accuracy_strict_a'])} strict. Each run is paired with the baseline question by question: "
-        f"Δ with its 95% paired bootstrap CI, exact McNemar p, and that p Holm-corrected over the {len(ranked)} "
-        f"runs; ✓ marks a run better than the baseline at corrected p < {alpha}.",
+        f"{_pct(first['accuracy_strict_a'])} strict, {_pct(first['hit_cap_a'])} at the token cap. Each run is paired "
+        f"with the baseline question by question: Δ with its 95% paired bootstrap CI, exact McNemar p, and that p "
+        f"Holm-corrected over the {len(ranked)} runs; ✓ marks a run better than the baseline at corrected p < {alpha}.",
         "",
         "| rank | run | flexible | strict | Δ vs baseline (95% CI) | wrong→right | right→wrong | McNemar p | Holm p "
         "| better | at cap | params vs baseline |",

@@ -418,6 +418,8 @@ def test_leaderboard_over_three_experiments_ranks_and_marks_them_as_recomputed(r
         assert cells[:2] == [str(rank), name], line
         assert cells[9] == ("✓" if ranked["runs"][rank - 1]["better"] else ""), line
         assert cells[7] == f"{expected[name]['mcnemar_p']:.3g}", line
+    baseline = expected[order[0]]
+    assert f"{baseline['accuracy_strict_a']:.1%} strict, {baseline['hit_cap_a']:.1%} at the token cap" in markdown
     assert png_is_drawn(out / "leaderboard.png")
 
 
