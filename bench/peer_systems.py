@@ -379,6 +379,10 @@ SYSTEMS = {
     "ours-graphs-fused-dropout": lambda p, b, enc, ex, chat, out: train_ours(
         p, b, enc, ex, out, {"train": {"cuda_graphs": True}}, fused_dropout=True
     ),
+    # Gradient checkpointing inside the recorded step (the memory lever the graph path lacked before torch 2.10).
+    "ours-graphs-checkpointing": lambda p, b, enc, ex, chat, out: train_ours(
+        p, b, enc, ex, out, {"train": {"cuda_graphs": True, "gradient_checkpointing": True}}
+    ),
     "ours-graphs-dropout0": lambda p, b, enc, ex, chat, out: train_ours(
         p, b, enc, ex, out, {"train": {"cuda_graphs": True}, "lora": {"dropout": 0.0}}
     ),

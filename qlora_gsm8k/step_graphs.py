@@ -92,8 +92,9 @@ def graph_blocker(model, compute_dtype: torch.dtype, num_processes: int, gradien
     """Why this run's steps cannot take the graph path, on any device (None: they can). `model`: the PEFT model."""
     if num_processes > 1:
         return "it runs on one GPU only (train.num_gpus > 1)"
-    if gradient_checkpointing:
-        return "train.gradient_checkpointing recomputes activations outside a fixed graph"
+    if gradient_checkpointing and torch.__version__ < (2, 10):
+        # Checkpointing rewinds the CUDA RNG to recompute a layer; torch lets a graph record that from 2.10 on.
+        return f"train.gradient_checkpointing inside a graph needs torch 2.10 or later (this is {torch.__version__})"
     if compute_dtype == torch.float16:
         return "float16 training needs a loss scaler; graphs run in bfloat16 or float32"
     if getattr(model, "peft_config", None) and model.active_peft_config.is_prompt_learning:
@@ -246,6 +247,12 @@ def graphed_steps_for(
         print(
             f"train.cuda_graphs=auto: training steps run eagerly: {micro_batches} micro-batches are too few to repay "
             f"recording CUDA graphs (auto records from {MIN_MICRO_BATCHES}; true records anyway)"
+        )
+        return None
+    if blocker is None and cfg.cuda_graphs == "auto" and cfg.gradient_checkpointing:
+        print(
+            "train.cuda_graphs=auto: training steps run eagerly: graphs with train.gradient_checkpointing are not "
+            "measured yet (train.cuda_graphs=true records them)"
         )
         return None
     blocker = blocker or ("train.compile compiles the layers instead" if compiled else None)
