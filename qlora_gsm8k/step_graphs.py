@@ -93,7 +93,8 @@ def graph_blocker(model, compute_dtype: torch.dtype, num_processes: int, gradien
     if num_processes > 1:
         return "it runs on one GPU only (train.num_gpus > 1)"
     if gradient_checkpointing and torch.__version__ < (2, 10):
-        # Checkpointing rewinds the CUDA RNG to recompute a layer; torch lets a graph record that from 2.10 on.
+        # Checkpointing rewinds the CUDA RNG to recompute a layer; a graph may record that from torch 2.10 on
+        # (pytorch/pytorch#162505); not yet run on a GPU here.
         return f"train.gradient_checkpointing inside a graph needs torch 2.10 or later (this is {torch.__version__})"
     if compute_dtype == torch.float16:
         return "float16 training needs a loss scaler; graphs run in bfloat16 or float32"
