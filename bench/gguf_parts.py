@@ -20,8 +20,10 @@ def part_sizes(total: int, first_room: int, room: int) -> list[int]:
     if first_room <= 0 or room <= 0:
         raise ValueError(f"no room for a part: {first_room} bytes in the first call, {room} in the others")
     sizes = [min(first_room, total)]
-    while sum(sizes) < total:
-        sizes.append(min(room, total - sum(sizes)))
+    rest = total - sizes[0]
+    while rest > 0:
+        sizes.append(min(room, rest))
+        rest -= sizes[-1]
     if len(sizes) > len(string.ascii_lowercase):
         raise ValueError(f"{len(sizes)} parts: more calls than letters")
     return sizes

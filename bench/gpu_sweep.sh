@@ -14,7 +14,8 @@
 # once (`tools/run_queue.py -j`). On one H100 (2026-12-07), one at a time, two of three finished in 500 s, each
 # bound by start-up and evaluation (check_params 30 s on the GGUF, the base's and the tuned model's 1,319 answers):
 # the base and the model check now run once before the queue, and SWEEP_JOBS=3 runs the three on the GPU together
-# (≈14 GiB each while training), meant to fit one 10-minute call (not yet measured). On the lent GPU, run it after
+# (≈14 GiB each while training): 386 s for the whole script on one H100 (2026-12-08,
+# bench/results/sweep_2026-12-08). On the lent GPU, run it after
 # `bash bench/gpu_peers.sh gguf` (the GGUF in /tmp/smol) and carry .whl (dvc, dvclive) as bench/gpu_preset.sh says.
 set -euo pipefail
 out=${1:?usage: bench/gpu_sweep.sh OUT MODEL GSM8K_DIR [-S KEY=VALUE ...]}
